@@ -1,0 +1,3 @@
+from vmig.cli import entry_point
+
+entry_point()

@@ -1,0 +1,62 @@
+"""The ``vmig`` command line: a thin layer over the library.
+
+Each command lives in its own module under ``vmig.cli`` and exposes ``register(subparsers)``;
+the list of command modules below is the explicit registry (nothing is discovered by scanning).
+``main(argv)`` returns the exit code: 0 success, 1 a finding (``check``), 2 any ``VmigError``
+(printed as one line on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from vmig.errors import VmigError
+
+# Explicit registry: module name under vmig.cli. A module that is missing is a packaging bug.
+COMMAND_MODULES: tuple[str, ...] = (
+    "sections",
+    "analyze",
+    "rewrite",
+    "check",
+    "ram",
+    "extract",
+    "info",
+    "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmig",
+        description="Read, check, analyze and rewrite QEMU migration streams; model virtio-mem.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"vmig.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"vmig.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except VmigError as e:
+        print(f"vmig {args.command}: {e.one_line()}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+def entry_point() -> None:
+    sys.exit(main())

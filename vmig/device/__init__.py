@@ -1,0 +1,1 @@
+"""Device models (virtio-mem) and their migration state."""

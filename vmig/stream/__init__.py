@@ -1,0 +1,1 @@
+"""The QEVM migration stream: constants, framing, sans-I/O decoder and encoder, RAM, vmstate."""

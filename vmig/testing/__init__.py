@@ -1,0 +1,1 @@
+"""Helpers for tests of migration streams: real-QEMU driver and pytest fixtures."""

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# vmig does no linear algebra: keep OpenBLAS from starting a thread pool when numpy is imported
+# (measured: 0.2 s of every command's start-up on a 2-core machine).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from typing import Sequence
 
 from vmig.errors import VmigError

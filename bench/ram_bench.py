@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""RAM benchmark: vmig against QEMU's own scripts/analyze-migration.py on a large real stream.
+
+Builds (once, cached in ~/.cache/vmig/bench, never in the repository) a 2 GiB guest RAM file
+whose first half is random pages and second half zero pages, migrates a paused QEMU whose main
+RAM is that file (``-machine pc,memory-backend=ram0`` + ``memory-backend-file``; no guest
+kernel needed) into a stream file (~1.08 GB), then times in the same run:
+
+1. ``analyze-migration.py -f S`` (default mode) vs ``vmig analyze S`` (both formats);
+2. ``analyze-migration.py -x`` vs ``vmig extract --format qemu`` (outputs compared file by file);
+3. ``cat S | vmig ram -``: peak RSS of the vmig process (wait4 rusage);
+4. decode + re-encode throughput in-process (``iter_events`` + ``StreamEncoder``), checking that
+   the re-encoded bytes equal the input.
+
+Targets (issue "RAM section"): analyze >= 8x, extract >= 10x, pipe RSS <= 100 MB,
+decode+re-encode >= 1 GB/s. Usage::
+
+    python3 bench/ram_bench.py [--cache DIR] [--skip-peer] [--keep]
+
+Prints one line per measurement and a final summary; exit status 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GiB = 1 << 30
+RAM_SIZE = 2 * GiB
+
+
+def make_ram_file(path: Path) -> None:
+    """First half random pages, second half zero (sparse) pages."""
+    if path.exists() and path.stat().st_size == RAM_SIZE:
+        return
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        chunk = 64 << 20
+        for _ in range(RAM_SIZE // 2 // chunk):
+            f.write(os.urandom(chunk))
+        f.truncate(RAM_SIZE)
+    tmp.replace(path)
+
+
+def make_stream(cache: Path) -> Path:
+    stream = cache / "big.bin"
+    if stream.exists() and (cache / "big.json").exists():
+        return stream
+    from vmig.testing.qemu import require_qemu  # noqa: F401  (documents the dependency)
+    sys.path.insert(0, str(REPO / "tests" / "ram"))
+    from qemu_capture import Qmp  # the minimal QMP client of the RAM tests
+
+    ram = cache / "ram.img"
+    make_ram_file(ram)
+    sock = cache / "qmp.sock"
+    if sock.exists():
+        sock.unlink()
+    tmp_stream = cache / "big.bin.tmp"
+    argv = [
+        shutil.which("qemu-system-x86_64") or "qemu-system-x86_64",
+        "-machine", "pc,memory-backend=ram0", "-accel", "tcg", "-m", "2G", "-smp", "1",
+        "-nodefaults", "-display", "none", "-S",
+        "-object", f"memory-backend-file,id=ram0,size=2G,mem-path={ram},share=on",
+        "-qmp", f"unix:{sock},server=on,wait=off",
+    ]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    try:
+        q = Qmp(str(sock))
+        q.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+        q.execute("migrate", {"uri": f"exec:cat > {tmp_stream}"})
+        while True:
+            info = q.execute("query-migrate")
+            if info.get("status") in ("completed", "failed"):
+                break
+            time.sleep(0.2)
+        if info["status"] != "completed":
+            raise SystemExit(f"migration failed: {info}")
+        q.execute("quit")
+        q.close()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    tmp_stream.replace(stream)
+    (cache / "big.json").write_text(json.dumps({"query-migrate": info, "argv": argv}, indent=1))
+    return stream
+
+
+def timed(argv: list[str], cwd: str | None = None, stdin_path: str | None = None) -> tuple[float, int, int]:
+    """Run argv; return (seconds, exit code, peak RSS in bytes of that process)."""
+    t0 = time.perf_counter()
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+    try:
+        p = subprocess.Popen(argv, cwd=cwd, stdin=stdin, stdout=subprocess.DEVNULL)
+        _, status, ru = os.wait4(p.pid, 0)
+    finally:
+        if stdin_path:
+            stdin.close()  # type: ignore[union-attr]
+    dt = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return dt, p.returncode, ru.ru_maxrss * 1024
+
+
+def pipe_rss(stream: Path) -> tuple[float, int, int]:
+    """``cat S | vmig ram -``: (seconds, exit code, peak RSS of the vmig process)."""
+    t0 = time.perf_counter()
+    cat = subprocess.Popen(["cat", str(stream)], stdout=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-m", "vmig", "ram", "-", "--json"], stdin=cat.stdout,
+                         stdout=subprocess.DEVNULL)
+    assert cat.stdout is not None
+    cat.stdout.close()
+    _, status, ru = os.wait4(p.pid, 0)
+    cat.wait()
+    return time.perf_counter() - t0, os.waitstatus_to_exitcode(status), ru.ru_maxrss * 1024
+
+
+def reencode(stream: Path) -> tuple[float, int, bool]:
+    """Decode + re-encode in-process; returns (seconds, bytes, equal to input)."""
+    import mmap
+
+    from vmig.stream.encoder import StreamEncoder
+    from vmig.stream.io import iter_events
+
+    enc = StreamEncoder()
+    n = 0
+    same = True
+    with open(stream, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        t0 = time.perf_counter()
+        for ev in iter_events(str(stream)):
+            out = enc.send(ev)
+            if out:
+                if same and m[n : n + len(out)] != out:
+                    same = False
+                n += len(out)
+        dt = time.perf_counter() - t0
+        same = same and n == len(m)
+        m.close()
+    return dt, n, same
+
+
+def same_tree(a: Path, b: Path) -> tuple[bool, str]:
+    fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    if fa != fb:
+        return False, f"file lists differ: {fa} vs {fb}"
+    for rel in fa:
+        if subprocess.run(["cmp", "-s", str(a / rel), str(b / rel)]).returncode != 0:
+            return False, f"{rel} differs"
+    return True, f"{len(fa)} files identical"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "vmig" / "bench"))
+    ap.add_argument("--skip-peer", action="store_true", help="only time vmig")
+    ap.add_argument("--keep", action="store_true", help="keep the extract outputs")
+    args = ap.parse_args(argv)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    stream = make_stream(cache)
+    size = stream.stat().st_size
+    print(f"stream: {stream} ({size / 1e9:.3f} GB; built/cached in {time.perf_counter() - t0:.1f} s)")
+    qm = json.loads((cache / "big.json").read_text())["query-migrate"]["ram"]
+    print(f"query-migrate: normal {qm['normal']} duplicate {qm['duplicate']}")
+
+    vmig = [sys.executable, "-m", "vmig"]
+    results: dict[str, float] = {}
+    ok = True
+    # warm the page cache so neither side pays the first read
+    subprocess.run(["cat", str(stream)], stdout=subprocess.DEVNULL)
+
+    peer = None
+    if not args.skip_peer:
+        from vmig.testing.peer import fetch_analyze_migration
+
+        peer = str(fetch_analyze_migration())
+
+    # 1. analyze
+    tv, rc, _ = timed(vmig + ["analyze", str(stream)])
+    print(f"vmig analyze (vmig format): {tv:.2f} s (rc {rc})")
+    tq, rc2, _ = timed(vmig + ["analyze", "--format", "qemu", str(stream)])
+    print(f"vmig analyze --format qemu: {tq:.2f} s (rc {rc2})")
+    ok &= rc == 0 and rc2 == 0
+    if peer:
+        tp, prc, _ = timed([sys.executable, peer, "-f", str(stream)])
+        print(f"analyze-migration.py -f: {tp:.2f} s (rc {prc})")
+        results["analyze"] = tp / max(tv, tq)
+        print(f"  ratio analyze: {tp / tv:.1f}x (vmig format), {tp / tq:.1f}x (qemu format)")
+
+    # 2. extract
+    work = Path(tempfile.mkdtemp(prefix="ram-bench-", dir=cache))
+    try:
+        vdir, pdir = work / "vmig", work / "peer"
+        pdir.mkdir()
+        te, rc, _ = timed(vmig + ["extract", str(stream), "-o", str(vdir), "--format", "qemu"])
+        print(f"vmig extract --format qemu: {te:.2f} s (rc {rc})")
+        ok &= rc == 0
+        if peer:
+            tpx, prc, _ = timed([sys.executable, peer, "-f", str(stream), "-x"], cwd=str(pdir))
+            print(f"analyze-migration.py -x: {tpx:.2f} s (rc {prc})")
+            results["extract"] = tpx / te
+            print(f"  ratio extract: {tpx / te:.1f}x")
+            same, why = same_tree(vdir, pdir)
+            print(f"  outputs: {why}")
+            ok &= same
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    # 3. pipe RSS
+    tr, rc, rss = pipe_rss(stream)
+    print(f"cat S | vmig ram - : {tr:.2f} s, peak RSS {rss / 1e6:.1f} MB (rc {rc})")
+    results["pipe_rss_mb"] = rss / 1e6
+    ok &= rc == 0
+
+    # 4. decode + re-encode
+    td, n, same = reencode(stream)
+    print(f"decode + re-encode: {n / 1e9:.3f} GB in {td:.2f} s = {n / td / 1e9:.2f} GB/s, "
+          f"byte-exact: {same}")
+    results["reencode_gbps"] = n / td / 1e9
+    ok &= same
+
+    print("summary:", json.dumps({k: round(v, 2) for k, v in results.items()}))
+    targets = {"analyze": 8.0, "extract": 10.0}
+    for k, t in targets.items():
+        if k in results and results[k] < t:
+            print(f"MISSED: {k} ratio {results[k]:.1f} < {t}")
+            ok = False
+    if results["pipe_rss_mb"] > 100:
+        print(f"MISSED: pipe RSS {results['pipe_rss_mb']:.0f} MB > 100 MB")
+        ok = False
+    if results["reencode_gbps"] < 1.0:
+        print(f"MISSED: decode+re-encode {results['reencode_gbps']:.2f} GB/s < 1")
+        ok = False
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Root conftest: makes vmig's pytest fixtures available without installing the package.
+
+The fixtures live in ``vmig.testing.pytest_plugin`` (also registered through the ``pytest11``
+entry point when vmig is installed); importing them here makes them visible to every test of a
+source checkout. A conftest fixture of the same name simply shadows the plugin's identical one.
+"""
+
+from __future__ import annotations
+
+from vmig.testing.pytest_plugin import fixture_bytes, lab_dir, qemu_bin, s1_path
+
+__all__ = ["fixture_bytes", "lab_dir", "qemu_bin", "s1_path"]

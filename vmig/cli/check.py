@@ -1,0 +1,121 @@
+"""``vmig check STREAM``: does the stream parse to its last byte? Plus registered checkers.
+
+Exit 0 when the decoder consumes the whole input and no checker reports anything; exit 1 with
+a one-line report of the first problem otherwise (``FILE: offset …: section …: message``).
+
+Checkers are explicit: a module listed in ``CHECKER_MODULES`` calls
+``register_checker(factory, name)`` at import; ``factory(ctx)`` is called once per run and
+returns a callable that sees every event (the last one is ``StreamEnd``) and returns an
+iterable of problem strings or None.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from vmig.cli._common import add_desc_from_argument, add_stream_argument, description_from_args
+from vmig.errors import StreamError
+from vmig.stream.events import Event
+from vmig.stream.io import iter_events
+from vmig.stream.vmdesc import VmDescription
+
+__all__ = [
+    "CHECKER_MODULES",
+    "CheckContext",
+    "Checker",
+    "register_checker",
+    "registered_checkers",
+    "run_checks",
+    "register",
+    "handler",
+]
+
+# Explicit list of modules that register checkers when imported (missing ones are skipped
+# while their owners build them).
+CHECKER_MODULES: tuple[str, ...] = ("vmig.checks.virtio_mem",)
+
+
+@dataclass
+class CheckContext:
+    """What a checker factory gets: the input path and the --desc-from description."""
+
+    path: str
+    desc_from: VmDescription | None = None
+    notes: dict = field(default_factory=dict)
+
+
+EventCheck = Callable[[Event], "Iterable[str] | None"]
+Checker = Callable[[CheckContext], EventCheck]
+
+_CHECKERS: list[tuple[str, Checker]] = []
+
+
+def register_checker(factory: Checker, name: str | None = None) -> Checker:
+    """Register a checker factory (usable as a decorator). Re-registering a name replaces it."""
+    label = name or getattr(factory, "__name__", repr(factory))
+    for i, (n, _) in enumerate(_CHECKERS):
+        if n == label:
+            _CHECKERS[i] = (label, factory)
+            return factory
+    _CHECKERS.append((label, factory))
+    return factory
+
+
+def registered_checkers() -> list[tuple[str, Checker]]:
+    """(name, factory) pairs, after importing CHECKER_MODULES."""
+    for mod in CHECKER_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+    return list(_CHECKERS)
+
+
+def run_checks(path: str, desc_from: VmDescription | None = None,
+               notes: dict | None = None) -> list[str]:
+    """Decode ``path`` feeding every registered checker; return the problems (first first).
+
+    A StreamError ends the run and is the last problem reported.
+    """
+    ctx = CheckContext(path, desc_from, dict(notes or {}))
+    checks = [(name, factory(ctx)) for name, factory in registered_checkers()]
+    problems: list[str] = []
+    try:
+        for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
+            for name, fn in checks:
+                found = fn(ev)
+                if found:
+                    problems.extend(f"{name}: {p}" for p in found)
+    except StreamError as e:
+        problems.append(e.one_line())
+    return problems
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("check", help="check that a stream parses to the last byte",
+                              description=__doc__)
+    add_stream_argument(p)
+    add_desc_from_argument(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no output, exit code only")
+    p.add_argument("--dest", action="append", default=[], metavar="SPEC",
+                   help="virtio-mem destination config 'memaddr=…,max-size=…,block-size=…,node=…"
+                        "[,dev=PATH]': report the load failure QEMU would print; repeatable")
+    p.set_defaults(handler=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    problems = run_checks(args.stream, description_from_args(args),
+                          {"virtio_mem_dest": list(getattr(args, "dest", []) or [])})
+    if problems:
+        if not args.quiet:
+            extra = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            print(f"{problems[0]}{extra}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"{args.stream}: ok")
+    return 0

@@ -1,0 +1,62 @@
+"""``vmig sections STREAM``: one row per top-level record (offset, length, type, section…).
+
+Rows tile the input exactly (each starts where the previous ended); PACKAGED commands list
+their nested records as children. ``--json`` prints a JSON array with keys ``offset``,
+``length``, ``type`` and, where they apply, ``section_id``, ``idstr``, ``instance_id``,
+``version_id``, ``command``, ``children``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TextIO
+
+from vmig.cli._common import add_desc_from_argument, add_stream_argument, stream_events
+from vmig.stream.io import Record, records
+
+__all__ = ["register", "handler", "format_row"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("sections", help="list the records of a migration stream",
+                              description=__doc__)
+    add_stream_argument(p)
+    add_desc_from_argument(p)
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(handler=handler)
+
+
+def format_row(r: Record, indent: int = 0) -> str:
+    """One text line for a record."""
+    pad = "  " * indent
+    fields = [f"{pad}{r.offset:#010x}", f"{r.length:>10}", f"{r.type:<14}"]
+    if r.section_id is not None:
+        fields.append(f"id={r.section_id:<3} {r.idstr} inst={r.instance_id} ver={r.version_id}")
+        if r.ram_records is not None:
+            fields.append(f"ram_records={r.ram_records}")
+    if r.command is not None:
+        fields.append(r.command)
+    return "  ".join(fields)
+
+
+def _print_text(rows, out: TextIO, indent: int = 0) -> None:
+    for r in rows:
+        out.write(format_row(r, indent) + "\n")
+        if r.children:
+            _print_text(r.children, out, indent + 1)
+
+
+def handler(args: argparse.Namespace) -> int:
+    rows = records(stream_events(args), keep_events=False)
+    out = sys.stdout
+    if args.json:
+        # Collected first so a decode error leaves no half-written JSON on stdout.
+        data = [r.to_json() for r in rows]
+        json.dump(data, out, indent=1)
+        out.write("\n")
+    else:
+        out.write(f"{'offset':>10}  {'length':>10}  {'type':<14}  section / command\n")
+        _print_text(rows, out)
+    return 0

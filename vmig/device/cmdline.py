@@ -1,0 +1,142 @@
+"""Build a model :class:`~vmig.device.machine.Machine` from a QEMU command line.
+
+Understands the subset of ``qemu-system-x86_64`` options that decide virtio-mem's behaviour:
+``-machine``/``-M`` (type, ``memory-backend``), ``-m size[,slots=N][,maxmem=S]``,
+``-numa node,...`` (counted), ``-object memory-backend-{ram,memfd,file},id=,size=[,share=]
+[,prealloc=]``, ``-device virtio-mem-pci,...`` (id, memdev, node, memaddr, block-size,
+requested-size, prealloc, unplugged-inaccessible, x-early-migration, dynamic-memslots,
+vectors), ``-overcommit mem-lock=on`` and ``-incoming``. Everything else is ignored, so a
+fixture's full ``argv`` can be handed over unchanged. Mirrors QEMU's option parsing only as far
+as the values go (qemu_opts / keyval size suffixes); no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from vmig.device.machine import Machine, parse_size
+from vmig.device.virtio_mem import MiB, HostInfo, VirtioMem
+from vmig.errors import UsageError
+
+__all__ = ["machine_from_argv", "split_opts"]
+
+
+def split_opts(text: str, implied: str | None = None) -> dict[str, str]:
+    """``a=1,b=2`` → dict (QemuOpts-style; a leading bare word goes to ``implied``)."""
+    out: dict[str, str] = {}
+    for i, part in enumerate(p for p in text.split(",") if p):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k] = v
+        elif i == 0 and implied:
+            out[implied] = part
+        else:
+            out[part] = "on"
+    return out
+
+
+def _bool(v: str) -> bool:
+    if v in ("on", "true", "yes"):
+        return True
+    if v in ("off", "false", "no"):
+        return False
+    raise UsageError(f"not a boolean: {v!r}")
+
+
+def _ram_size(v: str) -> int:
+    # -m without a suffix means MiB
+    return parse_size(v) * (MiB if v.strip().isdigit() else 1)
+
+
+def machine_from_argv(
+    argv: Sequence[str],
+    *,
+    qemu_version: str = "7.2",
+    host: HostInfo | None = None,
+) -> Machine:
+    """Create the machine, backends and virtio-mem devices an argv describes (in argv order).
+
+    Args:
+        argv: QEMU arguments (with or without the binary as first element).
+        qemu_version: the binary's version (``"7.2"``, ``"10.0"``).
+        host: host facts.
+
+    Returns:
+        The model machine; devices realized (a system reset is *not* run: call
+        ``machine.system_reset()`` to mirror QEMU's start-up reset).
+
+    Raises:
+        DeviceError: QEMU would refuse the command line (its message).
+        UsageError: an option the model cannot interpret.
+    """
+    args = list(argv)
+    if args and not args[0].startswith("-"):
+        args = args[1:]
+    machine_type = "pc"
+    ram = 128 * MiB
+    maxmem: int | None = None
+    slots = 0
+    numa = 0
+    mlock = False
+    incoming = False
+    objects: list[dict[str, str]] = []
+    devices: list[dict[str, str]] = []
+    i = 0
+    while i < len(args):
+        opt = args[i].lstrip("-")
+        val = args[i + 1] if i + 1 < len(args) else ""
+        takes_value = opt not in ("S", "daemonize", "nodefaults", "no-user-config", "no-reboot",
+                                  "no-shutdown", "enable-kvm", "nographic")
+        if opt in ("machine", "M"):
+            machine_type = split_opts(val, "type").get("type", machine_type)
+        elif opt == "m":
+            o = split_opts(val, "size")
+            ram = _ram_size(o["size"])
+            if "maxmem" in o:
+                maxmem = _ram_size(o["maxmem"])
+            slots = int(o.get("slots", 0))
+        elif opt == "numa":
+            if split_opts(val, "type").get("type") == "node":
+                numa += 1
+        elif opt == "object":
+            o = split_opts(val, "qom-type")
+            if o.get("qom-type", "").startswith("memory-backend-"):
+                objects.append(o)
+        elif opt == "device":
+            o = split_opts(val, "driver")
+            if o.get("driver") == "virtio-mem-pci":
+                devices.append(o)
+        elif opt == "overcommit":
+            mlock = split_opts(val).get("mem-lock") == "on"
+        elif opt == "incoming":
+            incoming = True
+        i += 2 if takes_value else 1
+    h = host or HostInfo()
+    if mlock:
+        h = HostInfo(h.page_size, h.thp_size, True, h.discard_disabled, h.wakeup_suspend, h.acpi)
+    m = Machine(machine_type, ram, maxmem, slots=slots, numa_nodes=numa, qemu_version=qemu_version,
+                host=h, incoming=incoming)
+    for o in objects:
+        kind = o["qom-type"].removeprefix("memory-backend-")
+        m.add_backend(
+            o["id"], parse_size(o["size"]), kind=kind, share=_bool(o.get("share", "off")),
+            prealloc=_bool(o.get("prealloc", "off")),
+        )
+    for d in devices:
+        bs = d.get("block-size")
+        if bs is not None:
+            VirtioMem.check_block_size_property(parse_size(bs), m.behaviour)
+        m.device_add(
+            d.get("memdev"),
+            d.get("id"),
+            node=int(d.get("node", 0)),
+            memaddr=parse_size(d.get("memaddr", "0")),
+            block_size=parse_size(bs) if bs else 0,
+            requested_size=parse_size(d.get("requested-size", "0")),
+            prealloc=_bool(d.get("prealloc", "off")),
+            unplugged_inaccessible=d.get("unplugged-inaccessible"),
+            early_migration=_bool(d["x-early-migration"]) if "x-early-migration" in d else None,
+            dynamic_memslots=_bool(d.get("dynamic-memslots", "off")),
+            vectors=int(d["vectors"]) if "vectors" in d else None,
+        )
+    return m

@@ -1,0 +1,428 @@
+"""A pc / q35 machine as far as memory devices go: placement, QOM access, monitor views.
+
+Mirrors hw/i386/pc.c + pc_piix.c / pc_q35.c (RAM split below/above 4 GiB, the device-memory
+region), hw/mem/memory-device.c (pre-plug checks and first-fit address assignment),
+qom/qom-qmp-cmds.c (qom-get / qom-set errors), hw/core/machine-hmp-cmds.c
+(``info memory-devices``) and monitor/hmp-cmds.c (``qom-set`` with size suffixes), as specified in
+spec/virtio-mem.md §7 (QEMU 7.2, verified values).
+
+No I/O: :meth:`Machine.qmp` and :meth:`Machine.hmp` take a command and return what QEMU would
+answer (a Python value, or a :class:`QmpError` carrying QEMU's ``desc``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from vmig.device.versions import Behaviour
+from vmig.device.virtio_mem import (
+    GiB,
+    MiB,
+    HostInfo,
+    MemoryBackend,
+    MigrationState,
+    VirtioMem,
+    VirtioMemProperties,
+)
+from vmig.errors import DeviceError, UsageError
+
+__all__ = ["Machine", "QmpError", "parse_size", "round_up"]
+
+AMD_HT_START = 0xFD00000000
+AMD_ABOVE_1TB_START = 1 << 40
+
+
+class QmpError(DeviceError):
+    """A QMP command failed; ``str(e)`` is QEMU's error ``desc``; ``error_class`` its class."""
+
+    def __init__(self, desc: str, error_class: str = "GenericError") -> None:
+        super().__init__(desc)
+        self.desc = desc
+        self.error_class = error_class
+
+
+def round_up(v: int, align: int) -> int:
+    return -(-v // align) * align
+
+
+_SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
+
+
+def parse_size(text: str, name: str = "size") -> int:
+    """``qemu_strtosz``: a number with optional k/M/G/T/P/E suffix (fractions allowed), bytes.
+
+    Raises:
+        DeviceError: QEMU's visitor message for ``name``.
+    """
+    m = re.fullmatch(r"\s*(0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?)\s*([bBkKmMgGtTpPeE]?)", text)
+    err = (
+        f"Parameter '{name}' expects a non-negative number below 2^64\n"
+        "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+        "and exabytes, respectively."
+    )
+    if not m:
+        raise DeviceError(err)
+    num, suf = m.group(1), m.group(2).upper()
+    mult = _SUFFIX[suf]
+    if num.lower().startswith("0x"):
+        if suf and suf != "B":
+            val = int(num, 16) * mult
+        else:
+            val = int(num, 16)
+    elif "." in num:
+        if not suf or suf == "B":
+            raise DeviceError(err)
+        whole, frac = num.split(".")
+        frac = frac or "0"
+        val = int(whole) * mult + (int(frac) * mult) // (10 ** len(frac))
+    else:
+        val = int(num) * mult
+    if val >= 1 << 64:
+        raise DeviceError(err)
+    return val
+
+
+@dataclass
+class _Slot:
+    device: VirtioMem
+    pci_path: str
+
+
+class Machine:
+    """A QEMU x86 machine with its memory devices (virtio-mem-pci).
+
+    Args:
+        machine: ``pc``, ``q35``, ``pc-i440fx-7.2``, ``pc-q35-8.0`` …
+        ram_size: ``-m`` size in bytes.
+        maxmem: ``-m ...,maxmem=`` in bytes (None = no device memory).
+        slots: ``-m ...,slots=``.
+        numa_nodes: number of ``-numa node`` entries (0 = none).
+        qemu_version: binary version (``"7.2"``, ``"10.0"`` …).
+        host: host facts (THP size, page size, mlock).
+        amd_cpu: CPU vendor AMD (the default TCG CPU qemu64 is); matters for the 1 TiB relocation.
+        incoming: started with ``-incoming`` (runstate INMIGRATE).
+    """
+
+    def __init__(
+        self,
+        machine: str = "pc",
+        ram_size: int = 512 * MiB,
+        maxmem: int | None = None,
+        *,
+        slots: int = 0,
+        numa_nodes: int = 0,
+        qemu_version: str = "7.2",
+        host: HostInfo | None = None,
+        amd_cpu: bool = True,
+        incoming: bool = False,
+    ) -> None:
+        self.behaviour = Behaviour.for_qemu(qemu_version, machine)
+        self.ram_size = ram_size
+        self.maxmem = maxmem if maxmem is not None else ram_size
+        if self.maxmem < ram_size:
+            raise DeviceError(
+                f"invalid value of maxmem: maximum memory size (0x{self.maxmem:x}) must be at least "
+                f"the initial memory size (0x{ram_size:x})"
+            )
+        self.slots = slots
+        self.numa_nodes = numa_nodes
+        self.host = host or HostInfo()
+        self.amd_cpu = amd_cpu
+        self.migration = MigrationState()
+        self.migration.inmigrate = incoming
+        self.backends: dict[str, MemoryBackend] = {}
+        self._slots: list[_Slot] = []
+        self._anon = 0
+        self._next_pci_slot = 2 if self.behaviour.machine_family == "pc" else 1
+        self.below_4g, self.above_4g = self._split_ram()
+        self.device_memory_base, self.device_memory_size = self._device_memory()
+
+    # -- layout -----------------------------------------------------------------------------------
+    def _split_ram(self) -> tuple[int, int]:
+        ram = self.ram_size
+        if self.behaviour.machine_family == "pc":
+            # i440fx with gigabyte_align: 3 GiB low once RAM reaches max-ram-below-4g (3.5 GiB)
+            low = 0xC0000000 if ram >= 0xE0000000 else ram
+        else:
+            low = 0x80000000 if ram >= 0xB0000000 else 0xB0000000
+        low = min(low, ram)
+        return low, ram - low
+
+    def _device_memory(self) -> tuple[int, int]:
+        if self.maxmem <= self.ram_size:
+            return 0, 0
+        above_4g_start = 4 * GiB
+        size = self.maxmem - self.ram_size + GiB * self.slots  # aligned-DIMM machines
+        base = round_up(above_4g_start + self.above_4g, GiB)
+        if (
+            self.amd_cpu
+            and self.behaviour.machine_version >= (7, 1)
+            and base + size > AMD_HT_START
+        ):
+            base = round_up(AMD_ABOVE_1TB_START + self.above_4g, GiB)
+        return base, size
+
+    # -- objects ----------------------------------------------------------------------------------
+    def add_backend(self, id: str, size: int, **kw: Any) -> MemoryBackend:
+        """``-object memory-backend-ram,id=...,size=...`` (kw: kind, share, page_size, prealloc)."""
+        if id in self.backends:
+            raise DeviceError(f"attempt to add duplicate property '{id}' to object (type 'container')")
+        b = MemoryBackend(id=id, size=size, **kw)
+        self.backends[id] = b
+        return b
+
+    @property
+    def devices(self) -> list[VirtioMem]:
+        """Memory devices in plug order."""
+        return [s.device for s in self._slots]
+
+    def device(self, path: str) -> VirtioMem:
+        """Resolve a QOM path (``vm0``, ``/machine/peripheral/vm0``, anon paths) to a device.
+
+        Raises:
+            QmpError: "Device '...' not found" (class DeviceNotFound).
+        """
+        for s in self._slots:
+            d = s.device
+            if path in (d.qom_path, d.id) and path:
+                return d
+            if path.lstrip("/") and d.qom_path.endswith("/" + path.lstrip("/")):
+                return d
+        raise QmpError(f"Device '{path}' not found", "DeviceNotFound")
+
+    def _used_region_size(self) -> int:
+        return sum(d.region_size for d in self.devices)
+
+    def device_add(
+        self,
+        memdev: str | None,
+        id: str | None = None,
+        *,
+        node: int = 0,
+        memaddr: int = 0,
+        block_size: int = 0,
+        requested_size: int = 0,
+        prealloc: bool = False,
+        unplugged_inaccessible: str | None = None,
+        early_migration: bool | None = None,
+        dynamic_memslots: bool = False,
+        vectors: int | None = None,
+    ) -> VirtioMem:
+        """``-device virtio-mem-pci,...``: property setters, memory-device pre-plug, realize.
+
+        Raises:
+            DeviceError: QEMU's message for the first check that fails.
+        """
+        beh = self.behaviour
+        if memdev is not None and memdev not in self.backends:
+            raise DeviceError(
+                f"Property 'virtio-mem.memdev' can't find value '{memdev}'"
+            )
+        if block_size:
+            VirtioMem.check_block_size_property(block_size, beh)
+        backend = self.backends.get(memdev) if memdev is not None else None
+        props = VirtioMemProperties(
+            memdev=backend, id=id, node=node, memaddr=memaddr, block_size=block_size,
+            requested_size=requested_size, prealloc=prealloc,
+            unplugged_inaccessible=unplugged_inaccessible, early_migration=early_migration,
+            dynamic_memslots=dynamic_memslots, vectors=vectors,
+        )
+        if id is not None and any(d.id == id for d in self.devices):
+            raise DeviceError(f"Duplicate device ID '{id}'")
+        # --- pre-plug (memory_device_pre_plug) ---
+        if not self.device_memory_size:
+            raise DeviceError(
+                "memory devices (e.g. for memory hotplug) are not enabled, please specify the maxmem option"
+            )
+        if backend is None:
+            raise DeviceError("'memdev' property must be set")
+        used = self._used_region_size()
+        if used + backend.size > self.maxmem - self.ram_size:
+            raise DeviceError(
+                f"not enough space, currently 0x{used:x} in use of total space for memory devices "
+                f"0x{self.maxmem - self.ram_size:x}"
+            )
+        bs_for_align = block_size or VirtioMem.default_block_size(backend, self.host, beh)[0]
+        align = max(bs_for_align, backend.align)
+        props.memaddr = self._free_addr(memaddr or None, align, backend.size)
+        # --- realize ---
+        if id is not None:
+            qom_path = f"/machine/peripheral/{id}"
+        else:
+            qom_path = f"/machine/peripheral-anon/device[{self._anon}]"
+        dev = VirtioMem.realize(
+            props, behaviour=beh, host=self.host, migration=self.migration,
+            numa_nodes=self.numa_nodes, qom_path=qom_path,
+        )
+        if id is None:
+            self._anon += 1
+        pci = f"0000:00:{self._next_pci_slot:02x}.0"
+        self._next_pci_slot += 1
+        self._slots.append(_Slot(dev, pci))
+        return dev
+
+    def pci_path(self, dev: VirtioMem) -> str:
+        """PCI dev-path of the device (``0000:00:02.0``), the prefix of its section idstrs."""
+        for s in self._slots:
+            if s.device is dev:
+                return s.pci_path
+        raise UsageError("device not on this machine")
+
+    def _free_addr(self, hint: int | None, align: int, size: int) -> int:
+        """``memory_device_get_free_addr`` (first fit, spec §7.2)."""
+        base, total = self.device_memory_base, self.device_memory_size
+        if base % align:
+            raise DeviceError(
+                f"the alignment (0x{align:x}) exceeds the expected maximum alignment (0x{base & -base:x})"
+            )
+        if size % align:
+            raise DeviceError(f"backend memory size must be multiple of 0x{align:x}")
+        if hint is not None and hint % align:
+            raise DeviceError(f"address must be aligned to 0x{align:x} bytes")
+        end_as = base + total
+        if hint is not None:
+            if hint < base or hint + size > end_as:
+                raise DeviceError(
+                    f"can't add memory device [0x{hint:x}:0x{size:x}], usable range for memory devices "
+                    f"[0x{base:x}:0x{total:x}]"
+                )
+            start = hint
+        else:
+            start = round_up(base, align)
+            if start + size > end_as:
+                raise DeviceError("can't add memory device, device too big")
+        for d in sorted(self.devices, key=lambda x: x.addr):
+            lo, hi = d.addr, d.addr + d.region_size
+            if lo < start + size and start < hi:
+                if hint is not None:
+                    raise DeviceError(f"address range conflicts with memory device id='{d.id or ''}'")
+                start = round_up(hi, align)
+            elif lo >= start + size:
+                break
+        if start < base or start + size > end_as:
+            raise DeviceError(
+                "could not find position in guest address space for memory device - memory "
+                "fragmented due to alignments"
+            )
+        return start
+
+    # -- monitor views ----------------------------------------------------------------------------
+    def query_memory_devices(self) -> list[dict[str, Any]]:
+        """QMP ``query-memory-devices`` (devices in ascending memaddr order)."""
+        return [d.memory_device_info() for d in sorted(self.devices, key=lambda x: x.addr)]
+
+    def hmp_info_memory_devices(self) -> str:
+        """HMP ``info memory-devices`` text (``\\n`` line ends; QEMU's monitor sends ``\\r\\n``)."""
+        return "".join(d.hmp_info() for d in sorted(self.devices, key=lambda x: x.addr))
+
+    # -- QOM ----------------------------------------------------------------------------------------
+    _READ_ONLY_STATIC = ("memaddr", "node", "memdev", "prealloc", "unplugged-inaccessible")
+
+    def qom_get(self, path: str, prop: str) -> Any:
+        """QMP ``qom-get`` on a virtio-mem-pci device.
+
+        Raises:
+            QmpError: unknown device or property.
+        """
+        d = self.device(path)
+        values: dict[str, Any] = {
+            "size": d.size,
+            "requested-size": d.requested_size,
+            "block-size": d.block_size,
+            "memaddr": d.addr,
+            "node": d.node,
+            "memdev": d.memdev_path,
+            "prealloc": d.prealloc,
+        }
+        if self.behaviour.has_unplugged_inaccessible:
+            values["unplugged-inaccessible"] = d.unplugged_inaccessible
+        if self.behaviour.has_early_migration_property:
+            values["x-early-migration"] = d.early_migration
+        if self.behaviour.has_vectors_property:
+            values["vectors"] = d.vectors
+        if prop not in values:
+            raise QmpError(f"Property 'virtio-mem-pci.{prop}' not found")
+        return values[prop]
+
+    def qom_set(self, path: str, prop: str, value: Any) -> None:
+        """QMP ``qom-set`` (the value as a JSON value: sizes must be integers).
+
+        Raises:
+            QmpError: QEMU's message.
+        """
+        d = self.device(path)
+        if prop == "requested-size":
+            if not isinstance(value, int) or isinstance(value, bool) or value >= 1 << 64 or value < -(1 << 63):
+                raise QmpError("Parameter 'requested-size' expects uint64")
+            try:
+                d.qom_set_requested_size(value & ((1 << 64) - 1))
+            except DeviceError as e:
+                raise QmpError(str(e)) from e
+            return
+        if prop == "size":
+            raise QmpError("Property 'virtio-mem.size' is not writable")
+        if prop == "block-size":
+            raise QmpError("'block-size' cannot be changed")
+        known = set(self._READ_ONLY_STATIC)
+        if self.behaviour.has_early_migration_property:
+            known.add("x-early-migration")
+        if prop in known:
+            raise QmpError(
+                f"Attempt to set property '{prop}' on anonymous device (type 'virtio-mem') after it was realized"
+            )
+        raise QmpError(f"Property 'virtio-mem-pci.{prop}' not found")
+
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Answer the QMP commands the model covers (``query-memory-devices``, ``qom-get``,
+        ``qom-set``, ``system_reset``, ``human-monitor-command``).
+
+        Raises:
+            QmpError: as QEMU would answer; UsageError for commands the model does not cover.
+        """
+        a = arguments or {}
+        if command == "query-memory-devices":
+            return self.query_memory_devices()
+        if command == "qom-get":
+            return self.qom_get(a["path"], a["property"])
+        if command == "qom-set":
+            self.qom_set(a["path"], a["property"], a["value"])
+            return {}
+        if command == "system_reset":
+            self.system_reset()
+            return {}
+        if command == "human-monitor-command":
+            return self.hmp(a["command-line"])
+        raise UsageError(f"QMP command {command!r} is not modelled")
+
+    def hmp(self, cmdline: str) -> str:
+        """Answer an HMP command line (``info memory-devices``, ``qom-get``, ``qom-set``,
+        ``system_reset``); errors come back as ``Error: ...`` text like the monitor prints."""
+        words = shlex.split(cmdline)
+        if words[:2] == ["info", "memory-devices"]:
+            return self.hmp_info_memory_devices()
+        try:
+            if words and words[0] == "qom-get" and len(words) == 3:
+                v = self.qom_get(words[1], words[2])
+                return (str(v).lower() if isinstance(v, bool) else f'"{v}"' if isinstance(v, str) else str(v)) + "\n"
+            if words and words[0] == "qom-set" and len(words) == 4:
+                path, prop, text = words[1:]
+                d = self.device(path)
+                if prop == "requested-size":
+                    d.qom_set_requested_size(parse_size(text, prop))
+                else:
+                    self.qom_set(path, prop, text)
+                return ""
+            if words == ["system_reset"]:
+                self.system_reset()
+                return ""
+        except DeviceError as e:
+            return f"Error: {e}\n"
+        raise UsageError(f"HMP command {cmdline!r} is not modelled")
+
+    # -- machine events -------------------------------------------------------------------------
+    def system_reset(self, kind: str = "cold") -> dict[str, bool]:
+        """Run every device's system-reset hook; returns {qom_path: unplugged?}."""
+        return {d.qom_path: d.system_reset(kind) for d in self.devices}

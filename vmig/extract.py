@@ -1,0 +1,630 @@
+"""Extract guest RAM from a migration stream: per-RAMBlock sparse files, a guest-physical image.
+
+Covers ``vmig extract``: one sparse file per RAMBlock (zero pages are holes), ``state.json`` and
+``desc.json``; ``--format qemu`` reproduces QEMU's ``scripts/analyze-migration.py -x`` output
+(file names = idstrs relative to DIR, ``state.json``/``desc.json`` as that script writes them);
+``--physical`` places the main RAM by the machine's layout (pc / q35 RAM split around the PCI
+hole, as QEMU's ``hw/i386/pc_piix.c`` / ``pc_q35.c`` compute ``below_4g_mem_size``) and each
+virtio-mem device's plugged blocks at its ``memaddr`` (``hw/virtio/virtio-mem.c`` state), as a
+raw sparse file or an ELF core (one PT_LOAD per range, like ``dump-guest-memory``'s ELF).
+
+Page contents follow the destination's loader (``migration/ram.c`` ``ram_load_precopy``):
+records are applied in stream order onto the current page content, so XBZRLE deltas and short
+zlib pages build on what earlier records wrote, and the last write wins.
+
+Theory of operation:
+
+1. Nothing is written outside DIR: every output goes into a private temporary directory created
+   inside DIR, with names from :func:`safe_relpath` (no absolute paths, no ``..``, no NUL, no
+   over-long components; collisions get a ``~N`` suffix); files are opened with ``O_EXCL`` and
+   ``O_NOFOLLOW``. At the end the top-level entries are renamed into DIR (atomic per entry).
+2. Block files are created at their used length with ``ftruncate`` (sparse). PAGE runs that are
+   contiguous in the stream and in the block are gathered with one strided numpy copy and
+   written with one ``pwrite``; ZERO records write nothing unless the page held data before
+   (vmig format) — ``--format qemu`` mimics the script, which never writes a zero fill.
+3. Page state needed across records (was this page written?) is one bool per target page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from vmig.errors import RamError, StreamError, UsageError
+from vmig.stream import ramcodec, xbzrle
+from vmig.stream.constants import RamFlag, SectionType
+
+__all__ = [
+    "safe_relpath",
+    "NameMapper",
+    "BlockImages",
+    "ExtractResult",
+    "extract",
+    "machine_layout",
+    "PhysRange",
+    "write_physical",
+    "write_elf_core",
+]
+
+_MAX_COMPONENT = 200  # bytes; leaves room for a "~N" suffix under NAME_MAX (255)
+_MAX_PATH = 3000
+_CONT = int(RamFlag.CONTINUE)
+_IOV_MAX = 1024
+_ZERO, _PAGE, _XBZRLE, _COMPRESS = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE),
+                                    int(RamFlag.COMPRESS_PAGE))
+
+
+# ------------------------------------------------------------------------------------ names
+def _component(raw: bytes) -> bytes:
+    """One safe path component for the bytes between two slashes of an idstr."""
+    if raw in (b".", b".."):
+        return raw.replace(b".", b"%2e")
+    out = raw.replace(b"%", b"%25").replace(b"\x00", b"%00")
+    if len(out) > _MAX_COMPONENT:
+        digest = hashlib.sha256(raw).hexdigest()[:16].encode()
+        out = out[: _MAX_COMPONENT - 17] + b"~" + digest
+    return out
+
+
+def safe_relpath(idstr: str | bytes) -> bytes:
+    """Map a RAMBlock idstr to a safe relative path (bytes) under the output directory.
+
+    The QEMU script writes ``"./" + idstr``; this keeps that mapping for ordinary names
+    (``/rom@etc/acpi/tables`` → ``rom@etc/acpi/tables``, ``0000:00:02.0/mem0`` unchanged) and
+    maps what could escape or fail: empty components (leading ``/``, ``//``) are dropped,
+    ``.``/``..`` become ``%2e``/``%2e%2e``, ``%`` and NUL are percent-escaped, over-long
+    components are shortened with a hash suffix. An idstr with no component left becomes ``%``.
+    """
+    raw = idstr.encode("latin-1") if isinstance(idstr, str) else bytes(idstr)
+    parts = [_component(p) for p in raw.split(b"/") if p != b""]
+    if not parts:
+        parts = [b"%"]
+    path = b"/".join(parts)
+    if len(path) > _MAX_PATH:
+        path = b"%long~" + hashlib.sha256(raw).hexdigest().encode()
+    return path
+
+
+class NameMapper:
+    """Assigns every block a unique safe relative path; a file never shadows a directory."""
+
+    RESERVED = (b"state.json", b"desc.json")
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self._taken_files: set[bytes] = set(self.RESERVED)
+        self._taken_dirs: set[bytes] = set()
+
+    def _free(self, path: bytes) -> bool:
+        if path in self._taken_files or path in self._taken_dirs:
+            return False
+        parts = path.split(b"/")
+        for i in range(1, len(parts)):
+            if b"/".join(parts[:i]) in self._taken_files:
+                return False
+        return True
+
+    def path_for(self, idstr: str) -> bytes:
+        if idstr in self.files:
+            return self.files[idstr]
+        base = safe_relpath(idstr)
+        path = base
+        n = 1
+        while not self._free(path):
+            path = base + b"~%d" % n
+            n += 1
+        parts = path.split(b"/")
+        for i in range(1, len(parts)):
+            self._taken_dirs.add(b"/".join(parts[:i]))
+        self._taken_files.add(path)
+        self.files[idstr] = path
+        return path
+
+
+# ------------------------------------------------------------------------------ block images
+@dataclass
+class _Block:
+    idstr: str
+    length: int
+    fd: int
+    path: bytes
+    written: np.ndarray  # bool per target page: holds data written by a record
+
+
+class BlockImages:
+    """Sparse per-block files inside ``root`` receiving RAM records in stream order.
+
+    Args:
+        root: directory (bytes or str) the files are created in (a private temp dir).
+        qemu_compat: mimic analyze-migration.py -x (zero fills are never written).
+    """
+
+    def __init__(self, root: str | bytes, *, qemu_compat: bool = False) -> None:
+        self.root = os.fsencode(root)
+        self.qemu_compat = qemu_compat
+        self.names = NameMapper()
+        self.blocks: dict[str, _Block] = {}
+        self._map_key: Any = None
+        self._map: list[_Block | None] = []
+        self.pages_written = 0
+        # One writer thread: page writes (which release the GIL) overlap with decoding the next
+        # batch. FIFO order keeps "last write wins"; reads drain it first; bounded backlog.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmig-extract")
+        self._pending: deque[Future[None]] = deque()
+        self.threaded = os.environ.get("VMIG_EXTRACT_THREAD", "1") == "1"
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        if not self.threaded:
+            fn(*args)
+            return
+        while len(self._pending) >= 8:
+            self._pending.popleft().result()
+        self._pending.append(self._writer.submit(fn, *args))
+
+    def drain(self) -> None:
+        """Wait for every queued write (raises the first write error)."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def _open(self, idstr: str, length: int) -> _Block:
+        blk = self.blocks.get(idstr)
+        if blk is not None:
+            if length > blk.length:  # a later MEM_SIZE grew the block
+                os.ftruncate(blk.fd, length)
+                blk.length = length
+            return blk
+        rel = self.names.path_for(idstr)
+        full = os.path.join(self.root, rel)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        os.ftruncate(fd, length)
+        blk = _Block(idstr, length, fd, rel, np.zeros(0, dtype=np.bool_))
+        self.blocks[idstr] = blk
+        return blk
+
+    def set_blocks(self, blocks: Iterable[Any]) -> None:
+        """Create files for a MEM_SIZE block list (``RamBlock`` objects)."""
+        for b in blocks:
+            self._open(b.idstr, b.used_length)
+
+    def _mapping(self, batch: Any) -> list[_Block | None]:
+        if batch.blocks is not self._map_key:
+            self._map = [self._open(b.idstr, b.used_length) for b in batch.blocks]
+            self._map_key = batch.blocks
+        return self._map
+
+    def _written(self, blk: _Block, ps: int) -> np.ndarray:
+        n = -(-blk.length // ps)
+        if len(blk.written) < n:
+            w = np.zeros(n, dtype=np.bool_)
+            w[: len(blk.written)] = blk.written
+            blk.written = w
+        return blk.written
+
+    def add_batch(self, batch: Any) -> None:
+        """Apply one ``RamBatch``'s page records to the files, in record order."""
+        if batch.mem_size is not None:
+            self.set_blocks(batch.mem_size)
+        n = len(batch)
+        if n == 0:
+            return
+        mapping = self._mapping(batch)
+        ps = batch.page_size
+        types = (batch.flags & np.uint16(0x3FF & ~_CONT)).astype(np.int64)
+        is_page = np.isin(types, (_ZERO, _PAGE, _XBZRLE, _COMPRESS))
+        if not is_page.any():
+            return
+        idx = np.flatnonzero(is_page)
+        t = types[idx]
+        blk = batch.block[idx]
+        # segments of equal (type, block) in record order
+        change = np.flatnonzero((t[1:] != t[:-1]) | (blk[1:] != blk[:-1])) + 1
+        starts = np.concatenate(([0], change))
+        ends = np.concatenate((change, [len(idx)]))
+        raw = np.frombuffer(batch.raw, dtype=np.uint8)
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            rows = idx[s:e]
+            typ = int(t[s])
+            b = mapping[int(blk[s])]
+            assert b is not None
+            if typ == _PAGE:
+                self._pages(b, batch, rows, raw, ps)
+            elif typ == _ZERO:
+                self._zeros(b, batch, rows, raw, ps)
+            else:
+                self._scalar(b, batch, rows, typ, ps)
+
+    def _pages(self, b: _Block, batch: Any, rows: np.ndarray, raw: np.ndarray, ps: int) -> None:
+        doff = batch.data_offset[rows] - batch.base
+        addr = batch.addr[rows].astype(np.int64)
+        written = self._written(b, ps)
+        written[addr // ps] = True
+        self.pages_written += len(rows)
+        # runs of consecutive addresses: one pwritev each, the iovecs pointing into the input
+        # (an mmap for files), so the kernel copies every page exactly once
+        brk = np.flatnonzero(np.diff(addr) != ps) + 1
+        rs = np.concatenate(([0], brk)).tolist()
+        re_ = np.concatenate((brk, [len(rows)])).tolist()
+        mv = memoryview(batch.raw)
+        offs = doff.tolist()
+        for a, z in zip(rs, re_):
+            pos = int(addr[a])
+            for c in range(a, z, _IOV_MAX):
+                e = min(z, c + _IOV_MAX)
+                bufs = [mv[o : o + ps] for o in offs[c:e]]
+                self._submit(_pwritev_all, b.fd, bufs, pos)
+                pos += (e - c) * ps
+
+    def _zeros(self, b: _Block, batch: Any, rows: np.ndarray, raw: np.ndarray, ps: int) -> None:
+        fills = raw[batch.data_offset[rows] - batch.base]
+        pages = (batch.addr[rows] // np.uint64(ps)).astype(np.int64)
+        written = self._written(b, ps)
+        nz = fills != 0
+        if self.qemu_compat:
+            # the script writes nothing for a zero fill (and fails on a non-zero one)
+            for i in np.flatnonzero(nz).tolist():
+                self._submit(os.pwrite, b.fd, bytes((int(fills[i]),)) * ps, int(pages[i]) * ps)
+                written[pages[i]] = True
+            return
+        if not nz.any() and not written[pages].any():
+            return
+        for i in range(len(rows)):
+            p = int(pages[i])
+            if nz[i] or written[p]:
+                self._submit(os.pwrite, b.fd, bytes((int(fills[i]),)) * ps, p * ps)
+                written[p] = bool(nz[i])
+
+    def _scalar(self, b: _Block, batch: Any, rows: np.ndarray, typ: int, ps: int) -> None:
+        written = self._written(b, ps)
+        self.drain()
+        for i in rows.tolist():
+            a = int(batch.addr[i])
+            p = a // ps
+            page = bytearray(os.pread(b.fd, ps, a)) if written[p] else bytearray(ps)
+            if len(page) < ps:
+                page += bytes(ps - len(page))
+            data = batch.data(i)
+            off = int(batch.data_offset[i])
+            if typ == _XBZRLE:
+                xbzrle.apply(data, page, offset=off)
+            else:
+                ramcodec.inflate_into(data, page, offset=off)
+            os.pwrite(b.fd, page[: max(0, min(ps, b.length - a))], a)
+            written[p] = True
+            self.pages_written += 1
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self._writer.shutdown(wait=True)
+        for b in self.blocks.values():
+            try:
+                os.close(b.fd)
+            except OSError:
+                pass
+
+
+def _pwritev_all(fd: int, bufs: list[memoryview], pos: int) -> None:
+    total = len(bufs) * len(bufs[0])  # all page-sized
+    done = os.pwritev(fd, bufs, pos)
+    if done < total:  # short write (rare): finish with plain writes
+        data = b"".join(bytes(x) for x in bufs)[done:]
+        while data:
+            n = os.pwrite(fd, data, pos + done)
+            data = data[n:]
+            done += n
+
+
+# ----------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class PhysRange:
+    """A guest-physical range backed by a block file range."""
+
+    gpa: int
+    length: int
+    idstr: str
+    block_offset: int
+
+
+def machine_layout(machine: str | None, ram_size: int) -> list[tuple[int, int, int]]:
+    """Where the main RAM goes: ``[(gpa, length, offset in pc.ram)]``.
+
+    pc (i440fx): RAM of 3.5 GiB or more keeps 3 GiB below 4 GiB (``gigabyte_align``), the rest
+    at 4 GiB; q35: RAM of 2.75 GiB or more keeps 2 GiB low, else everything is low.
+    Other machines: the block at address 0.
+    """
+    name = machine or ""
+    if name.startswith("pc-q35") or name == "q35":
+        lowmem = 0x80000000 if ram_size >= 0xB0000000 else 0xB0000000
+    elif name.startswith("pc-i440fx") or name == "pc" or name.startswith("pc-"):
+        lowmem = 0xC0000000 if ram_size >= 0xE0000000 else 0xE0000000
+    else:
+        return [(0, ram_size, 0)]
+    below = min(ram_size, lowmem)
+    out = [(0, below, 0)]
+    if ram_size > below:
+        out.append((1 << 32, ram_size - below, below))
+    return out
+
+
+def _virtio_mem_ranges(devices: list[tuple[str, Any]], blocks: dict[str, int]) -> list[PhysRange]:
+    out: list[PhysRange] = []
+    for dev_path, st in devices:
+        tmp = st["tmp"]
+        addr, bs = int(tmp["addr"]), int(tmp["block_size"])
+        bitmap = np.asarray(st["bitmap"], dtype=np.bool_)
+        block = next((n for n in blocks if n.startswith(dev_path + "/")), None)
+        if block is None:
+            continue
+        m = np.concatenate(([False], bitmap, [False]))
+        edges = np.flatnonzero(m[1:] != m[:-1])
+        for a, z in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+            out.append(PhysRange(addr + a * bs, (z - a) * bs, block, a * bs))
+    return out
+
+
+def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
+    """Copy a range keeping holes (SEEK_DATA/SEEK_HOLE), so the result stays sparse."""
+    end = src_off + length
+    pos = src_off
+    while pos < end:
+        try:
+            data = os.lseek(src_fd, pos, os.SEEK_DATA)
+        except OSError:
+            return  # no more data
+        if data >= end:
+            return
+        hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), end)
+        p = data
+        while p < hole:
+            n = min(hole - p, 8 << 20)
+            buf = os.pread(src_fd, n, p)
+            os.pwrite(dst_fd, buf, dst_off + (p - src_off))
+            p += len(buf)
+        pos = hole
+
+
+def write_physical(ranges: list[PhysRange], images: dict[str, tuple[int, int]], out_fd: int) -> None:
+    """Write a raw sparse guest-physical image (``images``: idstr → (fd, length))."""
+    size = max((r.gpa + r.length for r in ranges), default=0)
+    os.ftruncate(out_fd, size)
+    for r in ranges:
+        fd, _ = images[r.idstr]
+        _copy_range(fd, out_fd, r.block_offset, r.gpa, r.length)
+
+
+def write_elf_core(ranges: list[PhysRange], images: dict[str, tuple[int, int]], out_fd: int) -> None:
+    """Write an ELF64 x86-64 core file with one PT_LOAD per range (p_paddr = guest address).
+
+    Like QEMU's ``dump-guest-memory`` ELF output, without CPU notes: ``p_vaddr`` is 0, file
+    offsets are page aligned and the data regions are sparse where the guest RAM is zero.
+    """
+    ranges = sorted(ranges, key=lambda r: r.gpa)
+    phnum = len(ranges)
+    ehsize, phentsize = 64, 56
+    data_off = -(-(ehsize + phentsize * phnum) // 4096) * 4096
+    ident = b"\x7fELF" + bytes((2, 1, 1, 0)) + bytes(8)
+    eh = ident + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, ehsize if phnum else 0, 0, 0, ehsize,
+                             phentsize, min(phnum, 0xFFFF), 64, 0, 0)
+    phs = bytearray()
+    off = data_off
+    offsets = []
+    for r in ranges:
+        offsets.append(off)
+        phs += struct.pack("<IIQQQQQQ", 1, 7, off, 0, r.gpa, r.length, r.length, 4096)
+        off += -(-r.length // 4096) * 4096
+    os.ftruncate(out_fd, off)
+    os.pwrite(out_fd, eh + bytes(phs), 0)
+    for r, o in zip(ranges, offsets):
+        fd, _ = images[r.idstr]
+        _copy_range(fd, out_fd, r.block_offset, o, r.length)
+
+
+# ----------------------------------------------------------------------------- driver
+@dataclass
+class ExtractResult:
+    """What ``extract`` wrote (paths relative to DIR) and counts."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    pages_written: int = 0
+    physical: str | None = None
+
+
+def _slim(ev: Any) -> Any:
+    """Keep a RamRecords event's columns and block list, drop its page bytes (bounded memory)."""
+    from vmig.stream.events import RamRecords
+
+    b = ev.batch
+
+    class _Cols:
+        flags = b.flags
+        nbytes = b.nbytes
+        mem_size = b.mem_size
+        blocks = b.blocks
+
+        def __len__(self) -> int:
+            return len(self.flags)
+
+    return RamRecords(ev.offset, ev.length, _Cols(), ev.section_id)
+
+
+def extract(
+    events: Iterable[Any],
+    out_dir: str,
+    *,
+    fmt: str = "vmig",
+    physical: str | None = None,
+    elf: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ExtractResult:
+    """Extract RAM blocks, ``state.json`` and ``desc.json`` from decoded events into ``out_dir``.
+
+    Args:
+        events: the decoder's events (``vmig.stream.io.iter_events``).
+        out_dir: DIR (created if missing). Nothing is written outside it, except ``physical``.
+        fmt: ``"vmig"`` (vmig's JSON, raw trailer bytes, destination page semantics) or
+            ``"qemu"`` (analyze-migration.py -x files).
+        physical: also write a guest-physical image to this path (written atomically).
+        elf: the physical image as an ELF core instead of raw.
+        progress: called with the absolute offset reached, now and then.
+
+    Raises:
+        UsageError: DIR cannot be used; a target entry exists as a directory.
+        StreamError: the stream is invalid (from the decoder or a bad page payload).
+    """
+    if fmt not in ("vmig", "qemu"):
+        raise UsageError(f"unknown extract format {fmt!r}")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".vmig-extract-", dir=out_dir)
+    except OSError as e:
+        raise UsageError(f"{out_dir}: cannot create output directory: {e.strerror}") from e
+    images = BlockImages(tmp, qemu_compat=(fmt == "qemu"))
+    kept: list[Any] = []
+    machine: str | None = None
+    trailer: bytes | None = None
+    vm_devices: list[tuple[str, Any]] = []
+    try:
+        current_ram = False
+        for ev in events:
+            name = type(ev).__name__
+            if name == "RamRecords":
+                images.add_batch(ev.batch)
+                kept.append(_slim(ev))
+                if progress is not None:
+                    progress(ev.offset + ev.length)
+                continue
+            kept.append(ev)
+            if name == "Configuration":
+                machine = ev.name
+            elif name == "VmDescriptionEvent":
+                trailer = bytes(ev.raw)
+            elif name == "DeviceState" and physical is not None:
+                st = _virtio_mem_state(ev)
+                if st is not None:
+                    vm_devices.append(st)
+            elif name == "SectionHeader":
+                current_ram = ev.idstr == "ram"
+        del current_ram
+        images.drain()
+        result = ExtractResult(pages_written=images.pages_written)
+        for idstr, b in images.blocks.items():
+            result.files[idstr] = os.fsdecode(b.path)
+        _write_json(tmp, kept, trailer, fmt)
+        if physical is not None:
+            result.physical = _physical(images, machine, vm_devices, physical, elf)
+        images.close()
+        _publish(tmp, out_dir)
+        return result
+    except BaseException:
+        images.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _virtio_mem_state(ev: Any) -> tuple[str, Any] | None:
+    from vmig.stream.vmstate import virtio_mem
+
+    idstr = ev.idstr
+    if idstr.endswith("/virtio-mem-device-early"):
+        st = virtio_mem.decode_early(ev.payload, offset=ev.offset)
+        return idstr[: -len("/virtio-mem-device-early")], st
+    if idstr.endswith("/virtio-mem"):
+        st = virtio_mem.decode_virtio_mem(ev.payload, offset=ev.offset)
+        dev = st["device"]
+        if "tmp" not in dev:
+            return None  # 8.0+ late section: the early section carried addr and bitmap
+        return idstr[: -len("/virtio-mem")], dev
+    return None
+
+
+def _write_json(tmp: str, kept: list[Any], trailer: bytes | None, fmt: str) -> None:
+    if fmt == "qemu":
+        from vmig.stream.vmstate import qemu_json
+
+        if trailer is None:
+            raise StreamError("the stream has no vmdesc trailer; analyze-migration.py -x needs one "
+                              "(use --format vmig)")
+        desc = qemu_json.desc_dict(trailer)
+        state = qemu_json.state_dict(kept)
+        enc = json.JSONEncoder(indent=4, separators=(",", ": "))
+        _write_new(tmp, "desc.json", enc.encode(desc).encode())
+        _write_new(tmp, "state.json", enc.encode(state).encode())
+    else:
+        from vmig.stream.vmstate import vmig_json
+
+        doc = vmig_json.analyze(kept)
+        _write_new(tmp, "state.json", (json.dumps(doc, indent=2) + "\n").encode())
+        if trailer is not None:
+            _write_new(tmp, "desc.json", trailer)
+
+
+def _write_new(root: str, name: str, data: bytes) -> None:
+    fd = os.open(os.path.join(root, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: str, out_dir: str) -> None:
+    """Move the temp dir's top-level entries into DIR (files replace files; dirs must be new)."""
+    entries = os.listdir(tmp)
+    for e in entries:
+        target = os.path.join(out_dir, e)
+        if os.path.isdir(os.path.join(tmp, e)) and os.path.lexists(target):
+            if not os.path.isdir(target) or os.path.islink(target):
+                raise UsageError(f"{target}: exists and is not a directory")
+            _merge_dir(os.path.join(tmp, e), target)
+            continue
+        if os.path.isdir(target) and not os.path.islink(target):
+            raise UsageError(f"{target}: exists as a directory")
+        os.replace(os.path.join(tmp, e), target)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _merge_dir(src: str, dst: str) -> None:
+    for e in os.listdir(src):
+        s, d = os.path.join(src, e), os.path.join(dst, e)
+        if os.path.isdir(s) and os.path.isdir(d) and not os.path.islink(d):
+            _merge_dir(s, d)
+        elif os.path.isdir(d) and not os.path.islink(d):
+            raise UsageError(f"{d}: exists as a directory")
+        else:
+            os.replace(s, d)
+
+
+def _physical(images: BlockImages, machine: str | None, devices: list[tuple[str, Any]],
+              path: str, elf: bool) -> str:
+    blocks = {n: b.length for n, b in images.blocks.items()}
+    ranges: list[PhysRange] = []
+    main = "pc.ram" if "pc.ram" in blocks else None
+    if main is None:
+        raise RamError("no main RAM block (pc.ram) in the stream; cannot build a physical image")
+    for gpa, length, off in machine_layout(machine, blocks[main]):
+        ranges.append(PhysRange(gpa, length, main, off))
+    ranges += _virtio_mem_ranges(devices, blocks)
+    fds = {n: (b.fd, b.length) for n, b in images.blocks.items()}
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmpname = tempfile.mkstemp(prefix=".vmig-physical-", dir=d)
+    try:
+        (write_elf_core if elf else write_physical)(ranges, fds, fd)
+        os.close(fd)
+        os.replace(tmpname, path)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmpname)
+        raise
+    return path

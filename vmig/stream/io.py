@@ -1,0 +1,320 @@
+"""I/O around the sans-I/O decoder: sources (mmap file, .lz4, stdin), trailer location, records.
+
+This is the only module of vmig.stream that touches files. A regular file is mmap'ed and its
+vmdesc trailer located (from the end) before decoding, so FULL sections can be measured at
+once and payloads are zero-copy views. A pipe or an ``.lz4`` file is read in chunks; the
+decoder then buffers from the first FULL section it cannot measure until end of input and
+finds the trailer in that tail (see vmig.stream.decoder). Errors get the input's path
+attached (``StreamError.with_path``).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Iterable, Iterator
+
+from vmig.errors import StreamError, UsageError
+from vmig.stream.constants import SectionType
+from vmig.stream.decoder import StreamDecoder
+from vmig.stream.events import (
+    Command,
+    Configuration,
+    DeviceState,
+    EndOfStream,
+    Event,
+    FileHeader,
+    RamRecords,
+    SectionEnd,
+    SectionHeader,
+    StreamEnd,
+    VmDescriptionEvent,
+)
+from vmig.stream.layout import LayoutResolver
+from vmig.stream.vmdesc import VmDescription, find_trailer, parse_json
+
+__all__ = [
+    "CHUNK_SIZE",
+    "Source",
+    "open_source",
+    "iter_events",
+    "decode_path",
+    "load_description",
+    "read_all",
+    "Record",
+    "records",
+]
+
+CHUNK_SIZE = 1 << 20
+TAIL_KEEP = 64 << 20  # how much of a non-seekable input we keep to find a --desc-from trailer
+
+
+@dataclass
+class Source:
+    """An opened input: either ``mapped`` (whole file as a read-only memoryview) or chunked."""
+
+    name: str
+    mapped: memoryview | None = None
+    _chunks: Iterator[bytes] | None = None
+    _closers: list = field(default_factory=list)
+
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        """The input as successive chunks (one chunk for a mapped file)."""
+        if self.mapped is not None:
+            if len(self.mapped):
+                yield self.mapped
+            return
+        assert self._chunks is not None
+        yield from self._chunks
+
+    def close(self) -> None:
+        if self.mapped is not None:
+            self.mapped.release()
+            self.mapped = None
+        for c in reversed(self._closers):
+            try:
+                c()
+            except BufferError:
+                pass  # views into the mmap are still alive; the mapping goes with them
+        self._closers.clear()
+
+
+def _read_chunks(f: IO[bytes], size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    while True:
+        b = f.read(size)
+        if not b:
+            return
+        yield b
+
+
+@contextmanager
+def open_source(path: str, *, use_mmap: bool = True) -> Iterator[Source]:
+    """Open ``path`` for decoding: ``'-'`` = stdin (chunks), ``*.lz4`` = lz4 frame (chunks),
+    else a regular file (mmap; chunks if it cannot be mapped, e.g. a FIFO or an empty file).
+
+    Raises:
+        UsageError: the file cannot be opened (message names the path).
+    """
+    if path == "-":
+        yield Source("<stdin>", _chunks=_read_chunks(sys.stdin.buffer))
+        return
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot open: {e.strerror}") from e
+    src = Source(path)
+    src._closers.append(f.close)
+    try:
+        if path.endswith(".lz4"):
+            import lz4.frame
+
+            lf = lz4.frame.LZ4FrameFile(f, mode="rb")
+            src._closers.append(lf.close)
+            src._chunks = _lz4_chunks(lf, path)
+        else:
+            st = os.fstat(f.fileno())
+            import stat
+
+            if use_mmap and stat.S_ISREG(st.st_mode) and st.st_size > 0:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                src._closers.append(m.close)
+                src.mapped = memoryview(m)
+            else:
+                src._chunks = _read_chunks(f)
+        yield src
+    finally:
+        src.close()
+
+
+def _lz4_chunks(lf, path: str) -> Iterator[bytes]:
+    while True:
+        try:
+            b = lf.read(CHUNK_SIZE)
+        except (RuntimeError, OSError, EOFError) as e:
+            raise StreamError(f"lz4 decompression failed: {e}", path=path) from e
+        if not b:
+            return
+        yield b
+
+
+def read_all(path: str) -> bytes:
+    """The whole (decompressed) input as bytes."""
+    with open_source(path, use_mmap=False) as src:
+        return b"".join(bytes(c) for c in src.chunks())
+
+
+def load_description(path: str) -> VmDescription:
+    """A description for ``--desc-from``: another stream's trailer, or a bare vmdesc JSON file.
+
+    Raises:
+        SchemaError/UsageError: no trailer found (message names the path).
+    """
+    with open_source(path) as src:
+        if src.mapped is not None:
+            mv = src.mapped
+            if len(mv) and mv[0] == ord("{"):
+                return VmDescription(bytes(mv), source=path)
+            found = find_trailer(mv, source=path)
+        else:
+            tail = bytearray()
+            first = True
+            for chunk in src.chunks():
+                if first and len(chunk) and chunk[0] == ord("{"):
+                    rest = bytes(chunk) + b"".join(bytes(c) for c in src.chunks())
+                    return VmDescription(rest, source=path)
+                first = False
+                tail += chunk
+                if len(tail) > 2 * TAIL_KEEP:
+                    del tail[: len(tail) - TAIL_KEEP]
+            found = find_trailer(tail, source=path)
+    if found is None:
+        raise UsageError(f"{path}: no vmdesc trailer found (is it a precopy capture with a trailer?)")
+    return found[1]
+
+
+def iter_events(
+    path: str,
+    description: VmDescription | None = None,
+    desc_from: str | VmDescription | None = None,
+    *,
+    fast: bool = True,
+    schema_sets: bool = False,
+) -> Iterator[Event]:
+    """Decode the stream at ``path`` ('-' = stdin, .lz4 transparent), yielding events.
+
+    Descriptions are consulted in order: the stream's own trailer (located first for mapped
+    files), ``description``, then ``desc_from`` (a path or a VmDescription).
+    With ``schema_sets`` the bundled schema set of the stream's machine type is the last resort
+    for FULL sections nothing else describes (vmig.stream.vmstate.machines).
+
+    Raises:
+        StreamError: the stream is invalid (with ``path`` set).
+    """
+    extra: list[VmDescription] = []
+    if description is not None:
+        extra.append(description)
+    if desc_from is not None:
+        extra.append(desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from))
+    with open_source(path) as src:
+        layout = _default_layout() if schema_sets else LayoutResolver()
+        if src.mapped is not None:
+            found = find_trailer(src.mapped)
+            if found is not None:
+                layout.add_description(found[1])
+        for d in extra:
+            layout.add_description(d)
+        dec = StreamDecoder(path=src.name, layout=layout, fast=fast)
+        if hasattr(layout, "bind"):
+            layout.bind(dec)  # schema sets are chosen from the CONFIGURATION machine name
+        try:
+            for chunk in src.chunks():
+                dec.receive_data(chunk)
+                yield from dec.events()
+            dec.receive_data(b"")
+            yield from dec.events()
+        except StreamError as e:
+            raise e.with_path(src.name)
+
+
+def _default_layout() -> LayoutResolver:
+    """A resolver that ends with vmig's bundled schema sets for the stream's machine type
+    (streams without a trailer: postcopy, suppress-vmdesc)."""
+    from vmig.stream.vmstate.machines import machine_layout_resolver
+
+    return machine_layout_resolver()
+
+
+def decode_path(path: str, **kwargs) -> list[Event]:
+    """All events of the stream at ``path`` as a list (small streams / tests)."""
+    return list(iter_events(path, **kwargs))
+
+
+# --------------------------------------------------------------------------- records
+_TYPE_NAMES = {
+    SectionType.SECTION_START: "section_start",
+    SectionType.SECTION_PART: "section_part",
+    SectionType.SECTION_END: "section_end",
+    SectionType.SECTION_FULL: "section_full",
+}
+
+
+@dataclass
+class Record:
+    """One top-level record (a row of ``vmig sections``).
+
+    ``type`` is one of ``header``, ``configuration``, ``section_start``, ``section_part``,
+    ``section_end``, ``section_full``, ``command``, ``eof``, ``vmdescription``.
+    """
+
+    offset: int
+    length: int
+    type: str
+    section_id: int | None = None
+    idstr: str | None = None
+    instance_id: int | None = None
+    version_id: int | None = None
+    command: str | None = None
+    children: tuple["Record", ...] = ()
+    events: tuple[Event, ...] = ()
+    footer: bool | None = None
+    ram_records: int | None = None
+
+    def to_json(self) -> dict:
+        """JSON-ready dict with the keys that apply."""
+        d: dict = {"offset": self.offset, "length": self.length, "type": self.type}
+        for k in ("section_id", "idstr", "instance_id", "version_id", "command"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        if self.type == "command" and self.command == "PACKAGED":
+            d["children"] = [c.to_json() for c in self.children]
+        return d
+
+
+def records(events: Iterable[Event], keep_events: bool = True) -> Iterator[Record]:
+    """Group events into one :class:`Record` per top-level record (header, configuration,
+    section header..end, command with nested children, EOF, trailer). StreamEnd is dropped.
+
+    Args:
+        keep_events: keep each record's events on it (False keeps memory bounded for huge
+            RAM sections: only counts are kept).
+    """
+    cur: Record | None = None
+    evs: list[Event] = []
+    for ev in events:
+        if isinstance(ev, SectionHeader):
+            cur = Record(ev.offset, 0, _TYPE_NAMES[ev.type], ev.section_id, ev.idstr, ev.instance_id,
+                         ev.version_id)
+            evs = [ev] if keep_events else []
+            continue
+        if cur is not None:
+            if keep_events:
+                evs.append(ev)
+            if isinstance(ev, RamRecords):
+                cur.ram_records = (cur.ram_records or 0) + len(ev.batch)
+            if isinstance(ev, SectionEnd):
+                cur.length = ev.section_length
+                cur.footer = ev.footer
+                cur.events = tuple(evs)
+                yield cur
+                cur = None
+            continue
+        if isinstance(ev, FileHeader):
+            yield Record(ev.offset, ev.length, "header", events=(ev,) if keep_events else ())
+        elif isinstance(ev, Configuration):
+            yield Record(ev.offset, ev.length, "configuration", events=(ev,) if keep_events else ())
+        elif isinstance(ev, Command):
+            yield Record(ev.offset, ev.length, "command", command=ev.cmd.name,
+                         children=tuple(records(ev.children, keep_events)),
+                         events=(ev,) if keep_events else ())
+        elif isinstance(ev, EndOfStream):
+            yield Record(ev.offset, ev.length, "eof", events=(ev,) if keep_events else ())
+        elif isinstance(ev, VmDescriptionEvent):
+            yield Record(ev.offset, ev.length, "vmdescription", events=(ev,) if keep_events else ())
+        elif isinstance(ev, StreamEnd):
+            continue
+        elif isinstance(ev, (DeviceState, RamRecords, SectionEnd)):
+            raise UsageError(f"{type(ev).__name__} outside a section")

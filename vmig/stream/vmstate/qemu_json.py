@@ -1,0 +1,224 @@
+"""analyze-migration.py-compatible JSON (QEMU 7.2 ``scripts/analyze-migration.py``).
+
+Reproduces what ``analyze-migration.py -f STREAM`` (``-d state``, the default) and ``-d desc``
+print, for every stream that script can read, from vmig's decoder events and the vmstate
+engine. The semantics mirrored (QEMU 7.2 script, classes ``VMSDField*``, ``RamSection``,
+``MigrationDump``):
+
+* top level: one key ``"<idstr> (<section_id>)"`` per START/FULL section, in order of first
+  appearance; PART/END sections add to the section opened by their START;
+* ``ram`` instance 0: ``{"section sizes": {block idstr: "0x%016x" used length}}`` from the
+  MEM_SIZE records (later records overwrite a block's entry); page contents are not shown;
+* device sections, walked with the vmdesc entry: integers as ``0x`` + zero-padded lower-case hex
+  of ``size`` bytes; negative values of signed readers as ``"0x<unsigned hex> (<decimal>)"``;
+  the signed readers are ``int8/16/32/64``, ``int32 equal``, ``int32 le``, ``int64 equal``,
+  ``uint8 equal`` and ``uint16 equal`` (the script decodes the last three as signed);
+  ``bool`` as true/false (first byte non-zero); ``struct`` recursively; every other type
+  (``timer``, ``buffer``, ``tmp``, ``virtio``...) as space-separated hex bytes;
+* ``array_len`` fields and ``index`` entries become lists under the field name; a repeated
+  name without ``index`` keeps its first position and its last value;
+* subsections: a key per subsection, named as in the stream (= its ``vmsd_name``), after the
+  fields;
+* ``-d desc``: the trailer JSON parsed into ordered dicts (duplicate keys: last value wins).
+
+The text output is ``json.dumps(obj, indent=4, separators=(",", ": "))`` plus a newline, which
+is what the script prints; tests compare it with the real script's output.
+
+Differences on streams the script cannot read (it raises): this module still renders every
+section it can (sections inside PACKAGED commands included), and raises ``SchemaError`` for a
+non-RAM section without a description (the script fails there with a KeyError).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from vmig.errors import SchemaError
+from vmig.stream.vmstate.engine import BodyNode, FieldItem, SchemaSet
+
+__all__ = [
+    "SIGNED_READERS",
+    "UNSIGNED_READERS",
+    "render_body",
+    "state_dict",
+    "desc_dict",
+    "dumps",
+]
+
+# analyze-migration.py 7.2 reader table: VMSDFieldInt (signed) and VMSDFieldUInt (unsigned).
+SIGNED_READERS = frozenset(
+    {
+        "int8",
+        "int16",
+        "int32",
+        "int32 equal",
+        "int32 le",
+        "int64",
+        "int64 equal",
+        "uint8 equal",
+        "uint16 equal",
+    }
+)
+UNSIGNED_READERS = frozenset({"uint8", "uint16", "uint32", "uint32 equal", "uint64"})
+
+
+def _int_text(data: bytes, size: int, signed: bool) -> str:
+    fmt = "0x%%0%dx" % (size * 2)
+    sval = int.from_bytes(data, "big", signed=True)
+    uval = int.from_bytes(data, "big", signed=False)
+    if not signed or sval >= 0:
+        return fmt % (uval if not signed else sval)
+    return "%s (%d)" % (fmt % uval, sval)
+
+
+def _element(item: FieldItem, value: Any) -> Any:
+    if item.type == "struct" and item.body is not None:
+        return render_body(item.body, value)
+    data = value if isinstance(value, bytes) else item.element_bytes(value)
+    t = item.type
+    if t in SIGNED_READERS or t in UNSIGNED_READERS:
+        return _int_text(data, int(item.entry.get("size", len(data))), t in SIGNED_READERS)
+    if t == "bool":
+        return data[0] != 0
+    return " ".join("%02x" % c for c in data)
+
+
+def render_body(body: BodyNode, container: Mapping[str, Any]) -> "OrderedDict[str, Any]":
+    """Render a decoded vmsd body the way analyze-migration.py's ``VMSDFieldStruct`` does.
+
+    ``body`` must come from a :class:`SchemaSet` built without field codecs
+    (``registry=None``), so opaque fields are the exact bytes.
+    """
+    out: OrderedDict[str, Any] = OrderedDict()
+    for item in body.items:
+        name = str(item.entry.get("name", ""))
+        rendered = [_element(item, v) for v in item.values(container)]
+        if item.count is not None or "index" in item.entry:
+            lst = out.get(name)
+            if not isinstance(lst, list):
+                lst = []
+                out[name] = lst
+            lst.extend(rendered)
+        else:
+            out[name] = rendered[0]
+    for key, node in body.subsections:
+        out[key] = render_body(node, container[key])
+    return out
+
+
+def _walk(events: Iterable[Any]) -> Iterator[Any]:
+    for ev in events:
+        yield ev
+        children = getattr(ev, "children", None)
+        if children:
+            yield from _walk(children)
+
+
+def _desc_root(description: Any) -> Any:
+    raw = getattr(description, "raw", None)
+    if raw is not None:  # a VmDescription: parse its text the way the script does
+        return desc_dict(raw)
+    return description
+
+
+def state_dict(
+    events: Iterable[Any],
+    description: Any = None,
+    *,
+    fallback: Any = None,
+) -> "OrderedDict[str, Any]":
+    """The ``-d state`` document for a decoded stream.
+
+    Args:
+        events: decoder events (``vmig.stream.events``) of the whole stream.
+        description: the description to decode device sections with (a
+            ``vmig.stream.vmdesc.VmDescription`` or the parsed JSON); None: the stream's own
+            trailer (its ``VmDescriptionEvent``).
+        fallback: a second description consulted for sections the first does not describe
+            (``--desc-from`` when the stream has its own trailer).
+
+    Raises:
+        SchemaError: a device section has no description or does not fit it.
+    """
+    from vmig.stream.events import (
+        DeviceState,
+        RamRecords,
+        SectionHeader,
+        VmDescriptionEvent,
+    )
+    from vmig.stream.constants import SectionType
+
+    sections: OrderedDict[int, tuple[str, Any]] = OrderedDict()
+    pending: list[tuple[int, str, int, int, bytes]] = []
+    trailer_raw: bytes | None = None
+    current = -1
+    for ev in _walk(events):
+        if isinstance(ev, SectionHeader):
+            current = ev.section_id
+            if ev.type in (SectionType.SECTION_START, SectionType.SECTION_FULL):
+                if (ev.idstr, ev.instance_id) == ("ram", 0):
+                    sections[ev.section_id] = ("ram", {"section sizes": OrderedDict()})
+                else:
+                    sections[ev.section_id] = (ev.idstr, None)
+        elif isinstance(ev, RamRecords):
+            sid = ev.section_id if ev.section_id >= 0 else current
+            entry = sections.get(sid)
+            mem = ev.batch.mem_size
+            if entry is not None and entry[0] == "ram" and mem:
+                sizes = entry[1]["section sizes"]
+                for block in mem:
+                    sizes[block.idstr] = "0x%016x" % block.used_length
+        elif isinstance(ev, DeviceState):
+            sid = ev.section_id if ev.section_id >= 0 else current
+            pending.append((sid, ev.idstr, ev.instance_id, ev.offset, bytes(ev.payload)))
+        elif isinstance(ev, VmDescriptionEvent):
+            trailer_raw = bytes(ev.raw)
+
+    primary = description
+    if primary is None and trailer_raw is not None:
+        primary = json.loads(trailer_raw.decode("utf-8"), object_pairs_hook=OrderedDict)
+    sets = [SchemaSet(_desc_root(d), registry=None) for d in (primary, fallback) if d is not None]
+    for sid, idstr, instance_id, offset, payload in pending:
+        schema = None
+        for s in sets:
+            schema = s.for_section(idstr, instance_id)
+            if schema is not None:
+                break
+        label = f"{idstr} instance {instance_id}"
+        if schema is None:
+            raise SchemaError(
+                "section not described by the vmdesc (analyze-migration.py cannot read it "
+                "either); use --format vmig",
+                offset=offset,
+                section=label,
+            )
+        values = schema.decode(payload, offset=offset, section=label)
+        sections[sid] = (idstr, render_body(schema.body, values))
+
+    out: OrderedDict[str, Any] = OrderedDict()
+    for sid, (idstr, value) in sections.items():
+        if value is None:
+            continue  # a START of a non-RAM iterative handler: the script cannot read it
+        out["%s (%d)" % (idstr, sid)] = value
+    return out
+
+
+def desc_dict(raw: bytes | bytearray | memoryview) -> "OrderedDict[str, Any]":
+    """The ``-d desc`` document: the trailer JSON as ordered dicts (last duplicate key wins).
+
+    Raises:
+        SchemaError: the bytes are not valid UTF-8 JSON.
+    """
+    try:
+        value = json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=OrderedDict)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise SchemaError(f"vmdesc is not valid JSON: {e}") from e
+    return value  # type: ignore[no-any-return]
+
+
+def dumps(document: Any) -> str:
+    """Text exactly as analyze-migration.py prints it (4-space indent, ``print`` newline)."""
+    return json.dumps(document, indent=4, separators=(",", ": ")) + "\n"

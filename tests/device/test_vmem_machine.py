@@ -196,3 +196,19 @@ def test_parse_size():
     assert parse_size("1G") == GiB
     assert parse_size("1.5M") == 1572864
     assert parse_size("4096") == 4096
+
+
+def test_amd_1tib_relocation_and_phys_bits():
+    """Observed on QEMU 7.2 (pc, -m 4G): maxmem 1000G → 0x140000000; 1010G → relocated to 1 TiB
+    on AMD vCPUs (0x10040000000 with phys-bits=48), not on Intel; with 40 phys-bits QEMU exits."""
+    def addr(maxmem, **kw):
+        m = Machine("pc", 4 * GiB, maxmem * GiB, **kw)
+        m.add_backend("mem0", GiB)
+        return m.device_add("mem0", "vm0").addr
+
+    assert addr(1000, phys_bits=48) == 0x140000000
+    assert addr(1010, phys_bits=48) == 0x10040000000
+    assert addr(1010, phys_bits=48, amd_cpu=False) == 0x140000000
+    with pytest.raises(DeviceError) as e:
+        Machine("pc", 4 * GiB, 1010 * GiB)
+    assert str(e.value) == "Address space limit 0xffffffffff < 0x1fc3fffffff phys-bits too low (40)"

@@ -249,3 +249,32 @@ def test_load_sanity_checks_like_qemu(change, qemu_bin, lab_dir, s1_path):
     m = machine_from_argv(src_args)
     load_section(sec, m.devices[0])
     assert ok.memory_devices == m.query_memory_devices()
+
+
+@pytest.mark.parametrize("cpu,maxmem", [
+    ("qemu64,phys-bits=48", "1000G"),   # below the HyperTransport hole: base 0x140000000
+    ("qemu64,phys-bits=48", "1010G"),   # AMD: RAM above 4G moves to 1 TiB
+    ("Skylake-Client,phys-bits=48", "1010G"),  # Intel: no relocation
+])
+def test_device_memory_placement_near_1tib(cpu, maxmem, qemu_bin, lab_dir):
+    from vmig.testing.qemu import Qemu
+
+    args = ["-machine", "pc-i440fx-7.2", "-accel", "tcg", "-cpu", cpu, "-m", f"4G,maxmem={maxmem}",
+            "-nodefaults", "-display", "none", "-S", "-object", "memory-backend-ram,id=mem0,size=1G",
+            "-device", "virtio-mem-pci,id=vm0,memdev=mem0"]
+    model = machine_from_argv(args)
+    with Qemu(args, workdir=lab_dir, binary=qemu_bin) as q:
+        assert model.qmp("query-memory-devices") == q.qmp("query-memory-devices")
+
+
+def test_phys_bits_too_low_like_qemu(qemu_bin, lab_dir):
+    import subprocess
+
+    from vmig.errors import DeviceError
+
+    argv = ["-machine", "pc-i440fx-7.2", "-accel", "tcg", "-m", "4G,maxmem=1010G", "-nodefaults",
+            "-display", "none", "-S"]
+    with pytest.raises(DeviceError) as e:
+        machine_from_argv(argv)
+    res = subprocess.run([qemu_bin, *argv], capture_output=True, text=True, timeout=60, cwd=lab_dir)
+    assert res.returncode != 0 and str(e.value) in res.stderr

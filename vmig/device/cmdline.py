@@ -3,7 +3,8 @@
 Understands the subset of ``qemu-system-x86_64`` options that decide virtio-mem's behaviour:
 ``-machine``/``-M`` (type, ``memory-backend``), ``-m size[,slots=N][,maxmem=S]``,
 ``-numa node,...`` (counted), ``-object memory-backend-{ram,memfd,file},id=,size=[,share=]
-[,prealloc=]``, ``-device virtio-mem-pci,...`` (id, memdev, node, memaddr, block-size,
+[,prealloc=]``, ``-cpu model[,phys-bits=N][,vendor=...]`` (vendor and physical address bits only),
+``-device virtio-mem-pci,...`` (id, memdev, node, memaddr, block-size,
 requested-size, prealloc, unplugged-inaccessible, x-early-migration, dynamic-memslots,
 vectors), ``-overcommit mem-lock=on`` and ``-incoming``. Everything else is ignored, so a
 fixture's full ``argv`` can be handed over unchanged. Mirrors QEMU's option parsing only as far
@@ -48,6 +49,16 @@ def _ram_size(v: str) -> int:
     return parse_size(v) * (MiB if v.strip().isdigit() else 1)
 
 
+# CPU models whose vendor is AuthenticAMD (TCG's default qemu64 is one).
+_AMD_MODELS = ("qemu64", "qemu32", "phenom", "athlon", "Opteron", "EPYC")
+
+
+def _is_amd(cpu: dict[str, str]) -> bool:
+    if "vendor" in cpu:
+        return cpu["vendor"] == "AuthenticAMD"
+    return cpu.get("model", "qemu64").startswith(_AMD_MODELS)
+
+
 def machine_from_argv(
     argv: Sequence[str],
     *,
@@ -79,6 +90,7 @@ def machine_from_argv(
     numa = 0
     mlock = False
     incoming = False
+    cpu: dict[str, str] = {}
     objects: list[dict[str, str]] = []
     devices: list[dict[str, str]] = []
     i = 0
@@ -106,6 +118,8 @@ def machine_from_argv(
             o = split_opts(val, "driver")
             if o.get("driver") == "virtio-mem-pci":
                 devices.append(o)
+        elif opt == "cpu":
+            cpu = split_opts(val, "model")
         elif opt == "overcommit":
             mlock = split_opts(val).get("mem-lock") == "on"
         elif opt == "incoming":
@@ -115,7 +129,7 @@ def machine_from_argv(
     if mlock:
         h = HostInfo(h.page_size, h.thp_size, True, h.discard_disabled, h.wakeup_suspend, h.acpi)
     m = Machine(machine_type, ram, maxmem, slots=slots, numa_nodes=numa, qemu_version=qemu_version,
-                host=h, incoming=incoming)
+                host=h, incoming=incoming, amd_cpu=_is_amd(cpu), phys_bits=int(cpu.get("phys-bits", 40)))
     for o in objects:
         kind = o["qom-type"].removeprefix("memory-backend-")
         m.add_backend(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from vmig.device.requests import (
     RESPONSE_SIZE,
@@ -41,7 +42,7 @@ from vmig.device.requests import (
 )
 from vmig.device.virtio_mem import VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE, ConfigChange, MiB, VirtioMem
 
-__all__ = ["GuestDriver", "DriverState", "RETRY_TIMER_MIN_MS", "RETRY_TIMER_MAX_MS"]
+__all__ = ["GuestDriver", "DriverState", "Rc", "RETRY_TIMER_MIN_MS", "RETRY_TIMER_MAX_MS"]
 
 #: Linux: VIRTIO_MEM_RETRY_TIMER_MIN_MS / _MAX_MS (back-off for BUSY / -ENOMEM).
 RETRY_TIMER_MIN_MS = 50_000
@@ -57,6 +58,17 @@ class DriverState(enum.Enum):
     RETRY = "retry"          # waiting for the retry timer (BUSY answers)
     BROKEN = "broken"        # ERROR answer or the device broke
     FAILED = "failed"        # probe failed (feature negotiation)
+
+
+class Rc(enum.IntEnum):
+    """Linux return codes of the driver's plug/unplug steps (negative errno values)."""
+
+    OK = 0
+    EAGAIN = -11   # NACK: retry immediately
+    EBUSY = -16    # memory could not be offlined: retry later
+    EINVAL = -22   # ERROR: "unknown error, marking device broken"
+    ETXTBSY = -26  # BUSY: the hypervisor cannot process the request now, retry later
+    ENOSPC = -28   # nothing more can be plugged (usable region / granularity)
 
 
 @dataclass
@@ -110,7 +122,7 @@ class GuestDriver:
         self._plugged: set[int] = set()
 
     # -- device access (only through the wire structs) ----------------------------------------
-    def _read_config(self):
+    def _read_config(self) -> Any:
         return VirtioMemConfig.parse(self.dev.config_bytes())
 
     def _send(self, req: _Req) -> ResponseType | None:
@@ -175,28 +187,28 @@ class GuestDriver:
             return self.state
         self.pump_events()
         for _ in range(max_rounds):
-            rc = 0
+            rc = Rc.OK
             if self.unplug_all_required:
                 rc = self._unplug_all()
             if self.config_changed:
                 self.config_changed = False
                 self._refresh_config()
-            if rc == 0 and self.requested_size != self.plugged_size:
+            if rc is Rc.OK and self.requested_size != self.plugged_size:
                 diff = self.requested_size - self.plugged_size
                 rc = self._plug(diff) if diff > 0 else self._unplug(-diff)
             if self.dev.broken:
                 self.state = DriverState.BROKEN
                 return self.state
-            if rc == 0 or rc == "ENOSPC":
+            if rc in (Rc.OK, Rc.ENOSPC):
                 self.retry_timer_ms = RETRY_TIMER_MIN_MS
                 self.state = DriverState.IDLE
                 return self.state
-            if rc in ("ETXTBSY", "EBUSY"):
+            if rc in (Rc.ETXTBSY, Rc.EBUSY):
                 self.retry_in_ms = self.retry_timer_ms
                 self.retry_timer_ms = min(self.retry_timer_ms * 2, RETRY_TIMER_MAX_MS)
                 self.state = DriverState.RETRY
                 return self.state
-            if rc == "EAGAIN":
+            if rc is Rc.EAGAIN:
                 continue
             # -EINVAL and friends: "unknown error, marking device broken"
             self.state = DriverState.BROKEN
@@ -204,19 +216,19 @@ class GuestDriver:
         self.state = DriverState.RETRY
         return self.state
 
-    def _unplug_all(self) -> object:
+    def _unplug_all(self) -> Rc:
         rtype = self._send(_Req(RequestType.UNPLUG_ALL))
         if rtype is ResponseType.ACK:
             self.unplug_all_required = False
             self.plugged_size = 0
             self._plugged.clear()
             self.config_changed = True  # the usable region might have shrunk
-            return 0
+            return Rc.OK
         if rtype is ResponseType.BUSY:
-            return "ETXTBSY"
-        return "EINVAL"
+            return Rc.ETXTBSY
+        return Rc.EINVAL
 
-    def _request(self, rtype: RequestType, first_block: int, count: int) -> object:
+    def _request(self, rtype: RequestType, first_block: int, count: int) -> Rc:
         """Send PLUG/UNPLUG for [first_block, first_block+count) device blocks, in ≤65535 chunks."""
         while count:
             n = min(count, MAX_NB_BLOCKS)
@@ -232,14 +244,14 @@ class GuestDriver:
                     self.plugged_size -= size
                     self._plugged.difference_update(blocks)
             elif resp is ResponseType.NACK:
-                return "EAGAIN"
+                return Rc.EAGAIN
             elif resp is ResponseType.BUSY:
-                return "ETXTBSY"
+                return Rc.ETXTBSY
             else:
-                return "EINVAL"
+                return Rc.EINVAL
             first_block += n
             count -= n
-        return 0
+        return Rc.OK
 
     # -- geometry ---------------------------------------------------------------------------------
     # Linux 6.1 (virtio_mem_init): sub-block size = max(MAX_ORDER_NR_PAGES * PAGE_SIZE (4 MiB),
@@ -274,13 +286,13 @@ class GuestDriver:
             units.append([b0 + i * per_sub for i in range(subs_per_unit)])
         return per_sub, subs_per_unit, units
 
-    def _plug(self, diff: int) -> object:
+    def _plug(self, diff: int) -> Rc:
         """``virtio_mem_{sbm,bbm}_plug_request``: partially plugged units first, then empty ones,
         both in ascending order; inside a unit, runs of unplugged sub-blocks from the lowest."""
         per_sub, _, units = self._unit_subs()
         nb = diff // (per_sub * self.block_size)
         if nb == 0:
-            return "ENOSPC"
+            return Rc.ENOSPC
         plugged = lambda sb: sb in self._plugged  # noqa: E731
         partial = [u for u in units if 0 < sum(map(plugged, u)) < len(u)]
         empty = [u for u in units if not any(map(plugged, u))]
@@ -294,21 +306,21 @@ class GuestDriver:
                 while j < len(subs) and j - i < nb and not plugged(subs[j]):
                     j += 1
                 rc = self._request(RequestType.PLUG, subs[i], (j - i) * per_sub)
-                if rc:
+                if rc is not Rc.OK:
                     return rc
                 nb -= j - i
                 i = j
             if not nb:
-                return 0
-        return "ENOSPC"
+                return Rc.OK
+        return Rc.ENOSPC
 
-    def _unplug(self, diff: int) -> object:
+    def _unplug(self, diff: int) -> Rc:
         """``virtio_mem_{sbm,bbm}_unplug_request``: units in reverse order, partially plugged ones
         first; inside a unit from the highest sub-block down, skipping ones Linux cannot offline."""
         per_sub, _, units = self._unit_subs()
         nb = diff // (per_sub * self.block_size)
         if nb == 0:
-            return 0
+            return Rc.OK
         known = {b for u in units for b in u}
         # plugged sub-blocks outside the usable units (only after a refused reset) count too
         stray = sorted(b for b in self._plugged if b not in known and (b % per_sub) == 0)
@@ -333,10 +345,10 @@ class GuestDriver:
                 while j >= 0 and i - j < nb and plugged(subs[j]) and not busy(subs[j]):
                     j -= 1
                 rc = self._request(RequestType.UNPLUG, subs[j + 1], (i - j) * per_sub)
-                if rc:
+                if rc is not Rc.OK:
                     return rc
                 nb -= i - j
                 i = j
             if not nb:
-                return 0
-        return "EBUSY" if nb and any_busy else 0
+                return Rc.OK
+        return Rc.EBUSY if nb and any_busy else Rc.OK

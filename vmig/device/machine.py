@@ -103,6 +103,7 @@ class Machine:
         qemu_version: binary version (``"7.2"``, ``"10.0"`` …).
         host: host facts (THP size, page size, mlock).
         amd_cpu: CPU vendor AMD (the default TCG CPU qemu64 is); matters for the 1 TiB relocation.
+        phys_bits: guest physical address bits (40 for TCG's qemu64).
         incoming: started with ``-incoming`` (runstate INMIGRATE).
     """
 
@@ -117,6 +118,7 @@ class Machine:
         qemu_version: str = "7.2",
         host: HostInfo | None = None,
         amd_cpu: bool = True,
+        phys_bits: int = 40,
         incoming: bool = False,
     ) -> None:
         self.behaviour = Behaviour.for_qemu(qemu_version, machine)
@@ -131,6 +133,9 @@ class Machine:
         self.numa_nodes = numa_nodes
         self.host = host or HostInfo()
         self.amd_cpu = amd_cpu
+        self.phys_bits = phys_bits
+        # default size of the 64-bit PCI hole after device memory (i440fx 2 GiB, q35 32 GiB)
+        self.pci_hole64_size = 2 * GiB if self.behaviour.machine_family == "pc" else 32 * GiB
         self.migration = MigrationState()
         self.migration.inmigrate = incoming
         self.backends: dict[str, MemoryBackend] = {}
@@ -151,19 +156,30 @@ class Machine:
         low = min(low, ram)
         return low, ram - low
 
+    def _max_used_gpa(self, above_4g_start: int) -> int:
+        """``pc_max_used_gpa``: last byte of the 64-bit PCI hole that follows device memory."""
+        hole64_start = above_4g_start + self.above_4g
+        if self.maxmem > self.ram_size:
+            hole64_start = round_up(hole64_start, GiB) + self.maxmem - self.ram_size + GiB * self.slots
+        return round_up(hole64_start, GiB) + self.pci_hole64_size - 1
+
     def _device_memory(self) -> tuple[int, int]:
+        above_4g_start = 4 * GiB
+        # AMD vCPUs, 7.1+ machines: RAM above 4G moves to 1 TiB if the layout reaches the
+        # HyperTransport hole below 1 TiB (pc_memory_init, enforce_amd_1tb_hole)
+        if self.amd_cpu and self.behaviour.machine_version >= (7, 1) \
+                and self._max_used_gpa(above_4g_start) >= AMD_HT_START:
+            above_4g_start = AMD_ABOVE_1TB_START
+        max_used = self._max_used_gpa(above_4g_start)
+        limit = (1 << self.phys_bits) - 1
+        if limit < max_used:
+            raise DeviceError(
+                f"Address space limit 0x{limit:x} < 0x{max_used:x} phys-bits too low ({self.phys_bits})"
+            )
         if self.maxmem <= self.ram_size:
             return 0, 0
-        above_4g_start = 4 * GiB
         size = self.maxmem - self.ram_size + GiB * self.slots  # aligned-DIMM machines
-        base = round_up(above_4g_start + self.above_4g, GiB)
-        if (
-            self.amd_cpu
-            and self.behaviour.machine_version >= (7, 1)
-            and base + size > AMD_HT_START
-        ):
-            base = round_up(AMD_ABOVE_1TB_START + self.above_4g, GiB)
-        return base, size
+        return round_up(above_4g_start + self.above_4g, GiB), size
 
     # -- objects ----------------------------------------------------------------------------------
     def add_backend(self, id: str, size: int, **kw: Any) -> MemoryBackend:

@@ -401,7 +401,7 @@ class Qemu:
         try:
             return self._run(self._client.execute(cmd, dict(args) if args else None), timeout=timeout)
         except ExecuteError as e:
-            raise QmpCommandError(cmd, e.error_class, str(e.error.desc)) from e
+            raise QmpCommandError(cmd, e.error_class, str(e)) from e
         except asyncio.TimeoutError as e:
             raise QemuLabError(f"QMP {cmd}: no answer after {timeout}s") from e
         except Exception as e:

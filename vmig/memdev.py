@@ -360,13 +360,14 @@ def collect_from_path(path: str, desc_from: str | None = None, *, keep_pages: bo
 
 
 def edit_virtio_mem_stream(data: bytes, edit: Any, *, path: str | None = None,
-                           desc_from: Any = None) -> bytes:
+                           desc_from: Any = None, edit_early: Any = None) -> bytes:
     """Return ``data`` with the virtio-mem state of one device re-encoded after ``edit(state)``.
 
     ``edit`` receives the decoded state of the ``<path>/virtio-mem`` section (and may change
-    ``device.bitmap``, ``device.size``, ``device.requested_size``…) and mutates it in place. The
-    payload must keep its length (the bitmap length is fixed by region and block size), so the
-    rest of the stream, footers and trailer stay valid.
+    ``device.bitmap``, ``device.size``, ``device.requested_size``…) and mutates it in place;
+    ``edit_early``, if given, does the same for the 8.0+ ``virtio-mem-device-early`` section
+    (where ``size`` and ``bitmap`` live then). Payloads must keep their length (the bitmap length
+    is fixed by region and block size), so the rest of the stream, footers and trailer stay valid.
 
     Raises:
         vmig.errors.UsageError: no such device, or the edit changed the payload length.
@@ -392,14 +393,27 @@ def edit_virtio_mem_stream(data: bytes, edit: Any, *, path: str | None = None,
             else:
                 yield e
 
+    out = bytearray(data)
+    done = False
     for e in walk(dec.events()):
-        if isinstance(e, ev.DeviceState) and e.idstr.endswith(vm.IDSTR_SUFFIX):
-            if path is not None and vm.device_path(e.idstr) != path:
-                continue
+        if not isinstance(e, ev.DeviceState):
+            continue
+        if path is not None and vm.device_path(e.idstr) != path:
+            continue
+        if e.idstr.endswith(vm.IDSTR_SUFFIX_EARLY) and edit_early is not None:
+            early = vm.decode_early(e.payload, offset=e.offset)
+            edit_early(early)
+            new = vm.encode_early(early)
+        elif e.idstr.endswith(vm.IDSTR_SUFFIX) and not done:
             state = vm.decode_virtio_mem(e.payload, offset=e.offset)
             edit(state)
             new = vm.encode_virtio_mem(state)
-            if len(new) != e.length:
-                raise UsageError(f"edited virtio-mem payload is {len(new)} bytes, was {e.length}")
-            return data[: e.offset] + new + data[e.offset + e.length :]
-    raise UsageError(f"no virtio-mem section{' for ' + path if path else ''} in the stream")
+            done = True
+        else:
+            continue
+        if len(new) != e.length:
+            raise UsageError(f"edited {e.idstr} payload is {len(new)} bytes, was {e.length}")
+        out[e.offset : e.offset + e.length] = new
+    if not done:
+        raise UsageError(f"no virtio-mem section{' for ' + path if path else ''} in the stream")
+    return bytes(out)

@@ -71,16 +71,35 @@ def test_info_id_mapping(name: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("name", _NO_TRAILER)
 def test_no_trailer_decodes_from_bundled_sets(name: str) -> None:
-    from vmig.stream.vmstate.machines import find_trailer
+    """No trailer, no --desc-from: every FULL section (also inside PACKAGED) is walked with the
+    bundled schema set of the stream's machine type, and the virtio-mem state equals QMP's."""
+    from vmig.memdev import MemoryDeviceCollector, qmp_list
+    from vmig.stream.events import Command, DeviceState, SectionHeader
+    from vmig.stream.vmstate.machines import decoder_with_schema_sets, find_trailer
 
     data = fixtures.load(name)
     assert find_trailer(data) is None, "fixture unexpectedly has a trailer"
-    # the info tests above already ran without --desc-from; here: the plain decoder alone fails
-    from vmig.errors import SchemaError
-    from vmig.stream.decoder import decode
+    dec = decoder_with_schema_sets()
+    dec.receive_data(data)
+    dec.receive_data(b"")
+    events = list(dec.events())
+    assert dec.layout.schema_set() is not None
+    assert dec.layout.schema_set().machine == fixtures.manifest(name)["machine"]
 
-    with pytest.raises(SchemaError, match="--desc-from"):
-        decode(data)
+    def flat(evs):  # noqa: ANN001, ANN202
+        for e in evs:
+            if isinstance(e, Command) and e.children:
+                yield from flat(e.children)
+            else:
+                yield e
+
+    flat_events = list(flat(events))
+    fulls = [e for e in flat_events if isinstance(e, SectionHeader) and e.type == 4]
+    states = [e for e in flat_events if isinstance(e, DeviceState) and e.section_type == 4]
+    assert len(fulls) == len(states) > 20
+    col = MemoryDeviceCollector()
+    col.feed(events)
+    assert _strip_ids(qmp_list(col.result())) == _strip_ids(fixtures.manifest(name)["query-memory-devices"])
 
 
 @pytest.mark.parametrize("name", _WITH_VIRTIO_MEM)

@@ -471,3 +471,8 @@ def register_layouts() -> None:
 
     register_layout("virtio-mem", _measure_for_layout)
     register_layout("virtio-mem-device-early", _measure_early_for_layout)
+
+
+# The decoder measures virtio-mem sections with these schemas whenever this module is loaded
+# (the vmstate registry, the device model and the CLI load it); see register_layouts().
+register_layouts()

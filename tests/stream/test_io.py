@@ -76,3 +76,16 @@ def test_records_without_events_keeps_counts():
     rows2 = list(records(decode(S1)))
     assert [len(r.events) for r in rows2[2:5]] == [3, 3, 3]
     assert [r.to_json() for r in rows2] == [r.to_json() for r in rows]
+
+
+def test_lz4_is_sniffed_on_stdin_and_unsuffixed_files(tmp_path, monkeypatch):
+    comp = lz4.frame.compress(S1)
+    plain_name = tmp_path / "compressed-without-suffix.bin"
+    plain_name.write_bytes(comp)
+    assert list(iter_events(str(plain_name))) == decode(S1)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(comp)))
+    assert list(iter_events("-")) == decode(S1)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(comp[: len(comp) // 2])))
+    with pytest.raises(StreamError, match="lz4 frame ends early") as ei:
+        list(iter_events("-"))
+    assert ei.value.path == "<stdin>"

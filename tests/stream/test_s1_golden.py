@@ -175,10 +175,6 @@ def test_roundtrip_verbatim_and_from_columns(events, data):
 def test_events_tile_input(events, data):
     pos = 0
     for e in events:
-        if isinstance(e, SectionHeader) or not hasattr(e, "section_offset"):
-            assert e.offset == pos, e
-            pos += e.length
-        else:
-            assert e.offset == pos
-            pos += e.length
+        assert e.offset == pos, e
+        pos += e.length
     assert pos == len(data)

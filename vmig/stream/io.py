@@ -34,7 +34,7 @@ from vmig.stream.events import (
     VmDescriptionEvent,
 )
 from vmig.stream.layout import LayoutResolver
-from vmig.stream.vmdesc import VmDescription, find_trailer, parse_json
+from vmig.stream.vmdesc import VmDescription, find_trailer
 
 __all__ = [
     "CHUNK_SIZE",
@@ -99,7 +99,7 @@ def open_source(path: str, *, use_mmap: bool = True) -> Iterator[Source]:
         UsageError: the file cannot be opened (message names the path).
     """
     if path == "-":
-        yield Source("<stdin>", _chunks=_read_chunks(sys.stdin.buffer))
+        yield Source("<stdin>", _chunks=_sniff_lz4(_read_chunks(sys.stdin.buffer), "<stdin>"))
         return
     try:
         f = open(path, "rb")
@@ -118,15 +118,61 @@ def open_source(path: str, *, use_mmap: bool = True) -> Iterator[Source]:
             st = os.fstat(f.fileno())
             import stat
 
-            if use_mmap and stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            head = os.pread(f.fileno(), 4, 0) if stat.S_ISREG(st.st_mode) else b""
+            if head == LZ4_FRAME_MAGIC:
+                src._chunks = _sniff_lz4(_read_chunks(f), path)
+            elif use_mmap and stat.S_ISREG(st.st_mode) and st.st_size > 0:
                 m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
                 src._closers.append(m.close)
                 src.mapped = memoryview(m)
             else:
-                src._chunks = _read_chunks(f)
+                src._chunks = _sniff_lz4(_read_chunks(f), path)
         yield src
     finally:
         src.close()
+
+
+LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"  # lz4 frame magic 0x184D2204, little-endian
+
+
+def _sniff_lz4(chunks: Iterator[bytes], name: str) -> Iterator[bytes]:
+    """Pass chunks through, decompressing them if the input starts with the lz4 frame magic
+    (so ``cat x.bin.lz4 | vmig ... -`` works; a QEVM stream starts with "QEVM")."""
+    first = b""
+    for c in chunks:
+        first += c
+        if len(first) >= 4:
+            break
+    if not first.startswith(LZ4_FRAME_MAGIC):
+        if first:
+            yield first
+        yield from chunks
+        return
+    import lz4.frame
+
+    dec = lz4.frame.LZ4FrameDecompressor()
+    pending = first
+    while True:
+        try:
+            while pending:
+                out = dec.decompress(pending, max_length=CHUNK_SIZE)
+                pending = b""
+                if out:
+                    yield out
+                while not dec.needs_input and not dec.eof:
+                    out = dec.decompress(b"", max_length=CHUNK_SIZE)
+                    if out:
+                        yield out
+                if dec.eof:
+                    if dec.unused_data:
+                        raise StreamError("data after the end of the lz4 frame", path=name)
+                    return
+        except RuntimeError as e:
+            raise StreamError(f"lz4 decompression failed: {e}", path=name) from e
+        nxt = next(chunks, None)
+        if nxt is None:
+            raise StreamError("lz4 frame ends early (truncated .lz4 input)", path=name)
+        pending = nxt
 
 
 def _lz4_chunks(lf, path: str) -> Iterator[bytes]:

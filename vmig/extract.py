@@ -55,6 +55,8 @@ __all__ = [
     "PhysRange",
     "write_physical",
     "write_elf_core",
+    "main_ram_blocks",
+    "extract_mapped_ram",
 ]
 
 _MAX_COMPONENT = 200  # bytes; leaves room for a "~N" suffix under NAME_MAX (255)
@@ -106,27 +108,27 @@ class NameMapper:
         self._taken_files: set[bytes] = set(self.RESERVED)
         self._taken_dirs: set[bytes] = set()
 
-    def _free(self, path: bytes) -> bool:
-        if path in self._taken_files or path in self._taken_dirs:
-            return False
-        parts = path.split(b"/")
-        for i in range(1, len(parts)):
-            if b"/".join(parts[:i]) in self._taken_files:
-                return False
-        return True
+    def _unique(self, parent: list[bytes], comp: bytes, taken: set[bytes]) -> bytes:
+        n = 1
+        cand = comp
+        while b"/".join(parent + [cand]) in taken:
+            cand = comp + b"~%d" % n
+            n += 1
+        return cand
 
     def path_for(self, idstr: str) -> bytes:
+        """The unique safe relative path of block ``idstr`` (stable for a given idstr)."""
         if idstr in self.files:
             return self.files[idstr]
-        base = safe_relpath(idstr)
-        path = base
-        n = 1
-        while not self._free(path):
-            path = base + b"~%d" % n
-            n += 1
-        parts = path.split(b"/")
+        parts = safe_relpath(idstr).split(b"/")
+        # a directory component may not be an existing file...
+        for i in range(len(parts) - 1):
+            parts[i] = self._unique(parts[:i], parts[i], self._taken_files)
+        # ...and the file itself may be neither a file nor a directory already
+        parts[-1] = self._unique(parts[:-1], parts[-1], self._taken_files | self._taken_dirs)
         for i in range(1, len(parts)):
             self._taken_dirs.add(b"/".join(parts[:i]))
+        path = b"/".join(parts)
         self._taken_files.add(path)
         self.files[idstr] = path
         return path
@@ -606,21 +608,58 @@ def _merge_dir(src: str, dst: str) -> None:
             os.replace(s, d)
 
 
+_ROM_BLOCKS = ("pc.bios", "pc.rom", "isa-bios")
+
+
+def main_ram_blocks(blocks: dict[str, int]) -> list[str]:
+    """The RAMBlocks that make up the machine's main RAM, in guest-physical order.
+
+    ``pc.ram`` when present (plain ``-m``); otherwise (``-machine memory-backend=ID`` or NUMA
+    ``memdev``s, whose RAMBlocks are named by the backend ids) every block that is neither a ROM
+    nor owned by a device (device blocks are ``<device path>/<name>``), in natural order of
+    their ids — the stream does not record NUMA node order, so ``ram0, ram1`` is assumed to be
+    node 0, node 1.
+    """
+    if "pc.ram" in blocks:
+        return ["pc.ram"]
+    import re
+
+    def natural(s: str) -> list[Any]:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+    parts = [n for n in blocks if "/" not in n and n not in _ROM_BLOCKS]
+    return sorted(parts, key=natural)
+
+
+def _main_ranges(machine: str | None, blocks: dict[str, int]) -> list[PhysRange]:
+    parts = main_ram_blocks(blocks)
+    if not parts:
+        raise RamError("no main RAM block in the stream; cannot build a physical image")
+    bounds = []  # (start in the concatenated RAM, idstr, length)
+    pos = 0
+    for n in parts:
+        bounds.append((pos, n, blocks[n]))
+        pos += blocks[n]
+    out: list[PhysRange] = []
+    for gpa, length, off in machine_layout(machine, pos):
+        end = off + length
+        for start, n, ln in bounds:
+            a, z = max(off, start), min(end, start + ln)
+            if a < z:
+                out.append(PhysRange(gpa + (a - off), z - a, n, a - start))
+    return out
+
+
 def _physical(images: BlockImages, machine: str | None, devices: list[tuple[str, Any]],
               path: str, elf: bool) -> str:
     blocks = {n: b.length for n, b in images.blocks.items()}
-    ranges: list[PhysRange] = []
-    main = "pc.ram" if "pc.ram" in blocks else None
-    if main is None:
-        raise RamError("no main RAM block (pc.ram) in the stream; cannot build a physical image")
-    for gpa, length, off in machine_layout(machine, blocks[main]):
-        ranges.append(PhysRange(gpa, length, main, off))
-    ranges += _virtio_mem_ranges(devices, blocks)
+    ranges = _main_ranges(machine, blocks) + _virtio_mem_ranges(devices, blocks)
     fds = {n: (b.fd, b.length) for n, b in images.blocks.items()}
     d = os.path.dirname(os.path.abspath(path))
     fd, tmpname = tempfile.mkstemp(prefix=".vmig-physical-", dir=d)
     try:
         (write_elf_core if elf else write_physical)(ranges, fds, fd)
+        os.fchmod(fd, 0o644)
         os.close(fd)
         os.replace(tmpname, path)
     except BaseException:
@@ -628,3 +667,45 @@ def _physical(images: BlockImages, machine: str | None, devices: list[tuple[str,
         os.unlink(tmpname)
         raise
     return path
+
+
+def extract_mapped_ram(buf: bytes | memoryview, out_dir: str) -> ExtractResult:
+    """Block files (and ``desc.json``, the trailer) of a mapped-ram file (QEMU 9.0+ ``file:``).
+
+    Pages whose bitmap bit is set are copied from their fixed offsets; the others stay holes.
+    ``state.json`` is not written: the device sections after the RAM area are not decoded here.
+    """
+    from vmig.stream import mapped_ram
+    from vmig.stream.vmdesc import find_trailer
+
+    blocks, _ = mapped_ram.find_block_list(buf)
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".vmig-extract-", dir=out_dir)
+    images = BlockImages(tmp)
+    try:
+        result = ExtractResult()
+        mv = memoryview(buf)
+        for b in blocks:
+            blk = images._open(b.idstr, b.used_length)
+            result.files[b.idstr] = os.fsdecode(blk.path)
+            present = mapped_ram.present_pages(buf, b)
+            for a, z in _runs(present):
+                start = b.pages_offset + a * b.page_size
+                _pwritev_all(blk.fd, [mv[start : start + (z - a) * b.page_size]], a * b.page_size)
+                result.pages_written += z - a
+        found = find_trailer(buf)
+        if found is not None:
+            _write_new(tmp, "desc.json", bytes(found[1].raw))
+        images.close()
+        _publish(tmp, out_dir)
+        return result
+    except BaseException:
+        images.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    m = np.concatenate(([False], mask, [False]))
+    e = np.flatnonzero(m[1:] != m[:-1])
+    return list(zip(e[0::2].tolist(), e[1::2].tolist()))

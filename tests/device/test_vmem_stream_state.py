@@ -146,8 +146,8 @@ def test_fixture_reencodes_identically(name):
 GUEST_HISTORIES = {
     "pc-guest": {"vm0": [768 << 20, 300 << 20]},
     "q35-numa": {"vm0": [384 << 20], "vm1": [640 << 20, 332 << 20]},
-    "postcopy-desc": {"vm0": [512 << 20]},
-    "postcopy-main": {"vm0": [512 << 20]},
+    "postcopy-desc": {"vm0": [768 << 20, 416 << 20]},
+    "postcopy-main": {"vm0": [768 << 20, 416 << 20]},
 }
 
 

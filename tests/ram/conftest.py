@@ -25,6 +25,12 @@ import qemu_capture  # noqa: E402
 DATA = Path(__file__).parent / "data"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "peer: compares with QEMU's analyze-migration.py (fetched; fails under CI)"
+    )
+
+
 def _stored(name: str) -> tuple[bytes, dict[str, Any]]:
     buf = lz4.frame.decompress((DATA / f"{name}.bin.lz4").read_bytes())
     return buf, json.loads((DATA / f"{name}.json").read_text())["query-migrate"]

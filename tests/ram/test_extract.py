@@ -26,10 +26,6 @@ from test_ramview import qevm_fixtures
 PS = 4096
 
 
-def pytest_configure(config):  # pragma: no cover - marker registration when run alone
-    config.addinivalue_line("markers", "peer: compares with QEMU's analyze-migration.py")
-
-
 def _peer() -> str:
     from vmig.testing.peer import fetch_analyze_migration
 
@@ -41,6 +37,39 @@ def _peer() -> str:
         pytest.skip(f"cannot fetch analyze-migration.py: {e}")
 
 
+def _data_segments(path: Path) -> list[tuple[int, int]]:
+    """(start, end) of the data regions of a sparse file (SEEK_DATA / SEEK_HOLE)."""
+    out = []
+    with open(path, "rb") as f:
+        fd, size, pos = f.fileno(), path.stat().st_size, 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            out.append((start, end))
+            pos = end
+    return out
+
+
+def _same_content(pa: Path, pb: Path) -> bool:
+    sa, sb = _data_segments(pa), _data_segments(pb)
+    # same hole map: holes read as zeros on both sides, compare the data regions only
+    segments = sa if sa == sb else [(0, pa.stat().st_size)]
+    with open(pa, "rb") as x, open(pb, "rb") as y:
+        for start, end in segments:
+            x.seek(start)
+            y.seek(start)
+            pos = start
+            while pos < end:
+                n = min(8 << 20, end - pos)
+                if x.read(n) != y.read(n):
+                    return False
+                pos += n
+    return True
+
+
 def _same_files(a: Path, b: Path) -> None:
     fa = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
     fb = sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
@@ -48,12 +77,7 @@ def _same_files(a: Path, b: Path) -> None:
     for rel in fa:
         pa, pb = a / rel, b / rel
         assert pa.stat().st_size == pb.stat().st_size, rel
-        with open(pa, "rb") as x, open(pb, "rb") as y:
-            while True:
-                cx, cy = x.read(8 << 20), y.read(8 << 20)
-                assert cx == cy, f"{rel} differs"
-                if not cx:
-                    break
+        assert _same_content(pa, pb), f"{rel} differs"
 
 
 def _stream_file(tmp: Path, name: str) -> Path:
@@ -144,12 +168,12 @@ def test_hostile_idstrs_stay_inside_dir(tmp_path: Path) -> None:
     root = tmp_path / "sandbox"
     out = root / "out"
     out.mkdir(parents=True)
-    (out / "dir").mkdir()  # a pre-existing directory where a block file would go
-    (out / "dir" / "keep").write_text("mine")
+    (out / "d").mkdir()  # a pre-existing directory the output merges into
+    (out / "d" / "keep").write_text("mine")
     res = extract(iter_decode(s), str(out))
     everything = [p for p in tmp_path.rglob("*")]
     assert all(str(p).startswith(str(out)) or p == out or p == root for p in everything)
-    assert (out / "dir" / "keep").read_text() == "mine"
+    assert (out / "d" / "keep").read_text() == "mine"
     assert not list(out.glob(".vmig-extract-*")), "temp dir left behind"
     paths = set(res.files.values())
     assert len(paths) == len(HOSTILE), "two blocks share a file"
@@ -219,3 +243,19 @@ def test_physical_image_places_plugged_virtio_mem_blocks(tmp_path: Path) -> None
     runs = 1 + np.count_nonzero(np.diff(plugged) != 1)
     assert len(loads) == 1 + runs
     assert loads[0][0] == 0 and loads[0][2] == 512 << 20
+
+
+def test_numa_main_ram_is_the_memdevs_in_node_order(tmp_path: Path) -> None:
+    # q35-numa: -numa node memdev=ram0 (256M) and ram1 (256M), no pc.ram block
+    buf = fixtures.load("q35-numa")
+    phys = tmp_path / "p.raw"
+    res = extract(iter_decode(buf), str(tmp_path / "o"), physical=str(phys))
+    assert "pc.ram" not in res.files
+    with open(phys, "rb") as p, open(tmp_path / "o" / "ram1", "rb") as r1, \
+            open(tmp_path / "o" / "ram0", "rb") as r0:
+        data1 = r1.read()
+        p.seek(256 << 20)
+        assert p.read(len(data1)) == data1
+        p.seek(0)
+        assert p.read(1 << 20) == r0.read(1 << 20)
+    assert data1.count(0) < len(data1), "ram1 carries data (197 normal pages)"

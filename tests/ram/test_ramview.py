@@ -142,3 +142,50 @@ def test_last_write_wins_and_resent(recs: list[tuple[int, int]]) -> None:
     never = [(a // 4096, z // 4096) for a, z in bv.never_sent()]
     covered = {p for a, z in never for p in range(a, z)}
     assert covered == set(range(64)) - set(expect)
+
+
+@st.composite
+def record_runs(draw: st.DrawFn) -> bytes:
+    """Random RAM payloads: runs of ZERO/PAGE records with CONTINUE, block switches, XBZRLE."""
+    out = bytearray()
+    first = True
+    for _ in range(draw(st.integers(1, 12))):
+        typ = draw(st.sampled_from([ram.ZERO, ram.PAGE, ram.XBZRLE]))
+        block = draw(st.sampled_from([b"a", b"bb"]))
+        for k in range(draw(st.integers(1, 20))):
+            addr = draw(st.integers(0, 15)) * 4096
+            named = first or (k == 0 and draw(st.booleans()))
+            flags = typ | (0 if named else ram.CONT)
+            out += (addr | flags).to_bytes(8, "big")
+            if named:
+                out += bytes([len(block)]) + block
+            if typ == ram.ZERO:
+                out += b"\x00"
+            elif typ == ram.PAGE:
+                out += draw(st.binary(min_size=4096, max_size=4096)) if k == 0 else bytes([k]) * 4096
+            else:
+                out += b"\x01\x00\x03\x05\x01\x07"
+            first = False
+    out += ram.EOS.to_bytes(8, "big")
+    return bytes(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(record_runs(), st.sampled_from([4200, 9000, 1 << 20]))
+def test_fast_path_equals_scalar_on_generated_runs(payload: bytes, batch_bytes: int) -> None:
+    def walk(fn):
+        state = ram.RamState()
+        state.set_blocks([ram.RamBlock("a", 16 * 4096), ram.RamBlock("bb", 16 * 4096)])
+        state.last_block = 0
+        return fn(payload, state, base=100, batch_bytes=batch_bytes)
+
+    fast, scalar = walk(ram.walk_fast), walk(ram.walk_scalar)
+    assert fast == scalar
+    views = []
+    for batches in (fast, scalar):
+        v = RamView()
+        for b in batches:
+            v.add_batch(b)
+        v.end_section()
+        views.append(v.to_json())
+    assert views[0] == views[1]

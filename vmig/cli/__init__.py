@@ -12,13 +12,13 @@ import argparse
 import importlib
 import os
 import sys
-
-# vmig does no linear algebra: keep OpenBLAS from starting a thread pool when numpy is imported
-# (measured: 0.2 s of every command's start-up on a 2-core machine).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from typing import Sequence
 
 from vmig.errors import VmigError
+
+# vmig does no linear algebra: keep OpenBLAS from starting a thread pool when numpy is imported
+# by a command module (measured: 0.2 s of every command's start-up on a 2-core machine).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Explicit registry: module name under vmig.cli. A module that is missing is a packaging bug.
 COMMAND_MODULES: tuple[str, ...] = (

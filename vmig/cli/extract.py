@@ -14,6 +14,8 @@
 * ``--physical FILE``: a guest-physical image (main RAM by the machine's pc/q35 layout, each
   virtio-mem device's plugged blocks at its memaddr), raw and sparse, or an ELF core with
   ``--elf`` (one PT_LOAD per range).
+* a mapped-ram file (QEMU 9.0+ ``file:`` migration with the ``mapped-ram`` capability, a regular
+  file): the block files from the per-block bitmaps and fixed page offsets, and ``desc.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=handle)
 
 
+def _mapped_ram_file(path: str) -> bool:
+    """A regular file whose configuration names the mapped-ram capability (QEMU 9.0+ file:)."""
+    from vmig.stream.mapped_ram import is_mapped_ram
+
+    if path == "-" or path.endswith(".lz4"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return is_mapped_ram(f.read(1024))
+    except OSError:
+        return False
+
+
 def handle(args: argparse.Namespace) -> int:
     from vmig.errors import UsageError
     from vmig.extract import extract
@@ -51,6 +66,16 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.elf and not args.physical:
         raise UsageError("--elf needs --physical FILE")
+    if _mapped_ram_file(args.stream):
+        import mmap
+
+        from vmig.extract import extract_mapped_ram
+
+        if args.format != "vmig" or args.physical:
+            raise UsageError("a mapped-ram file supports only the default format, no --physical")
+        with open(args.stream, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            extract_mapped_ram(m, args.output)
+        return 0
     with Progress(input_size(args.stream), "extract") as prog:
         extract(iter_events(args.stream, desc_from=args.desc_from), args.output, fmt=args.format,
                 physical=args.physical, elf=args.elf, progress=prog)

@@ -58,7 +58,6 @@ def make_stream(cache: Path) -> Path:
     stream = cache / "big.bin"
     if stream.exists() and (cache / "big.json").exists():
         return stream
-    from vmig.testing.qemu import require_qemu  # noqa: F401  (documents the dependency)
     sys.path.insert(0, str(REPO / "tests" / "ram"))
     from qemu_capture import Qmp  # the minimal QMP client of the RAM tests
 

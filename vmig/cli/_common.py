@@ -53,4 +53,4 @@ def description_from_args(args: argparse.Namespace) -> VmDescription | None:
 
 def stream_events(args: argparse.Namespace, attr: str = "stream") -> Iterator[Event]:
     """Decode the stream named by ``args.<attr>`` with ``--desc-from`` applied."""
-    return iter_events(getattr(args, attr), desc_from=description_from_args(args))
+    return iter_events(getattr(args, attr), desc_from=description_from_args(args), schema_sets=True)

@@ -66,7 +66,7 @@ def build_view(path: str, desc_from: str | None = None) -> RamView:
 
     view = RamView()
     with Progress(input_size(path), "ram") as prog:
-        for ev in iter_events(path, desc_from=desc_from):
+        for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
             view.feed(ev)
             if type(ev).__name__ == "RamRecords":
                 prog(ev.offset + ev.length)

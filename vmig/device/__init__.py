@@ -10,5 +10,5 @@ Sans-I/O re-implementation of QEMU's virtio-mem (hw/virtio/virtio-mem.c, 7.2 by 
 * :mod:`vmig.device.cmdline` — the model built from a QEMU command line;
 * :mod:`vmig.device.migration` — load/re-encode virtio-mem sections of a decoded stream.
 
-See docs/device-model.md.
+See README.md, section "The virtio-mem device model".
 """

@@ -99,6 +99,13 @@ def make_stream(cache: Path) -> Path:
 
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+# Byte-code caching as for an installed package: this environment may set
+# PYTHONDONTWRITEBYTECODE, which makes every run re-compile vmig from source (~70 ms). The
+# cache lives outside the repository (PYTHONPYCACHEPREFIX); both vmig and the peer run with it
+# and both are warmed up once before timing (the peer's own script, run as __main__, is
+# compiled on every run, as it is for any user of it).
+ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+ENV["PYTHONPYCACHEPREFIX"] = str(Path.home() / ".cache" / "vmig" / "pycache")
 
 
 def timed(argv: list[str], cwd: str | None = None, stdin_path: str | None = None,
@@ -143,29 +150,46 @@ def pipe_rss(stream: Path) -> tuple[float, int, int]:
     return time.perf_counter() - t0, os.waitstatus_to_exitcode(status), ru.ru_maxrss * 1024
 
 
-def reencode(stream: Path) -> tuple[float, int, bool]:
-    """Decode + re-encode in-process; returns (seconds, bytes, equal to input)."""
+def reencode(stream: Path) -> tuple[float, int, bool, float]:
+    """Decode + re-encode in-process.
+
+    Returns (seconds, bytes, equal to input, seconds of a second pass that also compares).
+    The timed pass decodes (``iter_events`` on the mmap'ed file) and re-encodes every event
+    (``StreamEncoder.send_view``: what a writer hands to ``write()``); byte-exactness is
+    checked in a second pass so the comparison (a copy of the input range per event) does not
+    count as codec time; that pass's time is reported too.
+    """
     import mmap
+
+    import numpy as np
 
     from vmig.stream.encoder import StreamEncoder
     from vmig.stream.io import iter_events
 
     enc = StreamEncoder()
     n = 0
+    t0 = time.perf_counter()
+    for ev in iter_events(str(stream)):
+        n += len(enc.send_view(ev))
+    dt = time.perf_counter() - t0
+
+    enc = StreamEncoder()
+    n2 = 0
     same = True
     with open(stream, "rb") as f:
         m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         for ev in iter_events(str(stream)):
-            out = enc.send(ev)
-            if out:
-                if same and m[n : n + len(out)] != out:
-                    same = False
-                n += len(out)
-        dt = time.perf_counter() - t0
-        same = same and n == len(m)
+            out = enc.send_view(ev)
+            k = len(out)
+            if same and k and not np.array_equal(np.frombuffer(m, np.uint8, k, n2),
+                                                 np.frombuffer(out, np.uint8)):
+                same = False
+            n2 += k
+        dt_check = time.perf_counter() - t1
+        same = same and n2 == n == len(m)
         m.close()
-    return dt, n, same
+    return dt, n, same, dt_check
 
 
 def same_tree(a: Path, b: Path) -> tuple[bool, str]:
@@ -205,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         from vmig.testing.peer import fetch_analyze_migration
 
         peer = str(fetch_analyze_migration())
+        subprocess.run([sys.executable, peer, "-h"], stdout=subprocess.DEVNULL, env=ENV)
+    # warm-up (byte-code cache), untimed
+    subprocess.run(vmig + ["analyze", "--format", "qemu", str(stream)], stdout=subprocess.DEVNULL, env=ENV)
 
     # 1. analyze
     tv, rc, _ = timed(vmig + ["analyze", str(stream)], runs=2)
@@ -252,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     ok &= rc == 0
 
     # 4. decode + re-encode
-    td, n, same = reencode(stream)
+    td, n, same, tc = reencode(stream)
     print(f"decode + re-encode: {n / 1e9:.3f} GB in {td:.2f} s = {n / td / 1e9:.2f} GB/s, "
-          f"byte-exact: {same}")
+          f"byte-exact: {same} (checked in a second pass: {tc:.2f} s = {n / tc / 1e9:.2f} GB/s "
+          f"including the comparison)")
     results["reencode_gbps"] = n / td / 1e9
     ok &= same
 

@@ -13,6 +13,8 @@ import lz4.frame
 import numpy as np
 import pytest
 
+from vmig.stream.vmdesc import find_trailer
+
 from vmig.cli import main
 from vmig.extract import extract, machine_layout, safe_relpath
 from vmig.stream import ramcodec
@@ -95,10 +97,14 @@ def test_format_qemu_equals_analyze_migration_x(name: str, tmp_path: Path) -> No
     pdir.mkdir()
     res = subprocess.run([sys.executable, peer, "-f", str(src), "-x"], cwd=pdir,
                          capture_output=True, text=True)
-    if res.returncode != 0:
-        last = (res.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"analyze-migration.py -x cannot read {name}: {last}")
     vdir = tmp_path / "vmig"
+    if res.returncode != 0:
+        # the script needs the stream's own JSON trailer; it may fail only where there is none
+        # (postcopy, suppress-vmdesc), and vmig must still extract those
+        assert name != "s1" and find_trailer(fixtures.load(name)) is None, res.stderr[-500:]
+        assert main(["extract", str(src), "-o", str(vdir)]) == 0
+        assert (vdir / "state.json").exists()
+        return
     assert main(["extract", str(src), "-o", str(vdir), "--format", "qemu"]) == 0
     _same_files(vdir, pdir)
 

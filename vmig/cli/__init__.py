@@ -33,14 +33,16 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``vmig`` parser with every command, or only command ``only`` (start-up speed: a
+    command module may import heavy dependencies, and one invocation runs one command)."""
     parser = argparse.ArgumentParser(
         prog="vmig",
         description="Read, check, analyze and rewrite QEMU migration streams; model virtio-mem.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only is None else (only,):
         try:
             module = importlib.import_module(f"vmig.cli.{name}")
         except ModuleNotFoundError as e:
@@ -52,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The command is the first argument (the top-level parser has no options but -h): then
+    # only its module is imported. Anything else (--help, a typo) gets the full parser.
+    only = argv[0] if argv and argv[0] in COMMAND_MODULES else None
+    parser = build_parser(only)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)

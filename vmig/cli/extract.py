@@ -77,6 +77,8 @@ def handle(args: argparse.Namespace) -> int:
             extract_mapped_ram(m, args.output)
         return 0
     with Progress(input_size(args.stream), "extract") as prog:
-        extract(iter_events(args.stream, desc_from=args.desc_from, schema_sets=True), args.output, fmt=args.format,
+        # resident_lag: extract's writer thread copies pages up to 8 writes behind the decoder
+        extract(iter_events(args.stream, desc_from=args.desc_from, schema_sets=True,
+                            resident_lag=64 << 20), args.output, fmt=args.format,
                 physical=args.physical, elf=args.elf, progress=prog)
     return 0

@@ -50,7 +50,7 @@ def handler(args: argparse.Namespace) -> int:
     if dst == "-":
         out = sys.stdout.buffer
         for ev in events:
-            out.write(enc.send(ev))
+            out.write(enc.send_view(ev))
         out.flush()
         return 0
     directory = os.path.dirname(os.path.abspath(dst))
@@ -62,10 +62,10 @@ def handler(args: argparse.Namespace) -> int:
 
                 with lz4.frame.LZ4FrameFile(raw, mode="wb") as out:
                     for ev in events:
-                        out.write(enc.send(ev))
+                        out.write(enc.send_view(ev))
             else:
                 for ev in events:
-                    raw.write(enc.send(ev))
+                    raw.write(enc.send_view(ev))
         os.replace(tmp, dst)
     except BaseException:
         try:

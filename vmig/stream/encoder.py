@@ -56,17 +56,29 @@ class StreamEncoder:
                 the wire (e.g. an idstr longer than 255 bytes).
         """
         out = self._encode(event)
+        if not isinstance(out, bytes):
+            out = bytes(out)
         self.offset += len(out)
         return out
 
-    def _encode(self, ev: Event) -> bytes:
+    def send_view(self, event: Event) -> bytes | memoryview:
+        """Like :meth:`send`, without copying what the event already holds as bytes: an
+        unmodified RAM batch or a device payload comes back as (a view of) the event's own
+        buffer (e.g. the mmap'ed input). For writers (``file.write`` takes either); the view is
+        valid as long as the event's buffer is.
+        """
+        out = self._encode(event)
+        self.offset += len(out)
+        return out
+
+    def _encode(self, ev: Event) -> bytes | memoryview:
         if isinstance(ev, RamRecords):
             b = ev.batch
             if self.verbatim_ram and b.verbatim:
-                return bytes(b.raw)
+                return b.raw
             return build_records(b)
         if isinstance(ev, DeviceState):
-            return bytes(ev.payload)
+            return ev.payload
         if isinstance(ev, SectionHeader):
             if ev.type in (SectionType.SECTION_START, SectionType.SECTION_FULL):
                 name = _counted(ev.idstr, "idstr")
@@ -100,7 +112,7 @@ class StreamEncoder:
         if ev.cmd == MigCmd.PACKAGED:
             # The blob length is recomputed from the children so edited children stay consistent.
             inner = StreamEncoder(self.verbatim_ram)
-            blob = b"".join(inner.send(c) for c in ev.children)
+            blob = b"".join(inner.send_view(c) for c in ev.children)
             return COMMAND_HEADER.pack(SectionType.COMMAND, ev.cmd, 4) + BE32.pack(len(blob)) + blob
         if len(ev.data) > 0xFFFF:
             raise UsageError(f"{ev.cmd.name} command data longer than 65535 bytes")

@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 1 << 20
+DROP_WINDOW = 32 << 20  # mapped input: drop consumed pages from the RSS every this many bytes,
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+_SEQUENTIAL = getattr(mmap, "MADV_SEQUENTIAL", None)
 TAIL_KEEP = 64 << 20  # how much of a non-seekable input we keep to find a --desc-from trailer
 
 
@@ -60,6 +63,30 @@ class Source:
     mapped: memoryview | None = None
     _chunks: Iterator[bytes] | None = None
     _closers: list = field(default_factory=list)
+    _mmap: mmap.mmap | None = None
+    _dropped: int = 0
+    drop_lag: int = 0
+
+    def release_before(self, offset: int) -> None:
+        """Hint that the mapped bytes before ``offset`` were consumed: drop their page-table
+        entries (``MADV_DONTNEED``) once ``DROP_WINDOW`` bytes have accumulated.
+
+        ``drop_lag`` bytes before ``offset`` are kept (a consumer that works behind the decoder,
+        like extract's writer thread, would fault them back in). Views into that range stay valid (a later access faults the pages back in from the
+        page cache); only the process's resident set shrinks, so a walk over a multi-GB mapped
+        stream stays at a few tens of MB of RSS instead of the file size.
+        """
+        m = self._mmap
+        offset -= self.drop_lag  # a consumer may still be working on the last events
+        if m is None or offset - self._dropped < DROP_WINDOW or _DONTNEED is None:
+            return
+        end = offset - offset % mmap.PAGESIZE
+        try:
+            m.madvise(_DONTNEED, self._dropped, end - self._dropped)
+        except (OSError, ValueError):
+            self._mmap = None  # not supported here: stop trying
+            return
+        self._dropped = end
 
     def chunks(self) -> Iterator[bytes | memoryview]:
         """The input as successive chunks (one chunk for a mapped file)."""
@@ -74,6 +101,7 @@ class Source:
         if self.mapped is not None:
             self.mapped.release()
             self.mapped = None
+        self._mmap = None
         for c in reversed(self._closers):
             try:
                 c()
@@ -125,6 +153,12 @@ def open_source(path: str, *, use_mmap: bool = True) -> Iterator[Source]:
                 m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
                 src._closers.append(m.close)
                 src.mapped = memoryview(m)
+                src._mmap = m
+                if _SEQUENTIAL is not None:
+                    try:
+                        m.madvise(_SEQUENTIAL)
+                    except OSError:
+                        pass
             else:
                 src._chunks = _sniff_lz4(_read_chunks(f), path)
         yield src
@@ -228,6 +262,7 @@ def iter_events(
     *,
     fast: bool = True,
     schema_sets: bool = False,
+    resident_lag: int = 0,
 ) -> Iterator[Event]:
     """Decode the stream at ``path`` ('-' = stdin, .lz4 transparent), yielding events.
 
@@ -235,6 +270,10 @@ def iter_events(
     files), ``description``, then ``desc_from`` (a path or a VmDescription).
     With ``schema_sets`` the bundled schema set of the stream's machine type is the last resort
     for FULL sections nothing else describes (vmig.stream.vmstate.machines).
+
+    A mapped file's consumed pages are dropped from the resident set as decoding advances
+    (:meth:`Source.release_before`; event payloads stay valid): ``resident_lag`` bytes behind
+    the decoder stay mapped for consumers that lag behind the events they were given.
 
     Raises:
         StreamError: the stream is invalid (with ``path`` set).
@@ -245,6 +284,7 @@ def iter_events(
     if desc_from is not None:
         extra.append(desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from))
     with open_source(path) as src:
+        src.drop_lag = resident_lag
         layout = _default_layout() if schema_sets else LayoutResolver()
         if src.mapped is not None:
             found = find_trailer(src.mapped)
@@ -258,7 +298,12 @@ def iter_events(
         try:
             for chunk in src.chunks():
                 dec.receive_data(chunk)
-                yield from dec.events()
+                if src.mapped is not None:
+                    for ev in dec.events():
+                        yield ev
+                        src.release_before(dec.offset)
+                else:
+                    yield from dec.events()
             dec.receive_data(b"")
             yield from dec.events()
         except StreamError as e:

@@ -111,7 +111,7 @@ class LayoutResolver:
                 if entry is None:
                     continue
                 n = desc.payload_length(entry)
-                verdict = _fits(view, n, at_eof, footers)
+                verdict = fits_section_end(view, n, at_eof, footers)
                 if verdict is None:
                     raise TruncatedError("section payload not complete yet", offset=offset + len(view))
                 if verdict:
@@ -121,7 +121,7 @@ class LayoutResolver:
             fn = _builtin_for(idstr)
             if fn is not None:
                 n = fn(view, version_id)
-                verdict = _fits(view, n, at_eof, footers)
+                verdict = fits_section_end(view, n, at_eof, footers)
                 if verdict is None:
                     raise TruncatedError("section payload not complete yet", offset=offset + len(view))
                 if verdict:
@@ -137,18 +137,34 @@ class LayoutResolver:
         return None
 
 
-def _fits(view: memoryview, n: int, at_eof: bool, footers: bool | None) -> bool | None:
-    """True/False whether length n lands on a record boundary; None = need more input."""
+def fits_section_end(view: memoryview, n: int, at_eof: bool, footers: bool | None,
+                     section_id: int | None = None) -> bool | None:
+    """True/False whether a payload of length n ends where a section may end; None = need more.
+
+    Args:
+        view: the bytes from the payload start.
+        n: candidate payload length.
+        at_eof: no more input will come.
+        footers: True/False when known, None to sniff.
+        section_id: when given, a footer must name this id (walks with alternatives, e.g. the
+            bundled schema sets, need that). Without it a footer byte is accepted whatever id
+            follows, so the decoder's own footer check reports a mismatch as such instead of a
+            misleading "no description fits".
+    """
     avail = len(view)
     if n > avail:
         return None
     if n == avail:
         return True if at_eof else None
     b = view[n]
-    # A footer byte is accepted whatever id follows: the decoder's footer check then reports a
-    # mismatch as such instead of a misleading "no description fits".
     if b == 0x7E:
-        return footers is not False
+        if footers is False:
+            return False
+        if section_id is None:
+            return True
+        if n + 5 > avail:
+            return True if at_eof else None
+        return int.from_bytes(view[n + 1:n + 5], "big") == section_id
     if footers:
         return False
     if b == 0x00:  # EOF: only the trailer or the end of input may follow

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from vmig.errors import SchemaError
-from vmig.stream.layout import LayoutResolver
+from vmig.stream.layout import LayoutResolver, fits_section_end
 
 SCHEMA_FORMAT = 1
 _HERE = Path(__file__).resolve().parent
@@ -451,10 +451,7 @@ def measure_builtin(idstr: str, buf: bytes | memoryview) -> int | None:
     from vmig.stream.vmstate import virtio_mem
 
     if idstr.endswith(VIRTIO_MEM_EARLY_SUFFIX):
-        try:
-            length = virtio_mem.early_payload_length(buf)
-        except SchemaError:
-            raise
+        length = virtio_mem.early_payload_length(buf)
         _need(buf, length)
         return length
     if idstr.endswith(virtio_mem.IDSTR_SUFFIX):
@@ -531,33 +528,6 @@ def load_schema_set(machine: str | None) -> SchemaSet | None:
     if not machine:
         return None
     return _load(machine)
-
-
-def _section_end_fits(view: memoryview, n: int, section_id: int, at_eof: bool,
-                      footers: bool | None) -> bool | None:
-    """Does a walk ending at ``n`` land on a section end? None = need more input.
-
-    Stricter than the decoder's check because a schema-set walk has alternatives: with footers
-    the footer must name this section's id; without, the next byte must start a record (EOF only
-    if the trailer or the end of input follows).
-    """
-    avail = len(view)
-    if n > avail:
-        return None
-    if n == avail:
-        return True if at_eof else None
-    b = view[n]
-    if b == 0x7E:
-        if footers is False:
-            return False
-        if n + 5 > avail:
-            return True if at_eof else None
-        return int.from_bytes(view[n + 1 : n + 5], "big") == section_id
-    if footers:
-        return False
-    if b == 0x00:
-        return n + 1 == avail if at_eof else (None if n + 1 == avail else view[n + 1] == 0x06)
-    return b in (0x01, 0x02, 0x03, 0x04, 0x08)
 
 
 class MachineLayoutResolver(LayoutResolver):
@@ -651,7 +621,7 @@ class MachineLayoutResolver(LayoutResolver):
             # SchemaError naming the section and suggesting --desc-from.
             return None
         def check(end: int) -> bool:
-            return bool(_section_end_fits(view, end, section_id, at_eof, footers))
+            return bool(fits_section_end(view, end, at_eof, footers, section_id))
 
         try:
             return ss.measure(idstr, version_id, view, check=check, offset=offset)

@@ -29,11 +29,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from vmig.testing.qemu import Qemu, wait_file_stable
 
 BOOT_SECTOR_HEX = (
     "fa31c08ed831db0f20c00c010f22c024fe0f22c043b800108ec026891e100089df6bff2501c781e7"
@@ -44,50 +44,6 @@ BOOT_SECTOR_HEX = (
 def boot_sector() -> bytes:
     code = bytes.fromhex(BOOT_SECTOR_HEX)
     return code + bytes(510 - len(code)) + b"\x55\xaa"
-
-
-class Qmp:
-    """A minimal synchronous QMP client over a unix socket."""
-
-    def __init__(self, path: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.file = self.sock.makefile("rwb")
-        self._read()  # greeting
-        self.execute("qmp_capabilities")
-
-    def _read(self) -> dict[str, Any]:
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise RuntimeError("QMP connection closed")
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg
-
-    def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        req: dict[str, Any] = {"execute": cmd}
-        if args:
-            req["arguments"] = args
-        self.file.write(json.dumps(req).encode() + b"\n")
-        self.file.flush()
-        msg = self._read()
-        if "error" in msg:
-            raise RuntimeError(f"QMP {cmd}: {msg['error']}")
-        return msg.get("return")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def qemu_binary() -> str | None:
@@ -121,61 +77,40 @@ def capture_dirtying(
     workdir.mkdir(parents=True, exist_ok=True)
     disk = workdir / "boot.img"
     disk.write_bytes(boot_sector() + bytes(1024 * 1024 - 512))
-    sock = workdir / "qmp.sock"
     out = workdir / "stream.bin"
-    for p in (sock, out):
-        if p.exists():
-            p.unlink()
-    argv = [
-        qemu_binary() or "qemu-system-x86_64",
+    if out.exists():
+        out.unlink()
+    args = [
         "-machine", "pc", "-accel", "tcg", "-m", mem, "-smp", "1", "-nodefaults",
-        "-display", "none", "-drive", f"file={disk},format=raw,if=ide",
-        "-qmp", f"unix:{sock},server=on,wait=off", *extra_args,
+        "-display", "none", "-drive", f"file={disk},format=raw,if=ide", *extra_args,
     ]
     if not run_guest:
-        argv.append("-S")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        qmp = Qmp(str(sock))
+        args.append("-S")
+    with Qemu(args, workdir=workdir, binary=qemu_binary() or "qemu-system-x86_64") as q:
         if run_guest:
             time.sleep(1.0)  # SeaBIOS boots the sector well within this under TCG
-        qmp.execute(
-            "migrate-set-capabilities",
-            {"capabilities": [{"capability": k, "state": v} for k, v in capabilities.items()]},
-        )
         params = {"downtime-limit": 1, "max-bandwidth": 8 * 1024 * 1024}
         params.update(parameters or {})
-        qmp.execute("migrate-set-parameters", params)
-        qmp.execute("migrate", {"uri": f"exec:cat > {out}"})
+        q.set_migration(capabilities, params)
+        q.qmp("migrate", {"uri": f"exec:cat > {out}"})
         if until is None:
             time.sleep(passes_seconds)
         else:
             deadline = time.monotonic() + 30
             slowed = slow_bandwidth is None
             while time.monotonic() < deadline:
-                info = qmp.execute("query-migrate")
+                info = q.qmp("query-migrate")
                 if info.get("status") in ("completed", "failed", "cancelled") or until(info):
                     break
                 if not slowed and info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
-                    qmp.execute("migrate-set-parameters", {"max-bandwidth": slow_bandwidth})
+                    q.qmp("migrate-set-parameters", {"max-bandwidth": slow_bandwidth})
                     slowed = True
                 time.sleep(0.002)
-        qmp.execute("migrate-set-parameters", {"downtime-limit": 60000, "max-bandwidth": 1 << 40})
-        deadline = time.monotonic() + 60
-        while True:
-            info = qmp.execute("query-migrate")
-            if info.get("status") == "completed":
-                break
-            if info.get("status") == "failed" or time.monotonic() > deadline:
-                raise RuntimeError(f"migration did not complete: {info}")
-            time.sleep(0.05)
-        qmp.execute("quit")
-        qmp.close()
-        proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        q.qmp("migrate-set-parameters", {"downtime-limit": 60000, "max-bandwidth": 1 << 40})
+        info = q.wait_migration(60)
+        if info.get("status") != "completed":
+            raise RuntimeError(f"migration did not complete: {info}")
+    wait_file_stable(out)  # the exec: child may still be flushing when the status flips
     return out, info
 
 

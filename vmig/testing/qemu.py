@@ -455,7 +455,7 @@ class Qemu:
         if info.get("status") != "completed":
             raise QemuLabError(f"migration to {abspath} ended {info.get('status')}: {info}")
         # exec: the child cat may still be flushing when the status flips; wait for the file to settle
-        _wait_file_stable(abspath)
+        wait_file_stable(abspath)
         return info
 
     # -- virtio-mem / guest helpers
@@ -483,7 +483,7 @@ class Qemu:
             time.sleep(0.1)
 
 
-def _wait_file_stable(path: Path, settle: float = 0.2, timeout: float = 30.0) -> None:
+def wait_file_stable(path: Path, settle: float = 0.2, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     last = -1
     while time.monotonic() < deadline:

@@ -9,8 +9,11 @@ kernel needed) into a stream file (~1.08 GB), then times in the same run:
 1. ``analyze-migration.py -f S`` (default mode) vs ``vmig analyze S`` (both formats);
 2. ``analyze-migration.py -x`` vs ``vmig extract --format qemu`` (outputs compared file by file);
 3. ``cat S | vmig ram -``: peak RSS of the vmig process (wait4 rusage);
-4. decode + re-encode throughput in-process (``iter_events`` + ``StreamEncoder``), checking that
-   the re-encoded bytes equal the input.
+4. decode + re-encode throughput in-process (``iter_events`` + ``StreamEncoder.send_view``),
+   checking in a second (separately timed) pass that the re-encoded bytes equal the input.
+
+vmig and the peer both run with a byte-code cache (PYTHONPYCACHEPREFIX under ~/.cache/vmig), as
+an installed package would; peak RSS is printed for every vmig and peer run.
 
 Targets (issue "RAM section"): analyze >= 8x, extract >= 10x, pipe RSS <= 100 MB,
 decode+re-encode >= 1 GB/s. Usage::
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stream: {stream} ({size / 1e9:.3f} GB; built/cached in {time.perf_counter() - t0:.1f} s)")
     qm = json.loads((cache / "big.json").read_text())["query-migrate"]["ram"]
     print(f"query-migrate: normal {qm['normal']} duplicate {qm['duplicate']}")
+    print(f"interpreter: {sys.executable}; byte-code cache: PYTHONPYCACHEPREFIX={ENV['PYTHONPYCACHEPREFIX']}")
 
     vmig = [sys.executable, "-m", "vmig"]
     results: dict[str, float] = {}
@@ -234,16 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(vmig + ["analyze", "--format", "qemu", str(stream)], stdout=subprocess.DEVNULL, env=ENV)
 
     # 1. analyze
-    tv, rc, _ = timed(vmig + ["analyze", str(stream)], runs=2)
-    print(f"vmig analyze (vmig format): {tv:.2f} s (rc {rc})")
-    tq, rc2, _ = timed(vmig + ["analyze", "--format", "qemu", str(stream)], runs=2)
-    tr_, rc3, _ = timed(vmig + ["ram", str(stream)], runs=2)
-    print(f"vmig ram: {tr_:.2f} s (rc {rc3})")
-    print(f"vmig analyze --format qemu: {tq:.2f} s (rc {rc2})")
+    tv, rc, rss_v = timed(vmig + ["analyze", str(stream)], runs=2)
+    print(f"vmig analyze (vmig format): {tv:.2f} s, peak RSS {rss_v / 1e6:.1f} MB (rc {rc})")
+    tq, rc2, rss_q = timed(vmig + ["analyze", "--format", "qemu", str(stream)], runs=2)
+    tr_, rc3, rss_r = timed(vmig + ["ram", str(stream)], runs=2)
+    print(f"vmig ram: {tr_:.2f} s, peak RSS {rss_r / 1e6:.1f} MB (rc {rc3})")
+    print(f"vmig analyze --format qemu: {tq:.2f} s, peak RSS {rss_q / 1e6:.1f} MB (rc {rc2})")
     ok &= rc == 0 and rc2 == 0
     if peer:
-        tp, prc, _ = timed([sys.executable, peer, "-f", str(stream)])
-        print(f"analyze-migration.py -f: {tp:.2f} s (rc {prc})")
+        tp, prc, rss_p = timed([sys.executable, peer, "-f", str(stream)], runs=2)  # best of 2, as vmig
+        print(f"analyze-migration.py -f: {tp:.2f} s, peak RSS {rss_p / 1e6:.1f} MB (rc {prc})")
         results["analyze"] = tp / max(tv, tq)
         results["analyze_vs_vmig_ram"] = tp / tr_
         print(f"  ratio analyze: {tp / tv:.1f}x (vmig format), {tp / tq:.1f}x (qemu format); "
@@ -254,15 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         vdir, pdir = work / "vmig", work / "peer"
         pdir.mkdir()
-        te, rc, _ = timed(vmig + ["extract", str(stream), "-o", str(vdir), "--format", "qemu"],
-                          before=lambda: shutil.rmtree(vdir, ignore_errors=True), runs=2)
-        print(f"vmig extract --format qemu: {te:.2f} s (rc {rc})")
+        te, rc, rss_e = timed(vmig + ["extract", str(stream), "-o", str(vdir), "--format", "qemu"],
+                              before=lambda: shutil.rmtree(vdir, ignore_errors=True), runs=2)
+        print(f"vmig extract --format qemu: {te:.2f} s, peak RSS {rss_e / 1e6:.1f} MB (rc {rc})")
         ok &= rc == 0
         if peer:
-            tpx, prc, _ = timed([sys.executable, peer, "-f", str(stream), "-x"], cwd=str(pdir),
-                                before=lambda: [p.unlink() for p in pdir.rglob("*") if p.is_file()],
-                                runs=2)
-            print(f"analyze-migration.py -x: {tpx:.2f} s (rc {prc})")
+            tpx, prc, rss_px = timed([sys.executable, peer, "-f", str(stream), "-x"], cwd=str(pdir),
+                                     before=lambda: [p.unlink() for p in pdir.rglob("*") if p.is_file()],
+                                     runs=2)
+            print(f"analyze-migration.py -x: {tpx:.2f} s, peak RSS {rss_px / 1e6:.1f} MB (rc {prc})")
             results["extract"] = tpx / te
             print(f"  ratio extract: {tpx / te:.1f}x")
             same, why = same_tree(vdir, pdir)

@@ -257,8 +257,11 @@ class RamView:
             sel = blk == bi
             p = pages[sel] if not sel.all() else pages
             # last occurrence of each page in this batch wins
-            rev_u, rev_i = np.unique(p[::-1], return_index=True)
-            last = len(p) - 1 - rev_i
+            if len(p) < 2 or bool((p[1:] > p[:-1]).all()):
+                rev_u, last = p, np.arange(len(p))  # strictly increasing (the usual run): as is
+            else:
+                rev_u, rev_i = np.unique(p[::-1], return_index=True)
+                last = len(p) - 1 - rev_i
             newly = rev_u[~bv.sent[rev_u]]
             bv.resent += len(p) - len(newly)
             bv.sent[rev_u] = True

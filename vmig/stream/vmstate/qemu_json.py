@@ -36,8 +36,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import construct
+
 from vmig.errors import SchemaError
-from vmig.stream.vmstate.engine import BodyNode, FieldItem, SchemaSet
+from vmig.stream.vmstate.engine import _INT_CONSTRUCTS, BodyNode, FieldItem, SchemaSet
 
 __all__ = [
     "SIGNED_READERS",
@@ -63,6 +65,8 @@ SIGNED_READERS = frozenset(
     }
 )
 UNSIGNED_READERS = frozenset({"uint8", "uint16", "uint32", "uint32 equal", "uint64"})
+# the engine's fixed-width big-endian integer constructs: (width, signed) by identity
+_INT_ELEMENTS = {id(c): key for key, c in _INT_CONSTRUCTS.items()}
 
 
 def _int_text(data: bytes, size: int, signed: bool) -> str:
@@ -74,10 +78,34 @@ def _int_text(data: bytes, size: int, signed: bool) -> str:
     return "%s (%d)" % (fmt % uval, sval)
 
 
+def _int_layout(item: FieldItem) -> tuple[int, bool] | None:
+    """(width, signed) when the item's element is a plain big-endian integer construct."""
+    elem = getattr(item.element, "subcon", item.element)
+    found = _INT_ELEMENTS.get(id(elem))
+    if found is not None:
+        return found
+    if isinstance(elem, construct.BytesInteger) and isinstance(elem.length, int) and not elem.swapped:
+        return elem.length, bool(elem.signed)
+    return None
+
+
+def _wire_bytes(item: FieldItem, value: Any) -> bytes:
+    """The element's wire bytes; integers without a construct build (same bytes)."""
+    if type(value) is int:
+        layout = _int_layout(item)
+        if layout is not None:
+            width, signed = layout
+            try:
+                return value.to_bytes(width, "big", signed=signed)
+            except OverflowError:
+                pass  # let the construct report it
+    return item.element_bytes(value)
+
+
 def _element(item: FieldItem, value: Any) -> Any:
     if item.type == "struct" and item.body is not None:
         return render_body(item.body, value)
-    data = value if isinstance(value, bytes) else item.element_bytes(value)
+    data = value if isinstance(value, bytes) else _wire_bytes(item, value)
     t = item.type
     if t in SIGNED_READERS or t in UNSIGNED_READERS:
         return _int_text(data, int(item.entry.get("size", len(data))), t in SIGNED_READERS)

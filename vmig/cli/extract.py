@@ -24,6 +24,7 @@ import argparse
 from typing import Any
 
 from vmig.cli.ram import input_size
+from vmig.cli._common import add_desc_from_argument, add_stream_argument
 from vmig.progress import Progress
 
 
@@ -35,14 +36,13 @@ def register(subparsers: Any) -> None:
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("stream", metavar="STREAM", help="stream file, '-' for stdin, or .lz4")
+    add_stream_argument(p)
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory")
     p.add_argument("--format", choices=("vmig", "qemu"), default="vmig",
                    help="vmig (default) or analyze-migration.py -x compatible output")
     p.add_argument("--physical", metavar="FILE", help="also write a guest-physical image")
     p.add_argument("--elf", action="store_true", help="write --physical as an ELF core")
-    p.add_argument("--desc-from", metavar="OTHER",
-                   help="take section descriptions from OTHER's trailer (streams without one)")
+    add_desc_from_argument(p)
     p.set_defaults(handler=handle)
 
 

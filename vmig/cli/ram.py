@@ -31,6 +31,7 @@ import os
 import sys
 from typing import Any
 
+from vmig.cli._common import add_desc_from_argument, add_stream_argument
 from vmig.progress import Progress
 from vmig.ramview import KINDS, RamView
 
@@ -43,10 +44,9 @@ def register(subparsers: Any) -> None:
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("stream", metavar="STREAM", help="stream file, '-' for stdin, or .lz4")
+    add_stream_argument(p)
     p.add_argument("--json", action="store_true", help="print the JSON document")
-    p.add_argument("--desc-from", metavar="OTHER",
-                   help="take section descriptions from OTHER's trailer (streams without one)")
+    add_desc_from_argument(p)
     p.set_defaults(handler=handle)
 
 

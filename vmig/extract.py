@@ -27,6 +27,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -462,6 +463,26 @@ def _slim(ev: Any) -> Any:
     return RamRecords(ev.offset, ev.length, _Cols(), ev.section_id)
 
 
+@contextlib.contextmanager
+def _staged(out_dir: str, *, qemu_compat: bool = False) -> Iterator[tuple[str, "BlockImages"]]:
+    """A temporary folder inside ``out_dir`` with the block images; published into ``out_dir``
+    only if the body succeeds, removed otherwise (nothing half-written is left behind)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".vmig-extract-", dir=out_dir)
+    except OSError as e:
+        raise UsageError(f"{out_dir}: cannot create output directory: {e.strerror}") from e
+    images = BlockImages(tmp, qemu_compat=qemu_compat)
+    try:
+        yield tmp, images
+        images.close()
+        _publish(tmp, out_dir)
+    except BaseException:
+        images.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def extract(
     events: Iterable[Any],
     out_dir: str,
@@ -488,18 +509,11 @@ def extract(
     """
     if fmt not in ("vmig", "qemu"):
         raise UsageError(f"unknown extract format {fmt!r}")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".vmig-extract-", dir=out_dir)
-    except OSError as e:
-        raise UsageError(f"{out_dir}: cannot create output directory: {e.strerror}") from e
-    images = BlockImages(tmp, qemu_compat=(fmt == "qemu"))
     kept: list[Any] = []
     machine: str | None = None
     trailer: bytes | None = None
     vm_devices: list[tuple[str, Any]] = []
-    try:
-        current_ram = False
+    with _staged(out_dir, qemu_compat=(fmt == "qemu")) as (tmp, images):
         for ev in events:
             name = type(ev).__name__
             if name == "RamRecords":
@@ -517,9 +531,6 @@ def extract(
                 st = _virtio_mem_state(ev)
                 if st is not None:
                     vm_devices.append(st)
-            elif name == "SectionHeader":
-                current_ram = ev.idstr == "ram"
-        del current_ram
         images.drain()
         result = ExtractResult(pages_written=images.pages_written)
         for idstr, b in images.blocks.items():
@@ -527,13 +538,7 @@ def extract(
         _write_json(tmp, kept, trailer, fmt)
         if physical is not None:
             result.physical = _physical(images, machine, vm_devices, physical, elf)
-        images.close()
-        _publish(tmp, out_dir)
-        return result
-    except BaseException:
-        images.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return result
 
 
 def _virtio_mem_state(ev: Any) -> tuple[str, Any] | None:
@@ -679,10 +684,7 @@ def extract_mapped_ram(buf: bytes | memoryview, out_dir: str) -> ExtractResult:
     from vmig.stream.vmdesc import find_trailer
 
     blocks, _ = mapped_ram.find_block_list(buf)
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".vmig-extract-", dir=out_dir)
-    images = BlockImages(tmp)
-    try:
+    with _staged(out_dir) as (tmp, images):
         result = ExtractResult()
         mv = memoryview(buf)
         for b in blocks:
@@ -696,13 +698,7 @@ def extract_mapped_ram(buf: bytes | memoryview, out_dir: str) -> ExtractResult:
         found = find_trailer(buf)
         if found is not None:
             _write_new(tmp, "desc.json", bytes(found[1].raw))
-        images.close()
-        _publish(tmp, out_dir)
-        return result
-    except BaseException:
-        images.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return result
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

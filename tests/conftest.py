@@ -7,6 +7,6 @@ source checkout. A conftest fixture of the same name simply shadows the plugin's
 
 from __future__ import annotations
 
-from vmig.testing.pytest_plugin import fixture_bytes, lab_dir, qemu_bin, s1_path
+from vmig.testing.pytest_plugin import fixture_bytes, lab_dir, qemu_bin, qemu_loader, s1_path, vmig_roundtrip
 
-__all__ = ["fixture_bytes", "lab_dir", "qemu_bin", "s1_path"]
+__all__ = ["fixture_bytes", "lab_dir", "qemu_bin", "qemu_loader", "s1_path", "vmig_roundtrip"]

@@ -68,6 +68,7 @@ from vmig.stream.framing import (
     Capabilities,
     parse_command_args,
 )
+from vmig.stream.inbuf import BufferedInput
 from vmig.stream.layout import LayoutResolver
 from vmig.stream.ram import BATCH_BYTES, RamState, RamWalker
 from vmig.stream.vmdesc import VmDescription, find_trailer
@@ -100,7 +101,7 @@ class _Wait(Exception):
         self.what, self.need, self.have = what, need, have
 
 
-class StreamDecoder:
+class StreamDecoder(BufferedInput):
     """Sans-I/O QEVM stream decoder.
 
     Args:
@@ -136,11 +137,7 @@ class StreamDecoder:
             if not isinstance(description, VmDescription):
                 description = VmDescription(description, source="description")
             self.layout.add_description(description)
-        self._buf: bytearray | memoryview = bytearray()
-        self._owned = True
-        self._pos = 0
-        self._base = base_offset
-        self._eof = False
+        self._init_input(base_offset)
         self._state = _TOP if nested else _HEADER
         self._config_allowed = not nested
         self._sections: dict[int, SectionHeader] = _sections if _sections is not None else {}
@@ -159,51 +156,6 @@ class StreamDecoder:
         self._depth = _depth
         self._error: StreamError | None = None
         self.configuration: Configuration | None = None
-
-    # ------------------------------------------------------------------ input
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed input bytes; ``b""`` means end of input.
-
-        Raises:
-            UsageError: data after end of input.
-        """
-        if self._eof:
-            if data:
-                raise UsageError("receive_data() called after end of input")
-            return
-        if not data:
-            self._eof = True
-            return
-        buf = self._buf
-        if self._pos >= len(buf):
-            self._base += len(buf)
-            self._pos = 0
-            if isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly):
-                self._buf = memoryview(data).cast("B")
-                self._owned = False
-            else:
-                self._buf = bytearray(data)
-                self._owned = True
-            return
-        if not self._owned:
-            rest = bytearray(buf[self._pos:])
-            self._base += self._pos
-            self._pos = 0
-            rest += data
-            self._buf = rest
-            self._owned = True
-            return
-        assert isinstance(buf, bytearray)
-        if self._pos:
-            del buf[: self._pos]
-            self._base += self._pos
-            self._pos = 0
-        buf += data
-
-    @property
-    def offset(self) -> int:
-        """Absolute offset of the next byte the decoder will consume."""
-        return self._base + self._pos
 
     @property
     def descriptions(self) -> list[VmDescription]:

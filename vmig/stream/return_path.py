@@ -36,6 +36,7 @@ import numpy as np
 from vmig.errors import StreamError, TruncatedError, UsageError
 from vmig.stream.constants import RP_RECV_BITMAP_ENDING, RpMsg
 from vmig.stream.events import NEED_DATA, NeedData
+from vmig.stream.inbuf import BufferedInput
 
 __all__ = [
     "RpMessage",
@@ -124,7 +125,7 @@ def _idstr(raw: bytes | memoryview) -> str:
     return bytes(raw).decode("latin-1")
 
 
-class ReturnPathDecoder:
+class ReturnPathDecoder(BufferedInput):
     """Sans-I/O decoder of a return-path byte stream.
 
     Args:
@@ -138,38 +139,11 @@ class ReturnPathDecoder:
     def __init__(self, base_offset: int = 0, path: str | None = None, *, require_shut: bool = True) -> None:
         self.path = path
         self.require_shut = require_shut
-        self._buf = bytearray()
-        self._pos = 0
-        self._base = base_offset
-        self._eof = False
+        self._init_input(base_offset)
         self._ended = False
         self._shut = False
         self._error: StreamError | None = None
         self.last_block: str | None = None
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed input bytes; ``b""`` means end of input.
-
-        Raises:
-            UsageError: data after end of input.
-        """
-        if self._eof:
-            if data:
-                raise UsageError("receive_data() called after end of input")
-            return
-        if not data:
-            self._eof = True
-            return
-        if self._pos:
-            del self._buf[: self._pos]
-            self._base += self._pos
-            self._pos = 0
-        self._buf += data
-
-    @property
-    def offset(self) -> int:
-        """Absolute offset of the next byte the decoder will consume."""
-        return self._base + self._pos
 
     def next_event(self) -> RpEvent | NeedData:
         """The next event, or ``NEED_DATA``.

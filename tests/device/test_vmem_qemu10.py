@@ -62,10 +62,7 @@ def test_qemu_10_0_machine_types(machine, early, vectors, ui, trixie, lab_dir):
         q.qmp("qom-set", {"path": "vm0", "property": "requested-size", "value": 128 << 20})
 
         out = lab_dir / "held.bin"
-        q.set_migration({"pause-before-switchover": True})
-        q.qmp("migrate", {"uri": f"exec:cat > {out}"})
-        q.wait_migration(until=frozenset({"pre-switchover", "failed", "completed"}))
-        assert q.qmp("query-migrate")["status"] == "pre-switchover"
+        assert q.hold_migration_before_switchover(out)["status"] == "pre-switchover"
         model.migration.set_outgoing("pre-switchover")
         q.qmp("system_reset")
         # 10.0 (8.2+ rule): nothing plugged → the reset's unplug-all is not refused

@@ -63,10 +63,7 @@ def test_guest_scenario_like_qemu(qemu_bin, lab_dir):
 
         q.qmp("stop")
         out = lab_dir / "held.bin"
-        q.set_migration({"pause-before-switchover": True})
-        q.qmp("migrate", {"uri": f"exec:cat > {out}"})
-        q.wait_migration(until=frozenset({"pre-switchover", "failed", "completed"}))
-        assert q.qmp("query-migrate")["status"] == "pre-switchover"
+        assert q.hold_migration_before_switchover(out)["status"] == "pre-switchover"
         model.migration.set_outgoing("pre-switchover")
         q.qmp("system_reset")
         assert model.system_reset() == {"/machine/peripheral/vm0": False}

@@ -132,10 +132,7 @@ def test_reset_during_migration_like_qemu(qemu_bin, lab_dir):
         p = Pair(q, model, ["vm0", "vm1"])
         p.qom_set("vm0", "requested-size", 128 << 20)  # U stays 1G (grown by the initial 900M)
         out = lab_dir / "pre.bin"
-        q.set_migration({"pause-before-switchover": True})
-        q.qmp("migrate", {"uri": f"exec:cat > {out}"})
-        q.wait_migration(until=frozenset({"pre-switchover", "failed", "completed"}))
-        assert q.qmp("query-migrate")["status"] == "pre-switchover"
+        assert q.hold_migration_before_switchover(out)["status"] == "pre-switchover"
         model.migration.set_outgoing("pre-switchover")
         p.reset()  # refused by both: nothing visible over QMP, U kept (seen in the stream)
         p.qom_set("vm1", "requested-size", 40 << 20)  # requested-size still settable while busy

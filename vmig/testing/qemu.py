@@ -458,6 +458,25 @@ class Qemu:
         wait_file_stable(abspath)
         return info
 
+    def hold_migration_before_switchover(self, path: Path | str, timeout: float = 120.0) -> dict:
+        """Start a migration into ``path`` and hold it in ``pre-switchover`` (the outgoing
+        migration is active, so devices are "busy"); ``migrate-continue`` with state
+        ``pre-switchover`` (or :meth:`wait_migration` after it) finishes it.
+
+        Returns:
+            the ``query-migrate`` answer in ``pre-switchover``.
+
+        Raises:
+            QemuLabError: the migration ended or failed instead of pausing.
+        """
+        abspath = Path(path).resolve()
+        self.set_migration({"pause-before-switchover": True})
+        self.qmp("migrate", {"uri": f"exec:cat > {shlex.quote(str(abspath))}"})
+        info = self.wait_migration(timeout, until=frozenset({"pre-switchover", "failed", "completed"}))
+        if info.get("status") != "pre-switchover":
+            raise QemuLabError(f"migration to {abspath} did not pause before switchover: {info}")
+        return info
+
     # -- virtio-mem / guest helpers
     def memory_devices(self) -> list:
         """``query-memory-devices``."""

@@ -8,6 +8,7 @@ Public API of the codec core (see docs/ARCHITECTURE.md):
 * ``StreamDecoder`` (sans-I/O), ``decode(bytes)``, ``StreamEncoder``, ``encode(events)``;
 * RAM framing: ``RamBatch``, ``RamBlock``, ``RamState``;
 * descriptions: ``VmDescription``, ``find_trailer``, ``LayoutResolver``, ``register_layout``;
+* the postcopy return path: ``ReturnPathDecoder``, ``RpMessage``, ``RpEnd``, ``encode_rp``;
 * I/O: ``open_source``, ``iter_events``, ``decode_path``, ``load_description``, ``records``,
   ``Record``.
 """
@@ -39,9 +40,14 @@ from vmig.stream.io import (
 )
 from vmig.stream.layout import LayoutResolver, register_layout
 from vmig.stream.ram import RamBatch, RamBlock, RamState
+from vmig.stream.return_path import ReturnPathDecoder, RpEnd, RpMessage, encode_rp
 from vmig.stream.vmdesc import JsonObject, VmDescription, find_trailer
 
 __all__ = [
+    "ReturnPathDecoder",
+    "RpEnd",
+    "RpMessage",
+    "encode_rp",
     "NEED_DATA",
     "Command",
     "Configuration",

@@ -68,7 +68,7 @@ from vmig.stream.framing import (
     Capabilities,
     parse_command_args,
 )
-from vmig.stream.inbuf import BufferedInput
+from vmig.stream.inbuf import BufferedInput, NeedMoreInput
 from vmig.stream.layout import LayoutResolver
 from vmig.stream.ram import BATCH_BYTES, RamState, RamWalker
 from vmig.stream.vmdesc import VmDescription, find_trailer
@@ -92,13 +92,6 @@ class _Open:
     @property
     def name(self) -> str:
         return f"{self.header.idstr} instance {self.header.instance_id}"
-
-
-class _Wait(Exception):
-    """Internal: more input is needed (or, at end of input, the record is truncated)."""
-
-    def __init__(self, what: str, need: int, have: int) -> None:
-        self.what, self.need, self.have = what, need, have
 
 
 class StreamDecoder(BufferedInput):
@@ -175,7 +168,7 @@ class StreamDecoder(BufferedInput):
             raise self._error
         try:
             return self._next()
-        except _Wait as w:
+        except NeedMoreInput as w:
             if not self._eof:
                 return NEED_DATA
             err = TruncatedError(
@@ -208,11 +201,6 @@ class StreamDecoder(BufferedInput):
         self._error = e
 
     # ---------------------------------------------------------------- helpers
-    def _need(self, n: int, what: str) -> None:
-        have = len(self._buf) - self._pos
-        if have < n:
-            raise _Wait(what, n, have)
-
     def _take(self, start: int, end: int) -> bytes | memoryview:
         if self._owned:
             return bytes(memoryview(self._buf)[start:end])
@@ -314,7 +302,7 @@ class StreamDecoder(BufferedInput):
             if len(buf) - p <= q:
                 if self._eof:
                     break
-                raise _Wait("the CONFIGURATION record", q + 1, len(buf) - p)
+                raise NeedMoreInput("the CONFIGURATION record", q + 1, len(buf) - p)
             if buf[p + q] != SectionType.SUBSECTION:
                 break
             self._need(q + 2, "a configuration subsection")

@@ -12,6 +12,15 @@ from __future__ import annotations
 from vmig.errors import UsageError
 
 
+class NeedMoreInput(Exception):
+    """Internal to the decoders: ``what`` needs ``need`` bytes and only ``have`` are buffered
+    (at end of input the decoder turns this into a TruncatedError)."""
+
+    def __init__(self, what: str, need: int, have: int) -> None:
+        super().__init__(what)
+        self.what, self.need, self.have = what, need, have
+
+
 class BufferedInput:
     """Mixin: input buffering and absolute offsets for a sans-I/O decoder."""
 
@@ -66,6 +75,12 @@ class BufferedInput:
             self._base += self._pos
             self._pos = 0
         buf += data
+
+    def _need(self, n: int, what: str) -> None:
+        """Raise NeedMoreInput unless ``n`` unconsumed bytes are buffered."""
+        have = len(self._buf) - self._pos
+        if have < n:
+            raise NeedMoreInput(what, n, have)
 
     @property
     def offset(self) -> int:

@@ -36,7 +36,7 @@ import numpy as np
 from vmig.errors import StreamError, TruncatedError, UsageError
 from vmig.stream.constants import RP_RECV_BITMAP_ENDING, RpMsg
 from vmig.stream.events import NEED_DATA, NeedData
-from vmig.stream.inbuf import BufferedInput
+from vmig.stream.inbuf import BufferedInput, NeedMoreInput
 
 __all__ = [
     "RpMessage",
@@ -104,11 +104,6 @@ class RpEnd:
 RpEvent = RpMessage | RpEnd
 
 
-class _Wait(Exception):
-    def __init__(self, what: str, need: int, have: int) -> None:
-        self.what, self.need, self.have = what, need, have
-
-
 def _bitmap_from_le(raw: bytes | memoryview) -> np.ndarray:
     """Little-endian 64-bit words -> bool per bit (bit k of the bitmap is byte k//8, bit k%8)."""
     return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little").astype(bool)
@@ -158,7 +153,7 @@ class ReturnPathDecoder(BufferedInput):
             raise UsageError("next_event() called after RpEnd")
         try:
             return self._next()
-        except _Wait as w:
+        except NeedMoreInput as w:
             if not self._eof:
                 return NEED_DATA
             err = TruncatedError(f"input ends inside {w.what}", offset=self.offset,
@@ -181,11 +176,6 @@ class ReturnPathDecoder(BufferedInput):
         if self.path is not None:
             e.with_path(self.path)
         self._error = e
-
-    def _need(self, n: int, what: str) -> None:
-        have = len(self._buf) - self._pos
-        if have < n:
-            raise _Wait(what, n, have)
 
     def _next(self) -> RpEvent | NeedData:
         have = len(self._buf) - self._pos

@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = argv[0] if argv and argv[0] in COMMAND_MODULES else None
     parser = build_parser(only)
     args = parser.parse_args(argv)
+    from vmig.stream import mapping  # light: no numpy/construct
+
+    for dest in getattr(args, "_early_map", ()):
+        mapping.open_early(getattr(args, dest))  # warm while the handler imports the codec
     try:
         return int(args.handler(args) or 0)
     except VmigError as e:
@@ -62,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    finally:
+        mapping.close_early()
 
 
 def entry_point() -> None:

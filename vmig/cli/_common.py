@@ -7,11 +7,14 @@ errors propagate as ``VmigError`` (``vmig.cli.main`` prints one line and exits 2
 from __future__ import annotations
 
 import argparse
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from vmig.stream.events import Event
-from vmig.stream.io import iter_events, load_description
-from vmig.stream.vmdesc import VmDescription
+if TYPE_CHECKING:  # the codec (numpy, construct) is imported when a command runs, not before
+    from vmig.stream.events import Event
+    from vmig.stream.vmdesc import VmDescription
+
+#: parser default naming the STREAM arguments ``vmig.cli.main`` maps early (see add_stream_argument)
+EARLY_MAP = "_early_map"
 
 __all__ = [
     "add_stream_argument",
@@ -22,12 +25,19 @@ __all__ = [
 
 
 def add_stream_argument(parser: argparse.ArgumentParser, name: str = "stream",
-                        help: str | None = None) -> None:
-    """Add the positional STREAM argument (a path, '-' for stdin; .lz4 transparent)."""
+                        help: str | None = None, *, early_map: bool = True) -> None:
+    """Add the positional STREAM argument (a path, '-' for stdin; .lz4 transparent).
+
+    With ``early_map`` (for commands that decode the file through a mapping), ``vmig.cli.main``
+    maps the file and starts warming its page tables (:mod:`vmig.stream.mapping`) before the
+    command's handler imports the codec, so that work overlaps Python's start-up.
+    """
     parser.add_argument(
         name, metavar=name.upper(),
         help=help or "migration stream file ('-' = stdin; *.lz4 is decompressed)",
     )
+    if early_map:
+        parser.set_defaults(**{EARLY_MAP: (*(parser.get_default(EARLY_MAP) or ()), name)})
 
 
 def add_desc_from_argument(parser: argparse.ArgumentParser) -> None:
@@ -39,18 +49,22 @@ def add_desc_from_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def description_from_args(args: argparse.Namespace) -> VmDescription | None:
+def description_from_args(args: argparse.Namespace) -> "VmDescription | None":
     """The ``--desc-from`` description, loaded once per invocation (None if not given)."""
     path = getattr(args, "desc_from", None)
     if path is None:
         return None
     cached = getattr(args, "_desc_from_loaded", None)
     if cached is None:
+        from vmig.stream.io import load_description
+
         cached = load_description(path)
         args._desc_from_loaded = cached
     return cached
 
 
-def stream_events(args: argparse.Namespace, attr: str = "stream") -> Iterator[Event]:
+def stream_events(args: argparse.Namespace, attr: str = "stream") -> "Iterator[Event]":
     """Decode the stream named by ``args.<attr>`` with ``--desc-from`` applied."""
+    from vmig.stream.io import iter_events
+
     return iter_events(getattr(args, attr), desc_from=description_from_args(args), schema_sets=True)

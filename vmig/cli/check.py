@@ -15,13 +15,14 @@ import argparse
 import importlib
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument, description_from_args
 from vmig.errors import StreamError
-from vmig.stream.events import Event
-from vmig.stream.io import iter_events
-from vmig.stream.vmdesc import VmDescription
+
+if TYPE_CHECKING:
+    from vmig.stream.events import Event
+    from vmig.stream.vmdesc import VmDescription
 
 __all__ = [
     "CHECKER_MODULES",
@@ -48,7 +49,7 @@ class CheckContext:
     notes: dict = field(default_factory=dict)
 
 
-EventCheck = Callable[[Event], "Iterable[str] | None"]
+EventCheck = Callable[["Event"], "Iterable[str] | None"]
 Checker = Callable[[CheckContext], EventCheck]
 
 _CHECKERS: list[tuple[str, Checker]] = []
@@ -86,6 +87,8 @@ def run_checks(path: str, desc_from: VmDescription | None = None,
     checks = [(name, factory(ctx)) for name, factory in registered_checkers()]
     problems: list[str] = []
     try:
+        from vmig.stream.io import iter_events
+
         for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
             for name, fn in checks:
                 found = fn(ev)

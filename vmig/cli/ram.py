@@ -29,11 +29,13 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument
 from vmig.progress import Progress
-from vmig.ramview import KINDS, RamView
+
+if TYPE_CHECKING:
+    from vmig.ramview import RamView
 
 
 def register(subparsers: Any) -> None:
@@ -60,8 +62,9 @@ def input_size(path: str) -> int | None:
         return None
 
 
-def build_view(path: str, desc_from: str | None = None) -> RamView:
+def build_view(path: str, desc_from: str | None = None) -> "RamView":
     """Decode ``path`` and accumulate its :class:`RamView` (with a TTY progress bar)."""
+    from vmig.ramview import RamView
     from vmig.stream.io import iter_events
 
     view = RamView()
@@ -83,6 +86,8 @@ def _human(n: int) -> str:
 
 def render_text(doc: dict[str, Any]) -> str:
     """The human-readable report of a ``RamView.to_json()`` document."""
+    from vmig.ramview import KINDS
+
     lines = []
     hdr = f"{'block':32} {'size':>10} {'psize':>6} " + " ".join(f"{k:>10}" for k in KINDS)
     hdr += f" {'bytes':>12} {'resent':>8}"

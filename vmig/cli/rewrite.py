@@ -15,7 +15,6 @@ import tempfile
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument, stream_events
 from vmig.errors import UsageError
-from vmig.stream.encoder import StreamEncoder
 
 __all__ = ["register", "handler", "same_file"]
 
@@ -45,6 +44,8 @@ def handler(args: argparse.Namespace) -> int:
     src, dst = args.input, args.output
     if same_file(src, dst):
         raise UsageError(f"refusing to rewrite {src} onto itself; give another OUT")
+    from vmig.stream.encoder import StreamEncoder
+
     enc = StreamEncoder()
     events = stream_events(args, "input")
     if dst == "-":

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument, stream_events
-from vmig.stream.io import Record, records
+if TYPE_CHECKING:
+    from vmig.stream.io import Record
 
 __all__ = ["register", "handler", "format_row"]
 
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
-def format_row(r: Record, indent: int = 0) -> str:
+def format_row(r: "Record", indent: int = 0) -> str:
     """One text line for a record."""
     pad = "  " * indent
     fields = [f"{pad}{r.offset:#010x}", f"{r.length:>10}", f"{r.type:<14}"]
@@ -49,6 +50,8 @@ def _print_text(rows, out: TextIO, indent: int = 0) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
+    from vmig.stream.io import records
+
     rows = records(stream_events(args), keep_events=False)
     out = sys.stdout
     if args.json:

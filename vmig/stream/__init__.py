@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "VmDescriptionEvent": "vmig.stream.events",
     "Record": "vmig.stream.io",
     "decode_path": "vmig.stream.io",
+    "decode_bytes": "vmig.stream.io",
     "iter_events": "vmig.stream.io",
     "load_description": "vmig.stream.io",
     "open_source": "vmig.stream.io",
@@ -82,7 +83,7 @@ if TYPE_CHECKING:
     from vmig.stream.decoder import StreamDecoder, decode, iter_decode  # noqa: F401
     from vmig.stream.encoder import StreamEncoder, encode  # noqa: F401
     from vmig.stream.events import NEED_DATA, Command, Configuration, DeviceState, EndOfStream, Event, FileHeader, RamRecords, RawSubsection, SectionEnd, SectionHeader, StreamEnd, VmDescriptionEvent  # noqa: F401
-    from vmig.stream.io import Record, decode_path, iter_events, load_description, open_source, records  # noqa: F401
+    from vmig.stream.io import Record, decode_bytes, decode_path, iter_events, load_description, open_source, records  # noqa: F401
     from vmig.stream.layout import LayoutResolver, register_layout  # noqa: F401
     from vmig.stream.ram import RamBatch, RamBlock, RamState  # noqa: F401
     from vmig.stream.return_path import ReturnPathDecoder, RpEnd, RpMessage, encode_rp  # noqa: F401

@@ -42,6 +42,7 @@ __all__ = [
     "open_source",
     "iter_events",
     "decode_path",
+    "decode_bytes",
     "load_description",
     "read_all",
     "Record",
@@ -273,16 +274,7 @@ def iter_events(
         extra.append(desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from))
     with open_source(path) as src:
         src.drop_lag = resident_lag
-        layout = _default_layout() if schema_sets else LayoutResolver()
-        if src.mapped is not None:
-            found = find_trailer(src.mapped)
-            if found is not None:
-                layout.add_description(found[1])
-        for d in extra:
-            layout.add_description(d)
-        dec = StreamDecoder(path=src.name, layout=layout, fast=fast)
-        if hasattr(layout, "bind"):
-            layout.bind(dec)  # schema sets are chosen from the CONFIGURATION machine name
+        dec = _decoder(src.name, src.mapped, extra, schema_sets, fast)
         try:
             for chunk in src.chunks():
                 dec.receive_data(chunk)
@@ -296,6 +288,37 @@ def iter_events(
             yield from dec.events()
         except StreamError as e:
             raise e.with_path(src.name)
+
+
+def _decoder(name: str, whole: bytes | memoryview | None, extra: list[VmDescription],
+             schema_sets: bool, fast: bool) -> StreamDecoder:
+    """A decoder whose layouts come from the stream's own trailer (when ``whole`` holds the
+    whole stream), then ``extra``, then (``schema_sets``) vmig's bundled machine schemas."""
+    layout = _default_layout() if schema_sets else LayoutResolver()
+    if whole is not None:
+        found = find_trailer(whole)
+        if found is not None:
+            layout.add_description(found[1])
+    for d in extra:
+        layout.add_description(d)
+    dec = StreamDecoder(path=name, layout=layout, fast=fast)
+    if hasattr(layout, "bind"):
+        layout.bind(dec)  # schema sets are chosen from the CONFIGURATION machine name
+    return dec
+
+
+def decode_bytes(data: bytes | memoryview, *, description: VmDescription | None = None,
+                 schema_sets: bool = True, fast: bool = True) -> list[Event]:
+    """All events of an in-memory stream, layouts found as :func:`iter_events` finds them
+    (so a postcopy or trailer-less stream of a known machine type decodes too).
+
+    Raises:
+        StreamError: the stream is invalid.
+    """
+    dec = _decoder("<bytes>", data, [description] if description is not None else [], schema_sets, fast)
+    dec.receive_data(data)
+    dec.receive_data(b"")
+    return list(dec.events())
 
 
 def _default_layout() -> LayoutResolver:

@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from vmig.errors import VmigError
 
@@ -555,6 +555,7 @@ class LoadResult:
     hmp_memory_devices: str = ""
     argv: list[str] = field(default_factory=list)
     returncode: int | None = None
+    inspected: Any = None
 
 
 def load_stream(
@@ -566,6 +567,7 @@ def load_stream(
     binary: str = DEFAULT_BINARY,
     timeout: float = 120.0,
     chroot: Path | None = None,
+    inspect: "Callable[[Qemu], Any] | None" = None,
 ) -> LoadResult:
     """Load ``stream`` into a fresh QEMU started with ``args`` + ``-S -incoming defer``.
 
@@ -573,6 +575,8 @@ def load_stream(
         args: the source VM's command line (without binary/``-qmp``; ``-S`` is added if absent).
         stream: a stream file or its bytes (written to a temp file under ``workdir``).
         postcopy: enable the ``postcopy-ram`` capability first (needed for postcopy streams).
+        inspect: called with the running :class:`Qemu` after a completed load (e.g. to
+            ``pmemsave`` guest memory); its return value is ``LoadResult.inspected``.
 
     Returns:
         ``LoadResult``; a load QEMU rejected gives ``ok=False`` with its stderr, never an exception.
@@ -629,7 +633,8 @@ def load_stream(
         ok = status.get("status") == "completed"
         mem = q.memory_devices() if ok else []
         hmp = q.hmp("info memory-devices") if ok else ""
-        return LoadResult(ok, status, q.stderr_text(), mem, hmp, argv=q.argv)
+        seen = inspect(q) if ok and inspect is not None else None
+        return LoadResult(ok, status, q.stderr_text(), mem, hmp, argv=q.argv, inspected=seen)
     finally:
         q.stop()
         if tmp is not None:

@@ -1,0 +1,277 @@
+"""The migration destination: loads decoder events as QEMU 7.2's incoming side does.
+
+Theory of operation (QEMU's savevm.c load loop, ram.c ram_load_precopy/postcopy, postcopy-ram.c):
+
+1. RAM START, MEM_SIZE list: each listed block must exist here (``blocks``) with the same used
+   length; otherwise the load fails with QEMU's lines (checked against QEMU 7.2):
+   ``Unknown ramblock "<id>", cannot accept migration`` or
+   ``Size mismatch: <id>: 0x<in> != 0x<local>: Invalid argument``, then
+   ``error while loading state for instance 0x0 of device 'ram'`` and
+   ``load of migration failed: Invalid argument``. Without ``blocks`` the list is accepted.
+2. Page records write the block images (ZERO fills, PAGE copies, XBZRLE against the current
+   page, zlib pages inflated); ``received`` remembers every page a record delivered.
+3. Postcopy commands move the incoming postcopy state as QEMU's does
+   (none → advise → discard → listening → running → end): ADVISE, the first RAM_DISCARD
+   (ranges are dropped: those pages read as zero until a record delivers them), LISTEN and RUN
+   (inside PACKAGED, decoded recursively), EOF (end). The state goes to ``machine``'s
+   MigrationState, so its virtio-mem devices are busy while incoming postcopy runs: a system
+   reset then leaves plugged memory alone ("reboot during postcopy", spec virtio-mem.md §5.1).
+4. virtio-mem device sections are loaded into ``machine``'s device models with QEMU's sanity
+   checks and post-load (:func:`vmig.device.migration.load_section`); a refused check fails the
+   load with QEMU's error chain.
+5. :meth:`page_requests` answers what a running postcopy guest's accesses would ask the source
+   for: pages not yet received, except unplugged virtio-mem blocks (satisfied locally with zero
+   pages, never requested).
+
+Sans-I/O: feed events from :func:`vmig.stream.io.iter_events` (or ``decode``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import numpy as np
+
+from vmig.errors import MigrationError
+from vmig.stream import ramcodec, xbzrle
+from vmig.stream.constants import MigCmd, RamFlag
+from vmig.stream.events import Command, DeviceState, EndOfStream, RamRecords, SectionHeader
+
+if TYPE_CHECKING:
+    from vmig.device.machine import Machine
+
+__all__ = ["Destination"]
+
+_CONT = int(RamFlag.CONTINUE)
+_ZERO, _PAGE, _XBZRLE, _COMPRESS = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE),
+                                    int(RamFlag.COMPRESS_PAGE))
+
+
+def _ram_failure(line: str) -> MigrationError:
+    return MigrationError("\n".join([line, "error while loading state for instance 0x0 of device 'ram'",
+                                     "load of migration failed: Invalid argument"]))
+
+
+class Destination:
+    """An incoming migration.
+
+    Args:
+        blocks: the destination's RAMBlocks (idstr -> used length); None accepts the stream's.
+        machine: a device model machine (``vmig.device.machine.Machine``) whose virtio-mem
+            devices load the stream's virtio-mem sections and follow the postcopy state.
+        vmem_blocks: device path (``0000:00:02.0``) -> idstr of its memory backend's RAMBlock
+            (for :meth:`page_requests`); default: the block whose idstr ends with ``/<memdev>``.
+        page_size: target page size.
+    """
+
+    POSTCOPY_ORDER = ("none", "advise", "discard", "listening", "running", "end")
+
+    def __init__(self, blocks: Mapping[str, int] | None = None, *, machine: "Machine | None" = None,
+                 vmem_blocks: Mapping[str, str] | None = None, page_size: int = 4096) -> None:
+        self.expected = dict(blocks) if blocks is not None else None
+        self.machine = machine
+        self.vmem_blocks = dict(vmem_blocks or {})
+        self.page_size = page_size
+        self.images: dict[str, np.ndarray] = {}
+        self.received: dict[str, np.ndarray] = {}
+        self.postcopy = "none"
+        self.postcopy_history = ["none"]  # every state entered, in order
+        self.pings: list[int] = []
+        self.loaded_devices: list[str] = []
+        self.post_load: dict[str, Any] = {}
+        self.complete = False
+        self._pending_vmem: list[DeviceState] = []
+
+    # -- state ------------------------------------------------------------------------------------
+    def _set_postcopy(self, state: str) -> None:
+        if self.POSTCOPY_ORDER.index(state) < self.POSTCOPY_ORDER.index(self.postcopy):
+            raise MigrationError(f"postcopy command out of order: {state!r} after {self.postcopy!r}")
+        self.postcopy = state
+        self.postcopy_history.append(state)
+        if self.machine is not None:
+            self.machine.migration.set_incoming_postcopy(state)
+
+    def _blocks(self, mem_size: Iterable[Any]) -> None:
+        for b in mem_size:
+            if self.expected is not None:
+                local = self.expected.get(b.idstr)
+                if local is None:
+                    raise _ram_failure(f'Unknown ramblock "{b.idstr}", cannot accept migration')
+                if local != b.used_length:
+                    raise _ram_failure(f"Size mismatch: {b.idstr}: {b.used_length:#x} != {local:#x}: "
+                                       "Invalid argument")
+            if b.idstr not in self.images:
+                self.images[b.idstr] = np.zeros(b.used_length, dtype=np.uint8)
+                self.received[b.idstr] = np.zeros(-(-b.used_length // self.page_size), dtype=bool)
+
+    # -- loading ----------------------------------------------------------------------------------
+    def load(self, events: Iterable[Any]) -> "Destination":
+        """Feed every event; returns self."""
+        for ev in events:
+            self.feed(ev)
+        return self
+
+    def feed(self, ev: Any) -> None:
+        """Apply one decoder event.
+
+        Raises:
+            MigrationError: QEMU would fail the load here (its error lines, one per line).
+        """
+        if isinstance(ev, RamRecords):
+            self._ram(ev.batch)
+        elif isinstance(ev, Command):
+            self._command(ev)
+        elif isinstance(ev, DeviceState):
+            if ev.idstr.endswith("/virtio-mem") or ev.idstr.endswith("/virtio-mem-device-early"):
+                self._pending_vmem.append(ev)
+                if ev.idstr.endswith("/virtio-mem"):
+                    self._load_vmem()
+            self.loaded_devices.append(ev.idstr)
+        elif isinstance(ev, EndOfStream):
+            if self.postcopy != "none":
+                self._set_postcopy("end")
+            self.complete = True
+        elif isinstance(ev, SectionHeader):
+            pass
+
+    def _load_vmem(self) -> None:
+        if self.machine is None:
+            self._pending_vmem.clear()
+            return
+        from vmig.device.migration import load_section, virtio_mem_sections
+
+        by_path = {self.machine.pci_path(d): d for d in self.machine.devices}
+        for sec in virtio_mem_sections(self._pending_vmem):
+            dev = by_path.get(sec.dev_path)
+            if dev is None:  # QEMU: the section names no device of this machine
+                raise MigrationError(f"Unknown savevm section or instance '{sec.dev_path}/virtio-mem' 0. "
+                                     "Make sure that your current VM setup matches your saved VM setup, "
+                                     "including any hotplugged devices")
+            self.post_load[sec.dev_path] = load_section(sec, dev)
+        self._pending_vmem.clear()
+
+    def _command(self, ev: Command) -> None:
+        cmd = ev.cmd
+        if cmd == MigCmd.POSTCOPY_ADVISE:
+            self._set_postcopy("advise")
+        elif cmd == MigCmd.POSTCOPY_RAM_DISCARD:
+            if self.postcopy == "advise":
+                self._set_postcopy("discard")
+            idstr = ev.args["idstr"]
+            if idstr not in self.images:
+                raise MigrationError(f"postcopy discard for unknown RAMBlock {idstr!r}")
+            for start, length in ev.args["ranges"]:
+                self.images[idstr][start : start + length] = 0
+                ps = self.page_size
+                self.received[idstr][start // ps : -(-(start + length) // ps)] = False
+        elif cmd == MigCmd.POSTCOPY_LISTEN:
+            self._set_postcopy("listening")
+        elif cmd == MigCmd.POSTCOPY_RUN:
+            self._set_postcopy("running")
+        elif cmd == MigCmd.PING:
+            self.pings.append(ev.args.get("value", 0))
+        for child in ev.children:
+            self.feed(child)
+
+    def _ram(self, batch: Any) -> None:
+        if batch.mem_size is not None:
+            self._blocks(batch.mem_size)
+        n = len(batch)
+        if n == 0:
+            return
+        ps = batch.page_size
+        types = (batch.flags & np.uint16(0x3FF & ~_CONT)).astype(np.int64)
+        raw = np.frombuffer(batch.raw, dtype=np.uint8)
+        # record order matters when a page repeats within a batch: apply in order, vectorised
+        # per run of one kind and block
+        page_rows = np.flatnonzero(np.isin(types, (_ZERO, _PAGE, _XBZRLE, _COMPRESS)))
+        if len(page_rows) == 0:
+            return
+        t = types[page_rows]
+        blk = batch.block[page_rows]
+        cut = np.flatnonzero((t[1:] != t[:-1]) | (blk[1:] != blk[:-1])) + 1
+        for a, z in zip([0] + cut.tolist(), cut.tolist() + [len(page_rows)]):
+            rows = page_rows[a:z]
+            typ = int(t[a])
+            idstr = batch.blocks[int(blk[a])].idstr
+            if idstr not in self.images:
+                self._blocks([batch.blocks[int(blk[a])]])
+            img = self.images[idstr]
+            addr = batch.addr[rows].astype(np.int64)
+            self.received[idstr][addr // ps] = True
+            doff = batch.data_offset[rows] - batch.base
+            if typ == _ZERO:
+                fills = raw[doff]
+                pages = img[: len(img) // ps * ps].reshape(-1, ps)
+                whole = addr + ps <= len(img)
+                pages[addr[whole] // ps] = fills[whole, None]
+                for i in np.flatnonzero(~whole).tolist():
+                    img[int(addr[i]):] = fills[i]
+            elif typ == _PAGE:
+                pages = img[: len(img) // ps * ps].reshape(-1, ps)
+                whole = np.flatnonzero(addr + ps <= len(img))
+                cols = np.arange(ps)
+                for c in range(0, len(whole), 256):  # bounded index arrays
+                    w = whole[c : c + 256]
+                    pages[addr[w] // ps] = raw[doff[w, None] + cols]
+                for i in np.flatnonzero(addr + ps > len(img)).tolist():
+                    a_, o = int(addr[i]), int(doff[i])
+                    img[a_:] = raw[o : o + len(img) - a_]
+            else:
+                for i in rows.tolist():
+                    a_ = int(batch.addr[i])
+                    page = bytearray(img[a_ : a_ + ps].tobytes())
+                    off = int(batch.data_offset[i])
+                    if typ == _XBZRLE:
+                        xbzrle.apply(batch.data(i), page, offset=off)
+                    else:
+                        ramcodec.inflate_into(batch.data(i), page, offset=off)
+                    img[a_ : a_ + len(page)] = np.frombuffer(bytes(page), dtype=np.uint8)[: len(img) - a_]
+
+    # -- postcopy page requests -------------------------------------------------------------------
+    def _vmem_block(self, dev_path: str, memdev: str | None) -> str | None:
+        if dev_path in self.vmem_blocks:
+            return self.vmem_blocks[dev_path]
+        for idstr in self.images:
+            if memdev and idstr.split("/")[-1] == memdev:
+                return idstr
+        return None
+
+    def _unplugged(self, idstr: str) -> np.ndarray:
+        """Pages of block ``idstr`` that a virtio-mem device here reports unplugged."""
+        out = np.zeros(len(self.received[idstr]), dtype=bool)
+        if self.machine is None:
+            return out
+        for dev in self.machine.devices:
+            memdev = dev.memdev.id if dev.memdev is not None else None  # type: ignore[attr-defined]
+            if self._vmem_block(self.machine.pci_path(dev), memdev) != idstr:
+                continue
+            per = dev.block_size // self.page_size
+            for first, count in dev.unplugged_runs():
+                out[first * per : (first + count) * per] = True
+        return out
+
+    def page_requests(self, touched: Mapping[str, Iterable[tuple[int, int]]]) -> list[tuple[str, int, int]]:
+        """REQ_PAGES a running postcopy guest touching ``touched`` (idstr -> byte ranges) sends.
+
+        Pages already received are not requested; neither are unplugged virtio-mem blocks (the
+        fault is resolved locally with a zero page). Consecutive pages form one request.
+        """
+        out: list[tuple[str, int, int]] = []
+        ps = self.page_size
+        for idstr, ranges in touched.items():
+            need = np.zeros(len(self.received[idstr]), dtype=bool)
+            for start, length in ranges:
+                need[start // ps : -(-(start + length) // ps)] = True
+            need &= ~self.received[idstr]
+            need &= ~self._unplugged(idstr)
+            idx = np.flatnonzero(need)
+            if len(idx) == 0:
+                continue
+            for run in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
+                out.append((idstr, int(run[0]) * ps, len(run) * ps))
+        return out
+
+    def missing(self, idstr: str) -> np.ndarray:
+        """Page indices of ``idstr`` no record has delivered (after discards)."""
+        return np.flatnonzero(~self.received[idstr])

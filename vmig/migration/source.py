@@ -1,0 +1,392 @@
+"""The migration source: precopy passes and a postcopy switchover, written as QEMU 7.2 would.
+
+The device state the engine does not model (CPUs, chipset, ...) comes from a real capture: a
+:class:`StreamTemplate` keeps its header, configuration, RAM section ids, FULL device sections
+and trailer, in stream order. The source writes RAM from a :class:`~vmig.migration.ram.GuestRam`
+and can replace any device section's payload (e.g. virtio-mem re-encoded from the device model
+with :func:`vmig.device.migration.encode_section`).
+
+Theory of operation (QEMU's migration.c / ram.c / savevm.c, precopy then optional postcopy):
+
+1. ``setup()``: header, configuration, the POSTCOPY_ADVISE command when postcopy is enabled,
+   early FULL sections, then the RAM START section (MEM_SIZE block list, EOS). The migration
+   bitmap is built: notifiers get SETUP, every page is set, one sync runs with
+   BEFORE/AFTER_BITMAP_SYNC (virtio-mem drops its unplugged blocks there).
+2. ``iterate(max_pages)``: one RAM PART section with up to ``max_pages`` pages from the bitmap,
+   in block then address order; when the bitmap is empty it syncs first (a new pass). All-zero
+   pages go as ZERO records (fill byte 0), others as PAGE; the first record of a block in each
+   section names the block, the next ones have CONTINUE. Each section ends with EOS.
+3. ``complete()`` (precopy): a final sync, a RAM END section with everything left, the device
+   FULL sections, EOF, the trailer.
+4. ``switchover()`` (postcopy): a final sync; every page still to send is first discarded on the
+   destination (POSTCOPY_RAM_DISCARD, at most 12 ranges per command, per block), then PING 2,
+   one PACKAGED command carrying LISTEN, the device FULL sections, PING 3 and RUN, and PING 4. ``postcopy_pages``
+   then sends pages (requested ones first, see ``request``) in PART sections and
+   ``postcopy_complete()`` ends with the RAM END section and EOF (no trailer: QEMU writes none
+   after postcopy).
+
+The outgoing migration status goes to ``migration`` (a device model's
+:class:`vmig.device.virtio_mem.MigrationState`), so modelled devices see themselves busy.
+Everything returned is bytes for the caller to write; no I/O here.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from vmig.errors import UsageError
+from vmig.migration.notifiers import PrecopyNotifier, PrecopyReason
+from vmig.migration.ram import GuestRam
+from vmig.stream.constants import MigCmd, RamFlag, SectionType
+from vmig.stream.encoder import StreamEncoder
+from vmig.stream.events import (
+    Command,
+    Configuration,
+    DeviceState,
+    EndOfStream,
+    FileHeader,
+    RamRecords,
+    SectionEnd,
+    SectionHeader,
+    VmDescriptionEvent,
+)
+from vmig.stream.framing import build_command_data
+from vmig.stream.ram import mem_size_bytes
+
+__all__ = ["StreamTemplate", "PrecopySource", "MigrationStats"]
+
+_W = struct.Struct(">Q")
+_ZERO, _PAGE, _CONT, _EOS, _MEM_SIZE = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.CONTINUE),
+                                        int(RamFlag.EOS), int(RamFlag.MEM_SIZE))
+DISCARD_RANGES_PER_COMMAND = 12
+
+
+@dataclass
+class _Full:
+    header: SectionHeader
+    payload: bytes
+    footer: bool
+
+
+@dataclass
+class StreamTemplate:
+    """What a source copies from a real capture (see :meth:`from_events`)."""
+
+    header: FileHeader
+    configuration: Configuration | None
+    ram_section: SectionHeader
+    early: list[_Full]
+    devices: list[_Full]
+    footers: bool
+    trailer: VmDescriptionEvent | None
+    pre_commands: list[Command] = field(default_factory=list)  # before RAM START (postcopy)
+
+    @property
+    def advise(self) -> Command | None:
+        return next((c for c in self.pre_commands if c.cmd == MigCmd.POSTCOPY_ADVISE), None)
+
+    @classmethod
+    def from_events(cls, events: Iterable[object]) -> "StreamTemplate":
+        """Take the framing and device sections of a decoded stream (``iter_events``).
+
+        Device sections inside a postcopy PACKAGED command count as device sections too.
+
+        Raises:
+            UsageError: the stream has no RAM START section.
+        """
+        header = configuration = ram = trailer = None
+        pre: list[Command] = []
+        early: list[_Full] = []
+        devices: list[_Full] = []
+        footers = False
+        pending: dict[int, SectionHeader] = {}
+        payloads: dict[int, bytes] = {}
+
+        def walk(evs: Iterable[object]) -> None:
+            nonlocal header, configuration, ram, trailer, footers
+            for ev in evs:
+                if isinstance(ev, FileHeader):
+                    header = ev
+                elif isinstance(ev, Configuration):
+                    configuration = ev
+                elif isinstance(ev, SectionHeader):
+                    if ev.type == SectionType.SECTION_START and ev.idstr == "ram":
+                        ram = ev
+                    elif ev.type == SectionType.SECTION_FULL:
+                        pending[ev.section_id] = ev
+                elif isinstance(ev, DeviceState) and ev.section_type == SectionType.SECTION_FULL:
+                    payloads[ev.section_id] = bytes(ev.payload)
+                elif isinstance(ev, SectionEnd):
+                    footers = footers or ev.footer
+                    h = pending.pop(ev.section_id, None)
+                    if h is not None:
+                        (devices if ram is not None else early).append(
+                            _Full(h, payloads.pop(ev.section_id, b""), ev.footer))
+                elif isinstance(ev, VmDescriptionEvent):
+                    trailer = ev
+                elif isinstance(ev, Command):
+                    if ram is None:
+                        pre.append(ev)
+                    walk(ev.children)
+
+        walk(events)
+        if header is None or ram is None:
+            raise UsageError("the template stream has no RAM START section")
+        return cls(header, configuration, ram, early, devices, footers, trailer, pre)
+
+
+@dataclass
+class MigrationStats:
+    """Pages sent, as QEMU's query-migrate counts them (``normal``, ``duplicate`` = zero)."""
+
+    normal: int = 0
+    duplicate: int = 0
+    passes: int = 0
+    discarded_pages: int = 0
+    per_pass: list[dict[str, int]] = field(default_factory=list)
+
+
+class PrecopySource:
+    """A migration source over ``ram`` with device sections from ``template``.
+
+    Args:
+        template: framing and device sections from a real capture.
+        ram: guest RAM (its block list is the MEM_SIZE list; blocks should match the template VM).
+        notifiers: precopy notifiers (e.g. :class:`~vmig.migration.notifiers.VirtioMemNotifier`).
+        device_payloads: idstr -> payload replacing the template's FULL section of that idstr.
+        migration: a device model's MigrationState to keep in step (``outgoing`` status).
+        postcopy: send POSTCOPY_ADVISE (the template must come from a postcopy capture, whose
+            ADVISE arguments are reused).
+    """
+
+    def __init__(self, template: StreamTemplate, ram: GuestRam, *,
+                 notifiers: Sequence[PrecopyNotifier] = (),
+                 device_payloads: Mapping[str, bytes] | None = None,
+                 migration: object | None = None, postcopy: bool = False) -> None:
+        if postcopy and template.advise is None:
+            raise UsageError("postcopy needs a template captured with postcopy-ram (its ADVISE)")
+        self.template = template
+        self.ram = ram
+        self.notifiers = list(notifiers)
+        self.device_payloads = dict(device_payloads or {})
+        self.migration = migration
+        self.postcopy = postcopy
+        self.stats = MigrationStats()
+        self._enc = StreamEncoder()
+        self._state = "none"
+        self._requests: list[tuple[str, int, int]] = []
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _status(self, status: str) -> None:
+        self._state = status
+        if self.migration is not None:
+            self.migration.set_outgoing(status)  # type: ignore[attr-defined]
+
+    def _notify(self, reason: PrecopyReason) -> None:
+        for n in self.notifiers:
+            n(reason, self.ram)
+
+    def _sync(self) -> None:
+        self._notify(PrecopyReason.BEFORE_BITMAP_SYNC)
+        self.ram.sync()
+        self._notify(PrecopyReason.AFTER_BITMAP_SYNC)
+        self.stats.passes += 1
+        self.stats.per_pass.append({"normal": 0, "duplicate": 0})
+
+    def _expect(self, *states: str) -> None:
+        if self._state not in states:
+            raise UsageError(f"source is {self._state!r}; this step needs {' or '.join(states)}")
+
+    def _section(self, typ: SectionType, body: bytes) -> bytes:
+        h = self.template.ram_section
+        hdr = SectionHeader(0, 0, typ, h.section_id, h.idstr, h.instance_id, h.version_id)
+        end = SectionEnd(0, 0, h.section_id, self.template.footers, 0, 0)
+        return bytes(self._enc.send(hdr)) + body + bytes(self._enc.send(end))
+
+    def _full(self, f: _Full) -> bytes:
+        payload = self.device_payloads.get(f.header.idstr, f.payload)
+        dev = DeviceState(0, len(payload), payload, f.header.idstr, f.header.instance_id,
+                          f.header.version_id, SectionType.SECTION_FULL, f.header.section_id)
+        end = SectionEnd(0, 0, f.header.section_id, f.footer, 0, 0)
+        return b"".join(bytes(self._enc.send(e)) for e in (f.header, dev, end))
+
+    def _ping(self, value: int) -> bytes:
+        data = build_command_data(MigCmd.PING, {"value": value})
+        return bytes(self._enc.send(Command(0, 0, MigCmd.PING, data)))
+
+    def _records(self, idstr: str, pages: np.ndarray) -> bytes:
+        """ZERO/PAGE records for ``pages`` (indices) of block ``idstr``; the first names it."""
+        if len(pages) == 0:
+            return b""
+        blk = self.ram[idstr]
+        ps = self.ram.page_size
+        data = blk.data
+        full = len(data) // ps
+        view = data[: full * ps].reshape(full, ps)
+        out = bytearray()
+        name = idstr.encode("latin-1")
+        # pages past the last whole page (a block length not a page multiple) are zero-padded
+        contents = np.zeros((len(pages), ps), dtype=np.uint8)
+        inside = pages < full
+        contents[inside] = view[pages[inside]]
+        for i in np.flatnonzero(~inside).tolist():
+            tail = data[int(pages[i]) * ps:]
+            contents[i, : len(tail)] = tail
+        nonzero = contents.any(axis=1)
+        addrs = pages.astype(np.uint64) * np.uint64(ps)
+        cut = np.flatnonzero(nonzero[1:] != nonzero[:-1]) + 1
+        starts = [0] + cut.tolist()
+        ends = cut.tolist() + [len(pages)]
+        for a, z in zip(starts, ends):
+            is_page = bool(nonzero[a])
+            flag = _PAGE if is_page else _ZERO
+            if a == 0:  # the first record of the section for this block carries its idstr
+                out += _W.pack(int(addrs[0]) | flag) + bytes([len(name)]) + name
+                out += contents[0].tobytes() if is_page else b"\x00"
+                a = 1
+                if a == z:
+                    continue
+            k = z - a
+            if is_page:
+                rec = np.zeros(k, dtype=[("h", ">u8"), ("d", np.uint8, (ps,))])
+                rec["d"] = contents[a:z]
+            else:
+                rec = np.zeros(k, dtype=[("h", ">u8"), ("f", np.uint8)])
+            rec["h"] = addrs[a:z] | np.uint64(flag | _CONT)
+            out += rec.tobytes()
+        n_page = int(np.count_nonzero(nonzero))
+        self.stats.normal += n_page
+        self.stats.duplicate += len(pages) - n_page
+        if self.stats.per_pass:
+            self.stats.per_pass[-1]["normal"] += n_page
+            self.stats.per_pass[-1]["duplicate"] += len(pages) - n_page
+        return bytes(out)
+
+    def _pages(self, max_pages: int | None) -> bytes:
+        body = bytearray()
+        left = max_pages
+        for blk in self.ram:
+            if left is not None and left <= 0:
+                break
+            pages = self.ram.take(blk.idstr, left)
+            body += self._records(blk.idstr, pages)
+            if left is not None:
+                left -= len(pages)
+        return bytes(body)
+
+    # -- precopy ----------------------------------------------------------------------------------
+    def setup(self) -> bytes:
+        """Header, configuration, [ADVISE], early sections and the RAM START section."""
+        self._expect("none")
+        self._status("setup")
+        t = self.template
+        out = bytearray(self._enc.send(t.header))
+        if t.configuration is not None:
+            out += self._enc.send(t.configuration)
+        if self.postcopy:  # OPEN_RETURN_PATH, PING 1, POSTCOPY_ADVISE as captured
+            for c in t.pre_commands:
+                out += self._enc.send(c)
+        for f in t.early:
+            out += self._full(f)
+        total = sum(b.used_length for b in self.ram)
+        body = _W.pack(total | _MEM_SIZE) + mem_size_bytes(self.ram.ram_blocks()) + _W.pack(_EOS)
+        out += self._section(SectionType.SECTION_START, body)
+        self._notify(PrecopyReason.SETUP)
+        self.ram.start_tracking()
+        self._sync()
+        self._status("active")
+        return bytes(out)
+
+    @property
+    def pending(self) -> int:
+        """Pages left in the migration bitmap (what QEMU's ``pending`` estimate starts from)."""
+        return self.ram.remaining()
+
+    def iterate(self, max_pages: int | None = None) -> bytes:
+        """One RAM PART section (a new pass begins with a sync when the bitmap is empty)."""
+        self._expect("active", "postcopy-active")
+        if self.ram.remaining() == 0:
+            self._sync()
+        return self._section(SectionType.SECTION_PART, self._pages(max_pages) + _W.pack(_EOS))
+
+    def complete(self) -> bytes:
+        """Stop-and-copy: last sync, RAM END, device sections, EOF, trailer."""
+        self._expect("active")
+        self._status("device")
+        self._sync()
+        out = bytearray(self._section(SectionType.SECTION_END, self._pages(None) + _W.pack(_EOS)))
+        self._notify(PrecopyReason.COMPLETE)
+        for f in self.template.devices:
+            out += self._full(f)
+        out += self._enc.send(EndOfStream(0))
+        if self.template.trailer is not None:
+            out += self._enc.send(self.template.trailer)
+        self.ram.stop_tracking()
+        self._notify(PrecopyReason.CLEANUP)
+        self._status("completed")
+        return bytes(out)
+
+    # -- postcopy ---------------------------------------------------------------------------------
+    def switchover(self) -> bytes:
+        """Discard what the destination has stale, then the PACKAGED device state + RUN."""
+        self._expect("active")
+        if not self.postcopy:
+            raise UsageError("switchover needs a source created with postcopy=True")
+        self._status("postcopy-active")
+        self._sync()
+        out = bytearray()
+        for blk in self.ram:
+            idx = np.flatnonzero(blk.bitmap)
+            if len(idx) == 0:
+                continue
+            self.stats.discarded_pages += len(idx)
+            cut = np.flatnonzero(np.diff(idx) != 1) + 1
+            runs = [(int(r[0]) * self.ram.page_size, len(r) * self.ram.page_size)
+                    for r in np.split(idx, cut)]
+            for i in range(0, len(runs), DISCARD_RANGES_PER_COMMAND):
+                args = {"version": 0, "idstr": blk.idstr, "ranges": runs[i : i + DISCARD_RANGES_PER_COMMAND]}
+                out += self._enc.send(Command(0, 0, MigCmd.POSTCOPY_RAM_DISCARD,
+                                              build_command_data(MigCmd.POSTCOPY_RAM_DISCARD, args)))
+        out += self._ping(2)
+        blob = bytearray(self._enc.send(Command(0, 0, MigCmd.POSTCOPY_LISTEN, b"")))
+        for f in self.template.devices:
+            blob += self._full(f)
+        blob += self._ping(3) + self._enc.send(Command(0, 0, MigCmd.POSTCOPY_RUN, b""))
+        out += struct.pack(">BHHI", SectionType.COMMAND, MigCmd.PACKAGED, 4, len(blob)) + blob
+        out += self._ping(4)
+        self._notify(PrecopyReason.COMPLETE)
+        return bytes(out)
+
+    def request(self, idstr: str, start: int, length: int) -> None:
+        """A page request from the destination's return path (REQ_PAGES)."""
+        self.ram[idstr].page_range(start, length)  # validates
+        self._requests.append((idstr, start, length))
+
+    def postcopy_pages(self, max_pages: int | None = None) -> bytes:
+        """A PART section: requested pages first, then background pages in address order."""
+        self._expect("postcopy-active")
+        body = bytearray()
+        while self._requests:
+            idstr, start, length = self._requests.pop(0)
+            blk = self.ram[idstr]
+            sl = blk.page_range(start, length)
+            idx = np.arange(sl.start, sl.stop)
+            idx = idx[blk.bitmap[idx]]  # a page already sent is not sent twice
+            blk.bitmap[idx] = False
+            body += self._records(idstr, idx)
+        body += self._pages(max_pages)
+        return self._section(SectionType.SECTION_PART, bytes(body) + _W.pack(_EOS))
+
+    def postcopy_complete(self) -> bytes:
+        """Everything left, the RAM END section and EOF."""
+        self._expect("postcopy-active")
+        out = self._section(SectionType.SECTION_END, self._pages(None) + _W.pack(_EOS))
+        out += bytes(self._enc.send(EndOfStream(0)))
+        self.ram.stop_tracking()
+        self._notify(PrecopyReason.CLEANUP)
+        self._status("completed")
+        return out

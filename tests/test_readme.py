@@ -40,3 +40,11 @@ def test_device_model_example_runs_and_ends_with_the_documented_error(capsys: py
         exec(compile(code, "README-device", "exec"), {})
     out = capsys.readouterr().out.split()
     assert out[:3] == ["0x140000000", "524288000", "00000000000000000000"]
+
+
+def test_engine_example_runs() -> None:
+    code = python_blocks()[2]
+    assert "PrecopySource" in code
+    scope: dict = {}
+    exec(compile(code, "README-engine", "exec"), scope)
+    assert scope["src"].stats.passes == 2 and scope["vmem"].size == 300 << 20

@@ -199,6 +199,9 @@ def open_early(path: str) -> None:
     if path == "-" or path.endswith(".lz4"):
         return
     try:
+        st = os.stat(path)  # never open a FIFO here: its writer would meet an early close
+        if not stat.S_ISREG(st.st_mode):
+            return
         mf = MappedFile.open(path)
     except (OSError, ValueError):
         return

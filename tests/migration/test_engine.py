@@ -22,7 +22,7 @@ from vmig.migration.notifiers import VirtioMemNotifier
 from vmig.migration.ram import GuestRam
 from vmig.migration.source import PrecopySource, StreamTemplate
 from vmig.ramview import RamView
-from vmig.stream.constants import MigCmd, SectionType
+from vmig.stream.constants import MigCmd, RpMsg, SectionType
 from vmig.stream.events import Command, SectionEnd, SectionHeader
 from vmig.stream.io import decode_bytes as decode, iter_events
 from vmig.testing import fixtures
@@ -302,3 +302,84 @@ def test_source_refuses_steps_out_of_order():
     src.setup()
     with pytest.raises(UsageError):
         src.switchover()  # not a postcopy source
+
+
+def test_device_model_plugs_before_migration_and_qemu_loads_the_result(qemu_bin, lab_dir):
+    """The model grows the device (requested-size, guest PLUG), the guest writes into a newly
+    plugged block, the source sends the model's virtio-mem section and the new block's pages;
+    QEMU 7.2 loads it and reports the new size, and the block holds the written bytes."""
+    from vmig.device.migration import encode_section, virtio_mem_sections
+    from vmig.testing.qemu import load_stream
+
+    evs, captured = _capture("pc-guest")
+    mach = _machine("pc-guest")
+    dev = mach.devices[0]
+    bs = dev.block_size
+    dev.qom_set_requested_size(320 << 20)
+    assert dev.plug(dev.addr + 150 * bs, 10).type == ResponseType.ACK
+    ram = GuestRam.from_images(captured.images)
+    ram.write(VMEM, 155 * bs, b"plugged!" * 512)
+    sec = virtio_mem_sections(evs)[0]
+    src = PrecopySource(StreamTemplate.from_events(evs), ram, migration=mach.migration,
+                        notifiers=[VirtioMemNotifier(dev, VMEM)],
+                        device_payloads={sec.dev_path + "/virtio-mem": encode_section(sec, dev)})
+    data = src.setup() + src.iterate() + src.complete()
+    assert np.array_equal(_sent_pages(data, VMEM), np.flatnonzero(np.repeat(dev.bitmap, bs // 4096)))
+    gpa = dev.addr + 155 * bs
+    args = fixtures.resolve_args(fixtures.manifest("pc-guest")["argv"], lab_dir)
+
+    def look(q):
+        q.qmp("pmemsave", {"val": gpa, "size": 4096, "filename": str(lab_dir / "pm.bin")})
+        return (lab_dir / "pm.bin").read_bytes()
+
+    res = load_stream(args, data, workdir=lab_dir, inspect=look)
+    assert res.ok, res.stderr
+    got = res.memory_devices[0]["data"]
+    assert (got["size"], got["requested-size"]) == (320 << 20, 320 << 20)
+    assert res.inspected == b"plugged!" * 512
+
+
+def test_postcopy_loop_over_return_path_bytes():
+    """Destination and source talk in bytes both ways: the destination's PONGs and page requests
+    (REQ_PAGES_ID when the block changes, else REQ_PAGES, as in the real postcopy-rp capture)
+    reach the source, which serves the requested pages first; the return path ends with SHUT 0."""
+    from vmig.stream.io import new_decoder
+    from vmig.stream.return_path import decode_rp
+
+    src, ram, _, _, _ = _source("postcopy-main", postcopy=True)
+    dest = Destination(machine=machine_from_argv(fixtures.manifest("postcopy-main")["argv"]))
+    dec = new_decoder()
+    dec.receive_data(src.setup() + src.iterate(5000) + src.switchover())
+    for ev in dec.events():
+        dest.feed(ev)
+    assert dest.postcopy == "running"
+    gaps = dest.missing("pc.ram")
+    touched = {"pc.ram": [(int(gaps[0]) * 4096, 4096), (int(gaps[-1]) * 4096, 4096)],
+               "/rom@etc/acpi/tables": [(0, 4096)], "pc.bios": [(0, 8192)]}
+    reqs = dest.request_pages(touched)
+    rp = dest.take_return_path()
+    msgs = decode_rp(rp, require_shut=False)
+    assert [m.args["value"] for m in msgs if m.type == RpMsg.PONG] == [1, 2, 3, 4]
+    got = [(m.type, m.args["idstr"], m.args["start"], m.args["len"]) for m in msgs
+           if m.type in (RpMsg.REQ_PAGES, RpMsg.REQ_PAGES_ID)]
+    want = [(RpMsg.REQ_PAGES_ID if i == 0 or r[0] != reqs[i - 1][0] else RpMsg.REQ_PAGES, *r)
+            for i, r in enumerate(reqs)]
+    assert got == want and len(reqs) == 4 and want[1][0] == RpMsg.REQ_PAGES
+    real_types = {m.type for m in decode_rp(fixtures.load("postcopy-rp"))}
+    assert {RpMsg.PONG, RpMsg.REQ_PAGES, RpMsg.REQ_PAGES_ID} <= real_types
+
+    served = src.receive_return_path(rp)
+    assert len(served) == len(msgs)
+    first = src.postcopy_pages(0)  # only the requested pages
+    n_before = src.stats.normal + src.stats.duplicate
+    dec.receive_data(first + src.postcopy_complete())
+    dec.receive_data(b"")
+    for ev in dec.events():
+        dest.feed(ev)
+    assert n_before > 0 and dest.postcopy == "end"
+    for idstr, start, length in reqs:
+        assert dest.images[idstr][start:start + length].tobytes() == ram[idstr].data[start:start + length].tobytes()
+    end = decode_rp(dest.take_return_path())
+    assert [(m.type, m.args) for m in end if hasattr(m, "type")] == [(RpMsg.SHUT, {"status": 0})]
+    for b in ram:
+        assert np.array_equal(dest.images[b.idstr], b.data), b.idstr

@@ -22,6 +22,12 @@ Theory of operation (QEMU's savevm.c load loop, ram.c ram_load_precopy/postcopy,
 5. :meth:`page_requests` answers what a running postcopy guest's accesses would ask the source
    for: pages not yet received, except unplugged virtio-mem blocks (satisfied locally with zero
    pages, never requested).
+6. Once the stream opens the return path (OPEN_RETURN_PATH), the destination queues what QEMU's
+   sends back: a PONG per PING, REQ_PAGES_ID / REQ_PAGES for :meth:`request_pages` (the block is
+   named when it differs from the previous request's), SHUT 0 at the end;
+   :meth:`take_return_path` hands out the bytes. Events are applied in stream order here, so PONG 3
+   (inside PACKAGED) precedes PONG 4; QEMU's listen thread may answer PING 4 first (the real
+   postcopy-rp capture shows 1, 2, 4, 3).
 
 Sans-I/O: feed events from :func:`vmig.stream.io.iter_events` (or ``decode``).
 """
@@ -35,7 +41,9 @@ import numpy as np
 from vmig.errors import MigrationError
 from vmig.stream import ramcodec, xbzrle
 from vmig.stream.constants import MigCmd, RamFlag
+from vmig.stream.constants import RpMsg
 from vmig.stream.events import Command, DeviceState, EndOfStream, RamRecords, SectionHeader
+from vmig.stream.return_path import encode_rp, rp_message
 
 if TYPE_CHECKING:
     from vmig.device.machine import Machine
@@ -80,6 +88,9 @@ class Destination:
         self.loaded_devices: list[str] = []
         self.post_load: dict[str, Any] = {}
         self.complete = False
+        self.return_path_open = False
+        self._rp: list[Any] = []
+        self._rp_block: str | None = None
         self._pending_vmem: list[DeviceState] = []
 
     # -- state ------------------------------------------------------------------------------------
@@ -131,6 +142,8 @@ class Destination:
             if self.postcopy != "none":
                 self._set_postcopy("end")
             self.complete = True
+            if self.return_path_open:
+                self._rp.append(rp_message(RpMsg.SHUT, status=0))
         elif isinstance(ev, SectionHeader):
             pass
 
@@ -169,7 +182,12 @@ class Destination:
         elif cmd == MigCmd.POSTCOPY_RUN:
             self._set_postcopy("running")
         elif cmd == MigCmd.PING:
-            self.pings.append(ev.args.get("value", 0))
+            value = ev.args.get("value", 0)
+            self.pings.append(value)
+            if self.return_path_open:
+                self._rp.append(rp_message(RpMsg.PONG, value=value))
+        elif cmd == MigCmd.OPEN_RETURN_PATH:
+            self.return_path_open = True
         for child in ev.children:
             self.feed(child)
 
@@ -270,6 +288,23 @@ class Destination:
                 continue
             for run in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
                 out.append((idstr, int(run[0]) * ps, len(run) * ps))
+        return out
+
+    def request_pages(self, touched: Mapping[str, Iterable[tuple[int, int]]]) -> list[tuple[str, int, int]]:
+        """:meth:`page_requests`, also queued on the return path; returns the requests."""
+        reqs = self.page_requests(touched)
+        for idstr, start, length in reqs:
+            if idstr != self._rp_block:
+                self._rp.append(rp_message(RpMsg.REQ_PAGES_ID, start=start, len=length, idstr=idstr))
+                self._rp_block = idstr
+            else:
+                self._rp.append(rp_message(RpMsg.REQ_PAGES, start=start, len=length))
+        return reqs
+
+    def take_return_path(self) -> bytes:
+        """The return-path bytes queued since the last call."""
+        out = encode_rp(self._rp)
+        self._rp.clear()
         return out
 
     def missing(self, idstr: str) -> np.ndarray:

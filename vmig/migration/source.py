@@ -41,7 +41,7 @@ import numpy as np
 from vmig.errors import UsageError
 from vmig.migration.notifiers import PrecopyNotifier, PrecopyReason
 from vmig.migration.ram import GuestRam
-from vmig.stream.constants import MigCmd, RamFlag, SectionType
+from vmig.stream.constants import MigCmd, RamFlag, RpMsg, SectionType
 from vmig.stream.encoder import StreamEncoder
 from vmig.stream.events import (
     Command,
@@ -56,6 +56,7 @@ from vmig.stream.events import (
 )
 from vmig.stream.framing import build_command_data
 from vmig.stream.ram import mem_size_bytes
+from vmig.stream.return_path import ReturnPathDecoder
 
 __all__ = ["StreamTemplate", "PrecopySource", "MigrationStats"]
 
@@ -179,6 +180,7 @@ class PrecopySource:
         self._enc = StreamEncoder()
         self._state = "none"
         self._requests: list[tuple[str, int, int]] = []
+        self._rp = ReturnPathDecoder(require_shut=False)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _status(self, status: str) -> None:
@@ -360,6 +362,17 @@ class PrecopySource:
         out += self._ping(4)
         self._notify(PrecopyReason.COMPLETE)
         return bytes(out)
+
+    def receive_return_path(self, data: bytes) -> list[object]:
+        """Feed return-path bytes from the destination; page requests are queued (see
+        ``request``). Returns the decoded messages (PONG, SHUT, ...)."""
+        self._rp.receive_data(data)
+        out = []
+        for m in self._rp.events():
+            if getattr(m, "type", None) in (RpMsg.REQ_PAGES, RpMsg.REQ_PAGES_ID):
+                self.request(m.args["idstr"], m.args["start"], m.args["len"])  # type: ignore[attr-defined]
+            out.append(m)
+        return out
 
     def request(self, idstr: str, start: int, length: int) -> None:
         """A page request from the destination's return path (REQ_PAGES)."""

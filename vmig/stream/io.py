@@ -43,6 +43,7 @@ __all__ = [
     "iter_events",
     "decode_path",
     "decode_bytes",
+    "new_decoder",
     "load_description",
     "read_all",
     "Record",
@@ -305,6 +306,13 @@ def _decoder(name: str, whole: bytes | memoryview | None, extra: list[VmDescript
     if hasattr(layout, "bind"):
         layout.bind(dec)  # schema sets are chosen from the CONFIGURATION machine name
     return dec
+
+
+def new_decoder(*, description: VmDescription | None = None, schema_sets: bool = True,
+                fast: bool = True, name: str = "<bytes>") -> StreamDecoder:
+    """A :class:`StreamDecoder` for bytes arriving piece by piece (e.g. from an engine source),
+    with ``description`` and (``schema_sets``) vmig's bundled machine schemas as layouts."""
+    return _decoder(name, None, [description] if description is not None else [], schema_sets, fast)
 
 
 def decode_bytes(data: bytes | memoryview, *, description: VmDescription | None = None,

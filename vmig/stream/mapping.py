@@ -32,7 +32,7 @@ from typing import Any
 __all__ = ["MappedFile", "open_early", "adopt", "close_early"]
 
 WINDOW = 16 << 20  # populate granularity (each call re-takes the GIL: few, large calls)
-AHEAD = 256 << 20  # populate at most this far past the consumer (bounds the resident set)
+AHEAD = 64 << 20  # populate at most this far past the consumer (bounds the resident set)
 DROP_WINDOW = 32 << 20  # drop behind the consumer once this much has accumulated
 _POPULATE_READ = 22  # MADV_POPULATE_READ (Linux 5.14+); not exported by Python's mmap module
 _DONTNEED = 4  # MADV_DONTNEED

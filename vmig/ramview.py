@@ -221,6 +221,8 @@ class RamView:
         if batch.mem_size is not None:
             self.mem_size_records += 1
         bmap = self._block_map(batch)
+        if batch.mem_size is not None:
+            self._mapped_ram(batch)
         if len(batch) == 0:
             return
         types = batch.flags & np.uint16(0x3FF & ~_CONT)
@@ -269,6 +271,39 @@ class RamView:
             osel = off[sel] if not sel.all() else off
             bv.last_kind[rev_u] = ksel[last]
             bv.last_offset[rev_u] = osel[last]
+
+    def _mapped_ram(self, batch: Any) -> None:
+        """Mapped-ram blocks (QEMU 9.0+ ``file:``): no page records; each page has a fixed
+        place in the file and its bitmap bit says whether it was written. A set bit counts as
+        a normal page, a clear one as a zero page (as QEMU's ``query-migrate`` counts them),
+        both in the pass of the MEM_SIZE record."""
+        from vmig.stream import mapped_ram
+
+        assert self._cur is not None
+        raw = np.frombuffer(batch.raw, dtype=np.uint8)
+        for b in batch.mem_size:
+            if b.pages_offset is None or (b.pages_offset == 0 and b.bitmap_offset == 0):
+                continue
+            bv = self.blocks[b.idstr]
+            bv._ensure()
+            ps = batch.page_size
+            n = -(-b.used_length // ps)
+            start = b.bitmap_offset - batch.base
+            bits = np.unpackbits(raw[start : start + mapped_ram.bitmap_bytes(n)], bitorder="little")
+            present = bits[:n].astype(bool)
+            k = int(np.count_nonzero(present))
+            add = np.zeros(_NK, dtype=np.int64)
+            add[KINDS.index("normal")], add[KINDS.index("zero")] = k, n - k
+            nbytes = np.zeros(_NK, dtype=np.int64)
+            nbytes[KINDS.index("normal")] = k * ps
+            bv.counts += add
+            bv.nbytes += nbytes
+            self._cur.counts.setdefault(b.idstr, np.zeros(_NK, dtype=np.int64))[:] += add
+            self._cur.nbytes.setdefault(b.idstr, np.zeros(_NK, dtype=np.int64))[:] += nbytes
+            bv.sent[:n] = True
+            bv.last_kind[:n] = np.where(present, KINDS.index("normal"), KINDS.index("zero"))
+            bv.last_offset[:n] = np.where(present, b.pages_offset + np.arange(n, dtype=np.int64) * ps,
+                                          b.bitmap_offset)
 
     @staticmethod
     def _check_payloads(batch: Any, types: np.ndarray) -> None:

@@ -94,3 +94,66 @@ def test_extract_mapped_ram_file(capture, tmp_path) -> None:
     b = next(x for x in blocks if x.idstr == "pc.bios")
     assert bios == bytes(mapped_ram.page_view(buf, b).reshape(-1))
     assert (out / "desc.json").read_bytes()[:1] == b"{"
+
+
+# ---------------------------------------------------------------- the main decoder and commands
+def _events(buf: bytes, chunk: int | None = None) -> list:
+    from vmig.stream.io import new_decoder
+
+    dec = new_decoder()
+    if chunk is None:
+        dec.receive_data(buf)
+    else:
+        for i in range(0, len(buf), chunk):
+            dec.receive_data(buf[i : i + chunk])
+    dec.receive_data(b"")
+    return list(dec.events())
+
+
+@pytest.mark.parametrize("chunk", [None, 1 << 20])
+def test_decoder_follows_the_mapped_ram_layout_byte_exact(capture, chunk) -> None:
+    from vmig.stream.encoder import encode
+
+    buf, _ = capture
+    evs = _events(buf, chunk)
+    assert encode(evs) == buf
+    mem = next(e.batch.mem_size for e in evs if type(e).__name__ == "RamRecords" and e.batch.mem_size)
+    (blocks, _), _ = _block_list(buf)
+    assert [(b.idstr, b.used_length, b.bitmap_offset, b.pages_offset) for b in mem] == \
+        [(b.idstr, b.used_length, b.bitmap_offset, b.pages_offset) for b in blocks]
+    devices = [e for e in evs if type(e).__name__ == "DeviceState"]
+    assert len(devices) > 20 and devices[0].idstr == "timer"
+
+
+def test_ram_counts_equal_query_migrate(capture, tmp_path, capsys) -> None:
+    from vmig.cli import main
+
+    buf, qm = capture
+    f = tmp_path / "mr.bin"
+    f.write_bytes(buf)
+    for src in (str(f), str(DATA / "mapped-ram-10.0.bin.lz4")):
+        assert main(["ram", src, "--json"]) == 0
+        t = json.loads(capsys.readouterr().out)["totals"]
+        assert (t["normal"], t["zero"]) == (qm["ram"]["normal"], qm["ram"]["duplicate"])
+        assert t["bytes"] == qm["ram"]["normal-bytes"]
+
+
+@pytest.mark.parametrize("field, value, what", [
+    (0, 2, "unsupported version"),
+    (12, 0x10, "out of order"),  # bitmap offset before the header's end
+    (20, 0x123, "out of order"),  # pages offset not 1 MiB aligned
+])
+def test_bad_mapped_ram_header_is_one_line_with_offset(capture, tmp_path, capsys, field, value, what) -> None:
+    from vmig.cli import main
+
+    buf, _ = capture
+    (blocks, _), _ = _block_list(buf)
+    hdr = blocks[0].header_offset
+    bad = bytearray(buf)
+    fmt = ">I" if field == 0 else ">Q"
+    struct.pack_into(fmt, bad, hdr + field, value)
+    f = tmp_path / "bad.bin"
+    f.write_bytes(bytes(bad))
+    assert main(["ram", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and what in err and f"offset {hdr:#x}" in err and str(f) in err

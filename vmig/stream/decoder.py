@@ -340,6 +340,7 @@ class StreamDecoder(BufferedInput):
             elif sname == "configuration/capabilities":
                 caps = tuple(Capabilities.parse(payload))
                 self._ram.ignore_shared = "x-ignore-shared" in caps
+                self._ram.mapped_ram = "mapped-ram" in caps
             else:
                 uuid = payload
             q = d + plen

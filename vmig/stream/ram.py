@@ -84,6 +84,10 @@ class RamBlock:
     used_length: int
     page_size: int | None = None  # present only with postcopy-ram and a non-host page size
     mr_addr: int | None = None  # present only with x-ignore-shared
+    #: mapped-ram (QEMU 9.0+): absolute file offsets of the block's page bitmap and pages
+    #: (both 0 for an ignored block); None in ordinary streams (vmig.stream.mapped_ram)
+    bitmap_offset: int | None = None
+    pages_offset: int | None = None
 
 
 @dataclass(slots=True)
@@ -103,6 +107,7 @@ class RamState:
     blocks: tuple[RamBlock, ...] = ()
     last_block: int = -1
     ignore_shared: bool = False
+    mapped_ram: bool = False
     postcopy_page_sizes: int | None = None
     _index: dict[str, int] = field(default_factory=dict)
 
@@ -266,8 +271,14 @@ class _Acc:
         return {name: np.concatenate([c[name] for c in self.chunks]) for name in _COLS}
 
 
-def _parse_mem_size(buf, q: int, end: int, total: int, state: RamState, rec_off: int) -> tuple[int, tuple[RamBlock, ...]]:
-    """Parse the MEM_SIZE block list at buf[q:]; returns (end index, blocks). Raises _Need."""
+def _parse_mem_size(buf, q: int, end: int, total: int, state: RamState, rec_off: int,
+                    abs_base: int = 0) -> tuple[int, tuple[RamBlock, ...]]:
+    """Parse the MEM_SIZE block list at buf[q:]; returns (end index, blocks). Raises _Need.
+
+    With mapped-ram each entry is followed by its 28-byte header and the list continues after
+    the block's pages (absolute offset ``pages_offset + used_length``): the bitmap and page
+    areas become part of the record's data.
+    """
     blocks: list[RamBlock] = []
     remaining = total
     ps_field = state.postcopy_page_sizes is not None and state.postcopy_page_sizes != state.page_size
@@ -314,8 +325,43 @@ def _parse_mem_size(buf, q: int, end: int, total: int, state: RamState, rec_off:
                 raise _Need
             mr_addr = _W.unpack_from(buf, q)[0]
             q += 8
+        if state.mapped_ram:
+            q, bmo, pgo = _mapped_ram_entry(buf, q, end, idstr, used, state, abs_base)
+            blocks.append(RamBlock(idstr, used, page_size, mr_addr, bmo, pgo))
+            continue
         blocks.append(RamBlock(idstr, used, page_size, mr_addr))
     return q, tuple(blocks)
+
+
+def _mapped_ram_entry(buf, q: int, end: int, idstr: str, used: int, state: RamState,
+                      abs_base: int) -> tuple[int, int, int]:
+    """The mapped-ram header after a block entry: (index where the list continues,
+    bitmap_offset, pages_offset). The offsets are checked against where the header ends: the
+    bitmap and pages lie after it, pages 1 MiB aligned (QEMU's layout)."""
+    from vmig.stream import mapped_ram as mr
+
+    hs = mr.MAPPED_RAM_HEADER.size
+    if q + hs > end:
+        raise _Need
+    version, ps, bmo, pgo = mr.MAPPED_RAM_HEADER.unpack_from(buf, q)
+    at = abs_base + q
+    if version != mr.MAPPED_RAM_HDR_VERSION:
+        raise RamError(f"mapped-ram header of block {idstr!r}: unsupported version", offset=at,
+                       expected=mr.MAPPED_RAM_HDR_VERSION, found=version)
+    if ps != state.page_size:
+        raise RamError(f"mapped-ram header of block {idstr!r}: page size", offset=at,
+                       expected=state.page_size, found=ps)
+    if bmo == 0 and pgo == 0:  # ignored block (x-ignore-shared): nothing in the file
+        return q + hs, 0, 0
+    nbits = mr.bitmap_bytes(-(-used // ps))
+    if pgo % mr.MAPPED_RAM_FILE_OFFSET_ALIGNMENT or not at + hs <= bmo <= bmo + nbits <= pgo:
+        raise RamError(f"mapped-ram block {idstr!r}: bitmap/pages offsets out of order", offset=at,
+                       expected=f"header end {at + hs:#x} <= bitmap < pages (1 MiB aligned)",
+                       found=f"bitmap {bmo:#x}, pages {pgo:#x}")
+    nxt = pgo + used - abs_base
+    if nxt > end:
+        raise _Need  # the block's bitmap and pages are not all here yet
+    return nxt, bmo, pgo
 
 
 def _is_page_size(v: int, state: RamState) -> bool:
@@ -387,7 +433,7 @@ def _step(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc) -> t
         state.last_block = blk
         nxt = q + dlen
     elif typ == MEM_SIZE:
-        nxt, mem = _parse_mem_size(buf, q, end, addr, state, rec_off)
+        nxt, mem = _parse_mem_size(buf, q, end, addr, state, rec_off, abs_base)
         dlen = nxt - q
         state.set_blocks(mem)
         state.last_block = -1

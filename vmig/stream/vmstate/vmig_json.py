@@ -22,7 +22,8 @@ Document shape (keys in this order)::
          "records": {"START": n, "PART": n, "END": n, "FULL": n},   header counts by type
          "offset": first header offset, "packaged": true if inside a PACKAGED command,
          "kind": "ram",
-         "ram": {"blocks": [{"idstr", "used_length", ["page_size"], ["mr_addr"]}],
+         "ram": {"blocks": [{"idstr", "used_length", ["page_size"], ["mr_addr"],
+                             ["bitmap_offset", "pages_offset"] (mapped-ram files)}],
                  "records": {"mem_size", "zero", "page", "xbzrle", "compress_page", "hook",
                              "multifd_flush", "eos", "continue", "total"},   record counts
                  "bytes": total bytes of RAM records}}
@@ -224,6 +225,9 @@ class _RamSummary:
                     d["page_size"] = int(b.page_size)
                 if getattr(b, "mr_addr", None) is not None:
                     d["mr_addr"] = int(b.mr_addr)
+                if getattr(b, "pages_offset", None) is not None:  # mapped-ram file layout
+                    d["bitmap_offset"] = int(b.bitmap_offset)
+                    d["pages_offset"] = int(b.pages_offset)
                 self.blocks.append(d)
 
     def to_json(self) -> dict[str, Any]:

@@ -383,3 +383,15 @@ def test_postcopy_loop_over_return_path_bytes():
     assert [(m.type, m.args) for m in end if hasattr(m, "type")] == [(RpMsg.SHUT, {"status": 0})]
     for b in ram:
         assert np.array_equal(dest.images[b.idstr], b.data), b.idstr
+
+
+def test_destination_refuses_a_discard_beyond_the_block():
+    from vmig.stream.framing import build_command_data
+
+    dest = Destination({"pc.ram": 1 << 20})
+    dest._blocks([type("B", (), {"idstr": "pc.ram", "used_length": 1 << 20})()])
+    data = build_command_data(MigCmd.POSTCOPY_RAM_DISCARD, {"idstr": "pc.ram", "ranges": [(0xF0000, 0x20000)]})
+    ev = Command(0, 0, MigCmd.POSTCOPY_RAM_DISCARD, data,
+                 args={"version": 0, "idstr": "pc.ram", "ranges": [(0xF0000, 0x20000)]})
+    with pytest.raises(MigrationError, match="beyond RAMBlock 'pc.ram'"):
+        dest.feed(ev)

@@ -173,8 +173,12 @@ class Destination:
             idstr = ev.args["idstr"]
             if idstr not in self.images:
                 raise MigrationError(f"postcopy discard for unknown RAMBlock {idstr!r}")
+            img = self.images[idstr]
             for start, length in ev.args["ranges"]:
-                self.images[idstr][start : start + length] = 0
+                if start + length > len(img):
+                    raise MigrationError(f"postcopy discard beyond RAMBlock {idstr!r}: "
+                                         f"[{start:#x}, {start + length:#x}) > {len(img):#x}")
+                img[start : start + length] = 0
                 ps = self.page_size
                 self.received[idstr][start // ps : -(-(start + length) // ps)] = False
         elif cmd == MigCmd.POSTCOPY_LISTEN:

@@ -64,6 +64,7 @@ _W = struct.Struct(">Q")
 _ZERO, _PAGE, _CONT, _EOS, _MEM_SIZE = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.CONTINUE),
                                         int(RamFlag.EOS), int(RamFlag.MEM_SIZE))
 DISCARD_RANGES_PER_COMMAND = 12
+CHUNK_PAGES = 4096  # pages turned into records at a time (bounds the source's scratch memory)
 
 
 @dataclass
@@ -221,7 +222,17 @@ class PrecopySource:
         return bytes(self._enc.send(Command(0, 0, MigCmd.PING, data)))
 
     def _records(self, idstr: str, pages: np.ndarray) -> bytes:
-        """ZERO/PAGE records for ``pages`` (indices) of block ``idstr``; the first names it."""
+        """ZERO/PAGE records for ``pages`` (indices) of block ``idstr``; the first names it.
+
+        Pages are handled in chunks of ``CHUNK_PAGES`` so memory stays bounded whatever the
+        block size (the bytes returned are the section body, which the caller writes).
+        """
+        out = bytearray()
+        for c in range(0, len(pages), CHUNK_PAGES):
+            out += self._chunk(idstr, pages[c : c + CHUNK_PAGES], first=(c == 0))
+        return bytes(out)
+
+    def _chunk(self, idstr: str, pages: np.ndarray, first: bool) -> bytes:
         if len(pages) == 0:
             return b""
         blk = self.ram[idstr]
@@ -231,7 +242,7 @@ class PrecopySource:
         view = data[: full * ps].reshape(full, ps)
         out = bytearray()
         name = idstr.encode("latin-1")
-        # pages past the last whole page (a block length not a page multiple) are zero-padded
+        # a page past the last whole page (block length not a page multiple) is zero-padded
         contents = np.zeros((len(pages), ps), dtype=np.uint8)
         inside = pages < full
         contents[inside] = view[pages[inside]]
@@ -241,12 +252,10 @@ class PrecopySource:
         nonzero = contents.any(axis=1)
         addrs = pages.astype(np.uint64) * np.uint64(ps)
         cut = np.flatnonzero(nonzero[1:] != nonzero[:-1]) + 1
-        starts = [0] + cut.tolist()
-        ends = cut.tolist() + [len(pages)]
-        for a, z in zip(starts, ends):
+        for a, z in zip([0] + cut.tolist(), cut.tolist() + [len(pages)]):
             is_page = bool(nonzero[a])
             flag = _PAGE if is_page else _ZERO
-            if a == 0:  # the first record of the section for this block carries its idstr
+            if a == 0 and first:  # the section's first record for this block carries its idstr
                 out += _W.pack(int(addrs[0]) | flag) + bytes([len(name)]) + name
                 out += contents[0].tobytes() if is_page else b"\x00"
                 a = 1

@@ -26,6 +26,7 @@ from vmig.stream.constants import MigCmd, RpMsg, SectionType
 from vmig.stream.events import Command, SectionEnd, SectionHeader
 from vmig.stream.io import decode_bytes as decode, iter_events
 from vmig.testing import fixtures
+from vmig.testing.engine import from_capture
 
 VMEM = "0000:00:02.0/mem0"
 
@@ -43,14 +44,8 @@ def _machine(name: str):
 
 
 def _source(name: str, *, style: str = "discard-manager", postcopy: bool = False):
-    evs, dest = _capture(name)
-    mach = _machine(name)
-    dev = mach.devices[0]
-    ram = GuestRam.from_images(dest.images)
-    notifier = VirtioMemNotifier(dev, VMEM, style)
-    src = PrecopySource(StreamTemplate.from_events(evs), ram, notifiers=[notifier],
-                        migration=mach.migration, postcopy=postcopy)
-    return src, ram, dev, notifier, mach
+    m = from_capture(fixtures.path(name), fixtures.manifest(name)["argv"], style=style, postcopy=postcopy)
+    return m.source, m.ram, m.machine.devices[0], m.notifiers[0], m.machine
 
 
 def _view(data: bytes) -> RamView:
@@ -395,3 +390,21 @@ def test_destination_refuses_a_discard_beyond_the_block():
                  args={"version": 0, "idstr": "pc.ram", "ranges": [(0xF0000, 0x20000)]})
     with pytest.raises(MigrationError, match="beyond RAMBlock 'pc.ram'"):
         dest.feed(ev)
+
+
+def test_q35_two_numa_virtio_mem_devices_through_the_engine_load_in_qemu(qemu_bin, lab_dir):
+    """q35, virtio-mem behind PCIe root ports on two NUMA nodes: both devices' unplugged blocks
+    stay out, QEMU loads the engine's stream and reports both devices as the model has them."""
+    from vmig.testing.qemu import load_stream
+
+    m = from_capture(fixtures.path("q35-numa"), fixtures.manifest("q35-numa")["argv"])
+    data = m.source.setup() + m.source.iterate(20000) + m.source.iterate() + m.source.complete()
+    for n in m.notifiers:
+        per = n.device.block_size // 4096
+        assert np.array_equal(_sent_pages(data, n.block), np.flatnonzero(np.repeat(n.device.bitmap, per)))
+        assert n.cleared_pages == int((~n.device.bitmap).sum()) * per > 0
+    args = fixtures.resolve_args(fixtures.manifest("q35-numa")["argv"], lab_dir)
+    res = load_stream(args, data, workdir=lab_dir)
+    assert res.ok, res.stderr
+    got = sorted((d["data"]["node"], d["data"]["size"]) for d in res.memory_devices)
+    assert got == sorted((dev.node, dev.size) for dev in m.machine.devices)

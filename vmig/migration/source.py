@@ -41,6 +41,7 @@ import numpy as np
 from vmig.errors import UsageError
 from vmig.migration.notifiers import PrecopyNotifier, PrecopyReason
 from vmig.migration.ram import GuestRam
+from vmig.stream import xbzrle
 from vmig.stream.constants import MigCmd, RamFlag, RpMsg, SectionType
 from vmig.stream.encoder import StreamEncoder
 from vmig.stream.events import (
@@ -61,8 +62,9 @@ from vmig.stream.return_path import ReturnPathDecoder
 __all__ = ["StreamTemplate", "PrecopySource", "MigrationStats"]
 
 _W = struct.Struct(">Q")
-_ZERO, _PAGE, _CONT, _EOS, _MEM_SIZE = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.CONTINUE),
-                                        int(RamFlag.EOS), int(RamFlag.MEM_SIZE))
+_ZERO, _PAGE, _CONT, _EOS, _MEM_SIZE, _XBZRLE = (
+    int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.CONTINUE), int(RamFlag.EOS),
+    int(RamFlag.MEM_SIZE), int(RamFlag.XBZRLE))
 DISCARD_RANGES_PER_COMMAND = 12
 CHUNK_PAGES = 4096  # pages turned into records at a time (bounds the source's scratch memory)
 
@@ -143,10 +145,12 @@ class StreamTemplate:
 
 @dataclass
 class MigrationStats:
-    """Pages sent, as QEMU's query-migrate counts them (``normal``, ``duplicate`` = zero)."""
+    """Pages sent, as QEMU's query-migrate counts them (``normal``, ``duplicate`` = zero,
+    ``xbzrle`` = XBZRLE records)."""
 
     normal: int = 0
     duplicate: int = 0
+    xbzrle: int = 0
     passes: int = 0
     discarded_pages: int = 0
     per_pass: list[dict[str, int]] = field(default_factory=list)
@@ -163,12 +167,16 @@ class PrecopySource:
         migration: a device model's MigrationState to keep in step (``outgoing`` status).
         postcopy: send POSTCOPY_ADVISE (the template must come from a postcopy capture, whose
             ADVISE arguments are reused).
+        xbzrle: compress re-sent pages as QEMU 7.2 does with the ``xbzrle`` capability: from the
+            second pass on, a page's first send fills the cache, later sends go as an XBZRLE
+            delta against the cached copy (nothing when unchanged; a normal page when the delta
+            would not fit a page); zero pages go as ZERO records and zero their cached copy.
     """
 
     def __init__(self, template: StreamTemplate, ram: GuestRam, *,
                  notifiers: Sequence[PrecopyNotifier] = (),
                  device_payloads: Mapping[str, bytes] | None = None,
-                 migration: object | None = None, postcopy: bool = False) -> None:
+                 migration: object | None = None, postcopy: bool = False, xbzrle: bool = False) -> None:
         if postcopy and template.advise is None:
             raise UsageError("postcopy needs a template captured with postcopy-ram (its ADVISE)")
         self.template = template
@@ -182,6 +190,10 @@ class PrecopySource:
         self._state = "none"
         self._requests: list[tuple[str, int, int]] = []
         self._rp = ReturnPathDecoder(require_shut=False)
+        self.xbzrle = xbzrle
+        self._xb_on = False  # QEMU enables XBZRLE once the first complete pass is done
+        self._xb_cache: dict[str, np.ndarray] = {}
+        self._xb_cached: dict[str, np.ndarray] = {}
 
     # -- helpers ----------------------------------------------------------------------------------
     def _status(self, status: str) -> None:
@@ -194,6 +206,8 @@ class PrecopySource:
             n(reason, self.ram)
 
     def _sync(self) -> None:
+        if self.xbzrle and self.stats.passes >= 1:
+            self._xb_on = True
         self._notify(PrecopyReason.BEFORE_BITMAP_SYNC)
         self.ram.sync()
         self._notify(PrecopyReason.AFTER_BITMAP_SYNC)
@@ -235,6 +249,8 @@ class PrecopySource:
     def _chunk(self, idstr: str, pages: np.ndarray, first: bool) -> bytes:
         if len(pages) == 0:
             return b""
+        if self._xb_on and not self._state.startswith("postcopy"):
+            return self._xbzrle_chunk(idstr, pages, first)
         blk = self.ram[idstr]
         ps = self.ram.page_size
         data = blk.data
@@ -275,6 +291,51 @@ class PrecopySource:
         if self.stats.per_pass:
             self.stats.per_pass[-1]["normal"] += n_page
             self.stats.per_pass[-1]["duplicate"] += len(pages) - n_page
+        return bytes(out)
+
+    def _xbzrle_chunk(self, idstr: str, pages: np.ndarray, first: bool) -> bytes:
+        """Records with the XBZRLE cache (one page at a time: a delta is per page anyway)."""
+        blk = self.ram[idstr]
+        ps = self.ram.page_size
+        if idstr not in self._xb_cache:
+            self._xb_cache[idstr] = np.zeros((blk.pages, ps), dtype=np.uint8)
+            self._xb_cached[idstr] = np.zeros(blk.pages, dtype=bool)
+        cache, cached = self._xb_cache[idstr], self._xb_cached[idstr]
+        name = idstr.encode("latin-1")
+        out = bytearray()
+        named = not first
+        counts = self.stats.per_pass[-1] if self.stats.per_pass else {}
+        for p in pages.tolist():
+            page = np.zeros(ps, dtype=np.uint8)
+            chunk = blk.data[p * ps : (p + 1) * ps]
+            page[: len(chunk)] = chunk
+            if not page.any():
+                flag, body = _ZERO, b"\x00"
+                cache[p] = 0
+                kind = "duplicate"
+            elif not cached[p]:
+                cache[p], cached[p] = page, True
+                flag, body, kind = _PAGE, page.tobytes(), "normal"
+            else:
+                delta = xbzrle.encode(cache[p], page)
+                if delta == xbzrle.XBZRLE_NO_CHANGE:
+                    continue  # QEMU sends nothing for an unchanged cached page
+                cache[p] = page
+                if delta == xbzrle.XBZRLE_OVERFLOW:
+                    flag, body, kind = _PAGE, page.tobytes(), "normal"
+                else:
+                    assert isinstance(delta, bytes)
+                    flag, body, kind = _XBZRLE, struct.pack(">BH", 1, len(delta)) + delta, "xbzrle"
+            hdr = p * ps | flag
+            if named:
+                out += _W.pack(hdr | _CONT)
+            else:
+                out += _W.pack(hdr) + bytes([len(name)]) + name
+                named = True
+            out += body
+            setattr(self.stats, kind, getattr(self.stats, kind) + 1)
+            if counts is not None:
+                counts[kind] = counts.get(kind, 0) + 1
         return bytes(out)
 
     def _pages(self, max_pages: int | None) -> bytes:

@@ -39,7 +39,7 @@ def _capture(name: str) -> tuple:
 
 def _machine(name: str):
     mach = machine_from_argv(fixtures.manifest(name)["argv"])
-    Destination(machine=mach).load(_capture(name)[0])  # the device as the capture left it
+    Destination(machine=mach, keep_ram=False).load(_capture(name)[0])  # the device as captured
     return mach
 
 

@@ -70,16 +70,20 @@ class Destination:
         vmem_blocks: device path (``0000:00:02.0``) -> idstr of its memory backend's RAMBlock
             (for :meth:`page_requests`); default: the block whose idstr ends with ``/<memdev>``.
         page_size: target page size.
+        keep_ram: hold block images (False: only the block checks, postcopy state and devices,
+            e.g. to bring a device model to a capture's state cheaply).
     """
 
     POSTCOPY_ORDER = ("none", "advise", "discard", "listening", "running", "end")
 
     def __init__(self, blocks: Mapping[str, int] | None = None, *, machine: "Machine | None" = None,
-                 vmem_blocks: Mapping[str, str] | None = None, page_size: int = 4096) -> None:
+                 vmem_blocks: Mapping[str, str] | None = None, page_size: int = 4096,
+                 keep_ram: bool = True) -> None:
         self.expected = dict(blocks) if blocks is not None else None
         self.machine = machine
         self.vmem_blocks = dict(vmem_blocks or {})
         self.page_size = page_size
+        self.keep_ram = keep_ram
         self.images: dict[str, np.ndarray] = {}
         self.received: dict[str, np.ndarray] = {}
         self.postcopy = "none"
@@ -199,7 +203,7 @@ class Destination:
         if batch.mem_size is not None:
             self._blocks(batch.mem_size)
         n = len(batch)
-        if n == 0:
+        if n == 0 or not self.keep_ram:
             return
         ps = batch.page_size
         types = (batch.flags & np.uint16(0x3FF & ~_CONT)).astype(np.int64)

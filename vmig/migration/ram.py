@@ -77,11 +77,14 @@ class GuestRam:
             self.blocks[idstr] = Block(idstr, np.zeros(length, dtype=np.uint8), page_size)
 
     @classmethod
-    def from_images(cls, images: Mapping[str, np.ndarray], page_size: int = 4096) -> "GuestRam":
-        """RAM whose blocks hold copies of ``images`` (e.g. :attr:`Destination.images`)."""
-        ram = cls([(k, len(v)) for k, v in images.items()], page_size)
+    def from_images(cls, images: Mapping[str, np.ndarray], page_size: int = 4096, *,
+                    copy: bool = True) -> "GuestRam":
+        """RAM whose blocks hold ``images`` (e.g. :attr:`Destination.images`): copies, or with
+        ``copy=False`` the arrays themselves (the caller gives them up)."""
+        ram = cls([], page_size)
         for k, v in images.items():
-            ram.blocks[k].data[:] = v
+            data = np.array(v, dtype=np.uint8, copy=True) if copy else np.asarray(v, dtype=np.uint8)
+            ram.blocks[k] = Block(k, data, page_size)
         return ram
 
     def __getitem__(self, idstr: str) -> Block:

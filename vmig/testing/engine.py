@@ -52,7 +52,7 @@ def from_capture(path: str | Path, argv: Sequence[str] | None = None, *, postcop
     events = list(iter_events(str(path), schema_sets=True))
     machine = machine_from_argv(list(argv)) if argv is not None else None
     dest = Destination(machine=machine).load(events)
-    ram = GuestRam.from_images(dest.images)
+    ram = GuestRam.from_images(dest.images, copy=False)
     notifiers = []
     if machine is not None:
         for dev in machine.devices:

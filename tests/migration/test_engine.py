@@ -145,8 +145,7 @@ def test_engine_stream_loads_in_qemu_with_the_written_memory(qemu_bin, lab_dir):
     args = fixtures.resolve_args(fixtures.manifest("pc-guest")["argv"], lab_dir)
 
     def look(q):
-        q.qmp("pmemsave", {"val": 0x100000, "size": 704, "filename": str(lab_dir / "pm.bin")})
-        return (lab_dir / "pm.bin").read_bytes()
+        return q.read_memory(0x100000, 704)
 
     from vmig.testing.qemu import load_stream
 
@@ -232,8 +231,7 @@ def test_engine_postcopy_stream_loads_in_qemu(qemu_bin, lab_dir):
     args = fixtures.resolve_args(fixtures.manifest("postcopy-main")["argv"], lab_dir)
 
     def look(q):
-        q.qmp("pmemsave", {"val": 0x300000, "size": 4096, "filename": str(lab_dir / "pm.bin")})
-        return (lab_dir / "pm.bin").read_bytes()
+        return q.read_memory(0x300000, 4096)
 
     from vmig.testing.qemu import load_stream
 
@@ -324,8 +322,7 @@ def test_device_model_plugs_before_migration_and_qemu_loads_the_result(qemu_bin,
     args = fixtures.resolve_args(fixtures.manifest("pc-guest")["argv"], lab_dir)
 
     def look(q):
-        q.qmp("pmemsave", {"val": gpa, "size": 4096, "filename": str(lab_dir / "pm.bin")})
-        return (lab_dir / "pm.bin").read_bytes()
+        return q.read_memory(gpa, 4096)
 
     res = load_stream(args, data, workdir=lab_dir, inspect=look)
     assert res.ok, res.stderr
@@ -446,8 +443,7 @@ def test_xbzrle_stream_loads_in_qemu(qemu_bin, lab_dir):
     args = fixtures.resolve_args(fixtures.manifest("pc-running")["argv"], lab_dir)
 
     def look(q):
-        q.qmp("pmemsave", {"val": x, "size": 4096, "filename": str(lab_dir / "pm.bin")})
-        return (lab_dir / "pm.bin").read_bytes()
+        return q.read_memory(x, 4096)
 
     res = load_stream(args, data, workdir=lab_dir, inspect=look)
     assert res.ok, res.stderr

@@ -482,6 +482,16 @@ class Qemu:
         """``query-memory-devices``."""
         return list(self.qmp("query-memory-devices"))
 
+    def read_memory(self, gpa: int, size: int) -> bytes:
+        """``size`` bytes of guest-physical memory at ``gpa`` (QMP ``pmemsave`` into workdir,
+        which a chroot'ed QEMU sees at the same path)."""
+        out = self.workdir / f"pmem-{gpa:x}-{size:x}.bin"
+        self.qmp("pmemsave", {"val": gpa, "size": size, "filename": str(out)})
+        try:
+            return out.read_bytes()
+        finally:
+            out.unlink(missing_ok=True)
+
     def resize_virtio_mem(self, dev_id: str, requested: int, timeout: float = 60.0) -> dict:
         """``qom-set`` the device's ``requested-size`` and wait until its ``size`` equals it.
 

@@ -449,3 +449,20 @@ def test_xbzrle_stream_loads_in_qemu(qemu_bin, lab_dir):
     assert res.ok, res.stderr
     assert res.inspected == m.ram["pc.ram"].data[x : x + 4096].tobytes()
     assert res.inspected[100:113] == b"second-change"
+
+
+def test_a_section_the_destination_lacks_fails_with_qemus_lines(qemu_bin, lab_dir):
+    """A destination without the serial port: QEMU names the section; so does the Destination
+    given the destination's sections."""
+    from vmig.testing.qemu import load_stream
+
+    args = fixtures.resolve_args(fixtures.manifest("pc-guest")["argv"], lab_dir)
+    i = args.index("-serial")
+    res = load_stream(args[:i] + args[i + 2:], fixtures.load("pc-guest"), workdir=lab_dir)
+    assert not res.ok
+    qemu_lines = [ln.split(": ", 1)[1] for ln in res.stderr.splitlines() if ln.startswith("qemu-system")]
+    evs = _capture("pc-guest")[0]
+    have = {(e.idstr, e.instance_id) for e in evs if isinstance(e, SectionHeader)} - {("serial", 0)}
+    with pytest.raises(MigrationError) as ei:
+        Destination(sections=have, keep_ram=False).load(evs)
+    assert str(ei.value).splitlines() == qemu_lines

@@ -40,7 +40,7 @@ import numpy as np
 
 from vmig.errors import MigrationError
 from vmig.stream import ramcodec, xbzrle
-from vmig.stream.constants import MigCmd, RamFlag
+from vmig.stream.constants import MigCmd, RamFlag, SectionType
 from vmig.stream.constants import RpMsg
 from vmig.stream.events import Command, DeviceState, EndOfStream, RamRecords, SectionHeader
 from vmig.stream.return_path import encode_rp, rp_message
@@ -53,6 +53,13 @@ __all__ = ["Destination"]
 _CONT = int(RamFlag.CONTINUE)
 _ZERO, _PAGE, _XBZRLE, _COMPRESS = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE),
                                     int(RamFlag.COMPRESS_PAGE))
+
+
+def _unknown_section(idstr: str, instance: int) -> MigrationError:
+    return MigrationError(
+        f"Unknown savevm section or instance '{idstr}' {instance}. Make sure that your current VM "
+        "setup matches your saved VM setup, including any hotplugged devices\n"
+        "load of migration failed: Invalid argument")
 
 
 def _ram_failure(line: str) -> MigrationError:
@@ -72,18 +79,22 @@ class Destination:
         page_size: target page size.
         keep_ram: hold block images (False: only the block checks, postcopy state and devices,
             e.g. to bring a device model to a capture's state cheaply).
+        sections: the destination's savevm sections as (idstr, instance) pairs (e.g. those of
+            a capture of the destination's configuration); a START/FULL section not among them
+            fails the load as QEMU's does. None: every section is accepted.
     """
 
     POSTCOPY_ORDER = ("none", "advise", "discard", "listening", "running", "end")
 
     def __init__(self, blocks: Mapping[str, int] | None = None, *, machine: "Machine | None" = None,
                  vmem_blocks: Mapping[str, str] | None = None, page_size: int = 4096,
-                 keep_ram: bool = True) -> None:
+                 keep_ram: bool = True, sections: Iterable[tuple[str, int]] | None = None) -> None:
         self.expected = dict(blocks) if blocks is not None else None
         self.machine = machine
         self.vmem_blocks = dict(vmem_blocks or {})
         self.page_size = page_size
         self.keep_ram = keep_ram
+        self.sections = set(sections) if sections is not None else None
         self.images: dict[str, np.ndarray] = {}
         self.received: dict[str, np.ndarray] = {}
         self.postcopy = "none"
@@ -149,7 +160,9 @@ class Destination:
             if self.return_path_open:
                 self._rp.append(rp_message(RpMsg.SHUT, status=0))
         elif isinstance(ev, SectionHeader):
-            pass
+            if self.sections is not None and ev.type in (SectionType.SECTION_START, SectionType.SECTION_FULL) \
+                    and (ev.idstr, ev.instance_id) not in self.sections:
+                raise _unknown_section(ev.idstr, ev.instance_id)
 
     def _load_vmem(self) -> None:
         if self.machine is None:
@@ -160,10 +173,8 @@ class Destination:
         by_path = {self.machine.pci_path(d): d for d in self.machine.devices}
         for sec in virtio_mem_sections(self._pending_vmem):
             dev = by_path.get(sec.dev_path)
-            if dev is None:  # QEMU: the section names no device of this machine
-                raise MigrationError(f"Unknown savevm section or instance '{sec.dev_path}/virtio-mem' 0. "
-                                     "Make sure that your current VM setup matches your saved VM setup, "
-                                     "including any hotplugged devices")
+            if dev is None:  # the section names no device of this machine
+                raise _unknown_section(sec.dev_path + "/virtio-mem", 0)
             self.post_load[sec.dev_path] = load_section(sec, dev)
         self._pending_vmem.clear()
 

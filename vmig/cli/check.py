@@ -37,7 +37,7 @@ __all__ = [
 
 # Explicit list of modules that register checkers when imported (missing ones are skipped
 # while their owners build them).
-CHECKER_MODULES: tuple[str, ...] = ("vmig.checks.virtio_mem",)
+CHECKER_MODULES: tuple[str, ...] = ("vmig.checks.virtio_mem", "vmig.checks.destination")
 
 
 @dataclass
@@ -108,12 +108,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dest", action="append", default=[], metavar="SPEC",
                    help="virtio-mem destination config 'memaddr=…,max-size=…,block-size=…,node=…"
                         "[,dev=PATH]': report the load failure QEMU would print; repeatable")
+    p.add_argument("--dest-capture", metavar="OTHER", default=None,
+                   help="a capture of the destination VM's configuration: report the load failure "
+                        "QEMU would print (machine type, RAM blocks, missing sections)")
     p.set_defaults(handler=handler)
 
 
 def handler(args: argparse.Namespace) -> int:
     problems = run_checks(args.stream, description_from_args(args),
-                          {"virtio_mem_dest": list(getattr(args, "dest", []) or [])})
+                          {"virtio_mem_dest": list(getattr(args, "dest", []) or []),
+                           "dest_capture": getattr(args, "dest_capture", None)})
     if problems:
         if not args.quiet:
             extra = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""

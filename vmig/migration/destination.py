@@ -42,7 +42,7 @@ from vmig.errors import MigrationError
 from vmig.stream import ramcodec, xbzrle
 from vmig.stream.constants import MigCmd, RamFlag, SectionType
 from vmig.stream.constants import RpMsg
-from vmig.stream.events import Command, DeviceState, EndOfStream, RamRecords, SectionHeader
+from vmig.stream.events import Command, Configuration, DeviceState, EndOfStream, RamRecords, SectionHeader
 from vmig.stream.return_path import encode_rp, rp_message
 
 if TYPE_CHECKING:
@@ -82,19 +82,26 @@ class Destination:
         sections: the destination's savevm sections as (idstr, instance) pairs (e.g. those of
             a capture of the destination's configuration); a START/FULL section not among them
             fails the load as QEMU's does. None: every section is accepted.
+        machine_type: the destination's machine type (``pc-q35-7.2``); a CONFIGURATION record
+            naming another fails the load as QEMU's does. None: any.
+
+    :meth:`like` builds one with the blocks, sections and machine type of a capture of the
+    destination's configuration.
     """
 
     POSTCOPY_ORDER = ("none", "advise", "discard", "listening", "running", "end")
 
     def __init__(self, blocks: Mapping[str, int] | None = None, *, machine: "Machine | None" = None,
                  vmem_blocks: Mapping[str, str] | None = None, page_size: int = 4096,
-                 keep_ram: bool = True, sections: Iterable[tuple[str, int]] | None = None) -> None:
+                 keep_ram: bool = True, sections: Iterable[tuple[str, int]] | None = None,
+                 machine_type: str | None = None) -> None:
         self.expected = dict(blocks) if blocks is not None else None
         self.machine = machine
         self.vmem_blocks = dict(vmem_blocks or {})
         self.page_size = page_size
         self.keep_ram = keep_ram
         self.sections = set(sections) if sections is not None else None
+        self.machine_type = machine_type
         self.images: dict[str, np.ndarray] = {}
         self.received: dict[str, np.ndarray] = {}
         self.postcopy = "none"
@@ -107,6 +114,29 @@ class Destination:
         self._rp: list[Any] = []
         self._rp_block: str | None = None
         self._pending_vmem: list[DeviceState] = []
+
+    @classmethod
+    def like(cls, events: Iterable[Any], **kw: Any) -> "Destination":
+        """A destination configured as the VM that wrote ``events`` (a capture of the
+        destination's configuration): its RAMBlocks, savevm sections and machine type."""
+        blocks: dict[str, int] = {}
+        sections: set[tuple[str, int]] = set()
+        machine_type = None
+
+        def walk(evs: Iterable[Any]) -> None:
+            nonlocal machine_type
+            for ev in evs:
+                if isinstance(ev, RamRecords) and ev.batch.mem_size:
+                    blocks.update((b.idstr, b.used_length) for b in ev.batch.mem_size)
+                elif isinstance(ev, SectionHeader):
+                    sections.add((ev.idstr, ev.instance_id))
+                elif isinstance(ev, Configuration):
+                    machine_type = ev.name
+                elif isinstance(ev, Command):
+                    walk(ev.children)
+
+        walk(events)
+        return cls(blocks, sections=sections, machine_type=machine_type, **kw)
 
     # -- state ------------------------------------------------------------------------------------
     def _set_postcopy(self, state: str) -> None:
@@ -159,6 +189,10 @@ class Destination:
             self.complete = True
             if self.return_path_open:
                 self._rp.append(rp_message(RpMsg.SHUT, status=0))
+        elif isinstance(ev, Configuration):
+            if self.machine_type is not None and ev.name != self.machine_type:
+                raise MigrationError(f"Machine type received is '{ev.name}' and local is "
+                                     f"'{self.machine_type}'\nload of migration failed: Invalid argument")
         elif isinstance(ev, SectionHeader):
             if self.sections is not None and ev.type in (SectionType.SECTION_START, SectionType.SECTION_FULL) \
                     and (ev.idstr, ev.instance_id) not in self.sections:

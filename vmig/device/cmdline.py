@@ -4,9 +4,10 @@ Understands the subset of ``qemu-system-x86_64`` options that decide virtio-mem'
 ``-machine``/``-M`` (type, ``memory-backend``), ``-m size[,slots=N][,maxmem=S]``,
 ``-numa node,...`` (counted), ``-object memory-backend-{ram,memfd,file},id=,size=[,share=]
 [,prealloc=]``, ``-cpu model[,phys-bits=N][,vendor=...]`` (vendor and physical address bits only),
-``-device virtio-mem-pci,...`` (id, memdev, node, memaddr, block-size,
+``-device virtio-mem-pci,...`` (id, bus, addr, memdev, node, memaddr, block-size,
 requested-size, prealloc, unplugged-inaccessible, x-early-migration, dynamic-memslots,
-vectors), ``-overcommit mem-lock=on`` and ``-incoming``. Everything else is ignored, so a
+vectors), other PCI ``-device`` entries (only the slot they take: ``bus=``, ``addr=``, PCIe root
+ports adding their bus), ``-overcommit mem-lock=on`` and ``-incoming``. Everything else is ignored, so a
 fixture's full ``argv`` can be handed over unchanged. Mirrors QEMU's option parsing only as far
 as the values go (qemu_opts / keyval size suffixes); no I/O.
 """
@@ -57,6 +58,20 @@ def _is_amd(cpu: dict[str, str]) -> bool:
     if "vendor" in cpu:
         return cpu["vendor"] == "AuthenticAMD"
     return cpu.get("model", "qemu64").startswith(_AMD_MODELS)
+
+
+#: PCI devices whose driver name does not end in "-pci" (they take a PCI slot too)
+PCI_DRIVERS = frozenset({
+    "pcie-root-port", "ioh3420", "e1000", "e1000e", "rtl8139", "VGA", "qxl-vga", "virtio-vga",
+    "bochs-display", "ich9-ahci", "qemu-xhci", "nec-usb-xhci", "piix3-usb-uhci", "ich9-usb-ehci1",
+    "ich9-intel-hda", "intel-hda", "lsi53c895a", "megasas", "vfio-pci", "ivshmem-plain",
+})
+
+
+def _is_pci(o: dict[str, str]) -> bool:
+    """Whether a ``-device`` takes a PCI slot (so later automatic slots move on)."""
+    driver = o.get("driver", "")
+    return driver.endswith("-pci") or driver in PCI_DRIVERS
 
 
 def machine_from_argv(
@@ -116,7 +131,7 @@ def machine_from_argv(
                 objects.append(o)
         elif opt == "device":
             o = split_opts(val, "driver")
-            if o.get("driver") == "virtio-mem-pci":
+            if o.get("driver") == "virtio-mem-pci" or _is_pci(o):
                 devices.append(o)
         elif opt == "cpu":
             cpu = split_opts(val, "model")
@@ -137,6 +152,9 @@ def machine_from_argv(
             prealloc=_bool(o.get("prealloc", "off")),
         )
     for d in devices:
+        if d.get("driver") != "virtio-mem-pci":  # other PCI devices only take their slot
+            m.pci_add(d["driver"], d.get("id"), bus=d.get("bus"), addr=d.get("addr"))
+            continue
         bs = d.get("block-size")
         if bs is not None:
             VirtioMem.check_block_size_property(parse_size(bs), m.behaviour)
@@ -152,5 +170,7 @@ def machine_from_argv(
             early_migration=_bool(d["x-early-migration"]) if "x-early-migration" in d else None,
             dynamic_memslots=_bool(d.get("dynamic-memslots", "off")),
             vectors=int(d["vectors"]) if "vectors" in d else None,
+            bus=d.get("bus"),
+            addr=d.get("addr"),
         )
     return m

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmig.device.versions import Behaviour
@@ -91,6 +91,35 @@ class _Slot:
     pci_path: str
 
 
+#: Drivers that create a PCIe port with one downstream slot (devices behind it: ``<port>:00.0``).
+PCIE_PORTS = frozenset({"pcie-root-port", "ioh3420"})
+
+
+@dataclass
+class _PciBus:
+    """A PCI bus: its dev-path prefix and the functions in use (devfn -> ``driver,id=...``)."""
+
+    path: str  # "0000:00" for the root bus, "0000:00:04.0" behind a root port
+    port: bool = False  # a PCIe port's downstream bus: one slot (0)
+    used: dict[int, str] = field(default_factory=dict)
+
+    def dev_path(self, devfn: int) -> str:
+        slot, fn = divmod(devfn, 8)
+        return f"{self.path}:{slot:02x}.{fn:x}"
+
+
+def parse_pci_addr(text: str) -> int:
+    """``addr=`` of a PCI device: ``slot[.function]``, each hex with or without ``0x``."""
+    slot, _, fn = text.partition(".")
+    try:
+        s, f = int(slot, 16), int(fn, 16) if fn else 0
+    except ValueError:
+        raise DeviceError(f"Property 'addr' doesn't take value '{text}'") from None
+    if not (0 <= s < 32 and 0 <= f < 8):
+        raise DeviceError(f"Property 'addr' doesn't take value '{text}'")
+    return s * 8 + f
+
+
 class Machine:
     """A QEMU x86 machine with its memory devices (virtio-mem-pci).
 
@@ -141,7 +170,16 @@ class Machine:
         self.backends: dict[str, MemoryBackend] = {}
         self._slots: list[_Slot] = []
         self._anon = 0
-        self._next_pci_slot = 2 if self.behaviour.machine_family == "pc" else 1
+        # PCI placement (QEMU's pci_bus_devfn): the chipset's functions, then devices in
+        # command-line order, each at its addr= or the lowest slot whose function 0 is free.
+        if self.behaviour.machine_family == "pc":
+            self.pci_root = "pci.0"
+            chipset = {0: "i440FX", 8: "PIIX3", 9: "piix3-ide", 11: "PIIX4_PM"}
+        else:
+            self.pci_root = "pcie.0"
+            chipset = {0: "mch", 0xF8: "ICH9-LPC", 0xFA: "ich9-ahci", 0xFB: "ICH9-SMB"}
+        self._buses: dict[str, _PciBus] = {self.pci_root: _PciBus("0000:00", used=dict(chipset))}
+        self._pci_paths: dict[str, tuple[str, int]] = {}
         self.below_4g, self.above_4g = self._split_ram()
         self.device_memory_base, self.device_memory_size = self._device_memory()
 
@@ -226,6 +264,8 @@ class Machine:
         early_migration: bool | None = None,
         dynamic_memslots: bool = False,
         vectors: int | None = None,
+        bus: str | None = None,
+        addr: str | None = None,
     ) -> VirtioMem:
         """``-device virtio-mem-pci,...``: property setters, memory-device pre-plug, realize.
 
@@ -264,21 +304,61 @@ class Machine:
         bs_for_align = block_size or VirtioMem.default_block_size(backend, self.host, beh)[0]
         align = max(bs_for_align, backend.align)
         props.memaddr = self._free_addr(memaddr or None, align, backend.size)
-        # --- realize ---
+        # --- PCI placement (the proxy's realize), then the device's realize ---
+        pci = self.pci_add("virtio-mem-pci", id, bus=bus, addr=addr)
+        try:
+            dev = self._realize(props, id)
+        except DeviceError:
+            bus_name, devfn = self._pci_paths.pop(pci)
+            del self._buses[bus_name].used[devfn]  # a failed realize leaves no device behind
+            raise
+        self._slots.append(_Slot(dev, pci))
+        return dev
+
+    def _realize(self, props: VirtioMemProperties, id: str | None) -> VirtioMem:
         if id is not None:
             qom_path = f"/machine/peripheral/{id}"
         else:
             qom_path = f"/machine/peripheral-anon/device[{self._anon}]"
         dev = VirtioMem.realize(
-            props, behaviour=beh, host=self.host, migration=self.migration,
+            props, behaviour=self.behaviour, host=self.host, migration=self.migration,
             numa_nodes=self.numa_nodes, qom_path=qom_path,
         )
         if id is None:
             self._anon += 1
-        pci = f"0000:00:{self._next_pci_slot:02x}.0"
-        self._next_pci_slot += 1
-        self._slots.append(_Slot(dev, pci))
         return dev
+
+    def pci_add(self, driver: str, id: str | None = None, *, bus: str | None = None,
+                addr: str | None = None) -> str:
+        """Place a PCI device (``-device DRIVER[,id=][,bus=][,addr=]``); returns its dev-path.
+
+        A PCIe root port (``pcie-root-port``/``ioh3420``) with an ``id`` adds the bus ``id``.
+
+        Raises:
+            DeviceError: QEMU's message (slot in use, no free slot, unknown bus).
+            UsageError: a bus the model does not place devices on (bridges other than ports).
+        """
+        name = bus or self.pci_root
+        b = self._buses.get(name)
+        if b is None:
+            raise DeviceError(f"Bus '{name}' not found")
+        label = f"{driver},id={id if id is not None else '(null)'}"
+        if addr is not None:
+            devfn = parse_pci_addr(addr)
+            if devfn in b.used or (b.port and devfn >= 8):
+                raise DeviceError(f"PCI: slot {devfn // 8} function {devfn % 8} not available for "
+                                  f"{driver}, in use by {b.used.get(devfn, '(port)')}")
+        else:
+            free = [s * 8 for s in range(1 if b.port else 32) if s * 8 not in b.used]
+            if not free:
+                raise DeviceError(f"PCI: no slot/function available for {driver}, all in use or reserved")
+            devfn = free[0]
+        b.used[devfn] = label
+        path = b.dev_path(devfn)
+        self._pci_paths[path] = (name, devfn)
+        if driver in PCIE_PORTS and id is not None:
+            self._buses[id] = _PciBus(path, port=True)
+        return path
 
     def pci_path(self, dev: VirtioMem) -> str:
         """PCI dev-path of the device (``0000:00:02.0``), the prefix of its section idstrs."""

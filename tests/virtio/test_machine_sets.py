@@ -126,3 +126,30 @@ def test_sets_agree_with_dump_vmstate(machine: str, tmp_path) -> None:  # noqa: 
                 if v["vmsd_name"] != "serial":  # two vmsds are named "serial" (isa-serial, SerialState)
                     assert base in dumped_fields, (v["vmsd_name"], base)
     assert checked >= 15
+
+
+@pytest.mark.parametrize("machine, smp", [("pc", "3"), ("q35", "2,maxcpus=6")])
+def test_booted_guest_with_other_cpu_counts_walks_without_trailer(qemu_bin, lab_dir, machine, smp) -> None:
+    """The sets were generated with 1, 2 and 4 CPUs; a booted guest's ACPI CPU hotplug state
+    has one element per possible CPU (maxcpus), and any count must walk: a real capture of a
+    3-CPU pc guest and of a q35 guest with 2 CPUs out of 6 possible, trailer stripped, frames
+    exactly as with its trailer."""
+    from vmig.testing.qemu import GUEST_READY, Qemu, guest_args, wait_for_text
+
+    argv = ["-machine", machine, "-accel", "tcg", "-m", "512M,maxmem=4G", "-smp", smp,
+            "-nodefaults", "-display", "none", "-object", "memory-backend-ram,id=mem0,size=1G",
+            "-device", "virtio-mem-pci,id=vm0,memdev=mem0,requested-size=64M",
+            *guest_args(lab_dir / "serial.log")]
+    q = Qemu(argv, workdir=lab_dir)
+    q.start()
+    try:
+        wait_for_text(lab_dir / "serial.log", GUEST_READY, 180, proc=q)
+        q.qmp("stop")
+        q.migrate_to_file(lab_dir / "s.bin")
+    finally:
+        q.stop()
+    data = (lab_dir / "s.bin").read_bytes()
+    at, _ = find_trailer(data)
+    assert b"_pm/cpuhp" in data[at:]  # the guest turned on modern CPU hotplug
+    want = _sections(decode(data))
+    assert _sections(_decode_with_sets(data[:at])) == want

@@ -293,6 +293,10 @@ class _Walk:
 
     def field(self, f: dict[str, Any], pos: int) -> list[int]:
         count = int(f.get("array_len", 1))
+        if "struct" in f and f["struct"].get("vmsd_name") in PER_CPU_STRUCTS:
+            elem = _fixed_size(f["struct"])
+            if elem is not None:
+                return self._per_cpu(count, elem, pos)
         if "struct" in f:
             cur = [pos]
             for _ in range(count):
@@ -315,6 +319,18 @@ class _Walk:
             self.need_more = True
             return []
         return [end]
+
+    def _per_cpu(self, seen: int, elem: int, pos: int) -> list[int]:
+        """A per-possible-CPU array: the captures the set came from had ``seen`` CPUs, the
+        stream may have any number; every count is a candidate (the one seen first)."""
+        out = []
+        for n in [seen] + [c for c in range(1, MAX_POSSIBLE_CPUS + 1) if c != seen]:
+            end = pos + n * elem
+            if end > len(self.buf):
+                self.need_more = True
+                break
+            out.append(end)
+        return out
 
     def _list(self, f: dict[str, Any], pos: int) -> list[int]:
         out: list[int] = []
@@ -371,6 +387,25 @@ class _Walk:
             for e in self.body(alt, start):
                 out.extend(self.subsections(body, e))
         return _dedupe(out)
+
+
+#: Element structs of arrays with one entry per *possible* CPU (``-smp ...,maxcpus=``): ACPI CPU
+#: hotplug's device states (``piix4_pm/cpuhp``, ``ich9_pm/cpuhp``, present once a guest turned on
+#: modern CPU hotplug). The sets were generated with 1, 2 and 4 CPUs; any count is walked.
+PER_CPU_STRUCTS = frozenset({"CPU hotplug device state"})
+MAX_POSSIBLE_CPUS = 1024  # above q35's 288 and pc's 255 in QEMU 7.2
+
+
+def _fixed_size(body: dict[str, Any]) -> int | None:
+    """Bytes of a body made only of fixed-size leaf fields without subsections, else None."""
+    if body.get("subsections"):
+        return None
+    total = 0
+    for f in body["fields"]:
+        if "struct" in f or "body" in f or f.get("size") is None or f.get("type") == "virtio":
+            return None
+        total += int(f["size"]) * int(f.get("array_len", 1))
+    return total
 
 
 def _dedupe(xs: list[int]) -> list[int]:

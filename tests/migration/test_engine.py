@@ -9,7 +9,6 @@ with the error lines QEMU prints for the same bad configuration.
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest

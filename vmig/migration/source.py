@@ -50,7 +50,6 @@ from vmig.stream.events import (
     DeviceState,
     EndOfStream,
     FileHeader,
-    RamRecords,
     SectionEnd,
     SectionHeader,
     VmDescriptionEvent,

@@ -37,14 +37,13 @@ import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from vmig.errors import RamError, StreamError, UsageError
 from vmig.stream import ramcodec, xbzrle
-from vmig.stream.constants import RamFlag, SectionType
+from vmig.stream.constants import RamFlag
 
 __all__ = [
     "safe_relpath",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import lz4.frame
-import pytest
 
 from vmig.cli import check as check_mod
 from vmig.cli import main

@@ -27,7 +27,6 @@ tests/ram/conftest.py; each takes a few seconds under TCG.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lz4.frame
 import numpy as np
 import pytest
 

@@ -7,7 +7,6 @@ import struct
 from pathlib import Path
 
 import lz4.frame
-import numpy as np
 import pytest
 
 from vmig.errors import RamError

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from vmig.ramview import KINDS, RamView, ram_view
 from vmig.stream import ram
 from vmig.stream.decoder import iter_decode
-from vmig.stream.vmdesc import VmDescription, find_trailer
+from vmig.stream.vmdesc import find_trailer
 from vmig.testing import fixtures
 
 

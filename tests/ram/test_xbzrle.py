@@ -155,7 +155,6 @@ def _replay(buf: bytes):
 def test_real_xbzrle_records_decode_and_reencode_byte_exact(xbzrle_capture) -> None:
     buf, info = xbzrle_capture
     n_x = n_overflow = 0
-    last_type: dict[bytes, int] = {}
     for typ, prev, new, payload in _replay(buf):
         if typ == XBZRLE:
             n_x += 1

@@ -122,7 +122,7 @@ def test_edit_device_state_refuses_length_change_and_ambiguity() -> None:
 def test_set_virtio_mem_plugged_on_paused_fixture() -> None:
     data = fixtures.load("pc-paused")
     man = fixtures.manifest("pc-paused")
-    ((before_e, before),) = [_vmem_state(data)]
+    ((_, before),) = [_vmem_state(data)]
     assert not before["device"]["bitmap"].any()
     new = set_virtio_mem_plugged(data, [0, 1, 2, 3, 100])
     e, state = _vmem_state(new)

@@ -153,3 +153,22 @@ def test_booted_guest_with_other_cpu_counts_walks_without_trailer(qemu_bin, lab_
     assert b"_pm/cpuhp" in data[at:]  # the guest turned on modern CPU hotplug
     want = _sections(decode(data))
     assert _sections(_decode_with_sets(data[:at])) == want
+
+
+def test_early_virtio_mem_section_is_measured_or_waits_for_bytes() -> None:
+    """8.0+ machines put virtio-mem's bitmap in an early section the built-in schema measures
+    (no trailer needed); a payload not all here yet asks for more bytes."""
+    from vmig.device.cmdline import machine_from_argv
+    from vmig.device.migration import encode_early
+    from vmig.stream.vmstate.machines import NeedMoreData, measure_builtin
+
+    m = machine_from_argv(["-machine", "pc-i440fx-8.0", "-m", "512M,maxmem=4G",
+                           "-object", "memory-backend-ram,id=mem0,size=1G",
+                           "-device", "virtio-mem-pci,id=vm0,memdev=mem0,requested-size=128M"],
+                          qemu_version="10.0")
+    payload = encode_early(m.devices[0])
+    idstr = "0000:00:02.0/virtio-mem-device-early"
+    assert measure_builtin(idstr, payload + b"\x7e") == len(payload) == 36 + 512 // 64 * 8
+    for cut in (10, 35, len(payload) - 1):
+        with pytest.raises(NeedMoreData):
+            measure_builtin(idstr, payload[:cut])

@@ -486,8 +486,11 @@ def measure_builtin(idstr: str, buf: bytes | memoryview) -> int | None:
     from vmig.stream.vmstate import virtio_mem
 
     if idstr.endswith(VIRTIO_MEM_EARLY_SUFFIX):
+        if len(buf) < 36:  # the fixed part (tmp + size) says how long the bitmap is
+            raise NeedMoreData("early virtio-mem payload: fixed part not here yet")
         length = virtio_mem.early_payload_length(buf)
-        _need(buf, length)
+        if length > len(buf):
+            raise NeedMoreData(f"early virtio-mem payload of {length} bytes, {len(buf)} here")
         return length
     if idstr.endswith(virtio_mem.IDSTR_SUFFIX):
         return virtio_mem.measure_virtio_mem(buf)

@@ -65,6 +65,21 @@ class PageDigests:
             self.digests[idstr], self.uncompared[idstr] = d, u
         self.lengths[idstr] = max(length, self.lengths.get(idstr, 0))
 
+    def _page_digests(self, batch: Any, doff: np.ndarray) -> np.ndarray:
+        """Digests of the pages at ``doff`` (offsets into ``batch.raw``): runs whose pages are a
+        constant stride apart (bulk ``PAGE|CONTINUE`` runs) are read as one strided view."""
+        assert self._weights is not None
+        ps = self.page_size
+        out = np.empty(len(doff), dtype=np.uint64)
+        cut = np.flatnonzero(np.diff(doff) != ps + 8) + 1
+        for a, z in zip([0] + cut.tolist(), cut.tolist() + [len(doff)]):
+            for c in range(a, z, 1024):
+                e = min(z, c + 1024)
+                words = np.ndarray((e - c, ps // 8), dtype="<u8", buffer=batch.raw,
+                                   offset=int(doff[c]), strides=(ps + 8, 8))
+                out[c:e] = (words * self._weights).sum(axis=1, dtype=np.uint64)
+        return out
+
     def feed(self, batch: Any) -> None:
         """Apply one ``RamBatch`` (record order: last write wins)."""
         self._setup(batch.page_size)
@@ -95,11 +110,7 @@ class PageDigests:
                 dig[pages] = self._fill[raw[doff]]
                 unc[pages] = False
             elif typ == _PAGE:
-                cols = np.arange(ps)
-                for c in range(0, len(r), 256):
-                    content = raw[doff[c : c + 256, None] + cols]
-                    words = content.view("<u8")
-                    dig[pages[c : c + 256]] = (words * self._weights).sum(axis=1, dtype=np.uint64)
+                dig[pages] = self._page_digests(batch, doff)
                 unc[pages] = False
             else:
                 unc[pages] = True

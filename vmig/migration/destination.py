@@ -280,14 +280,18 @@ class Destination:
                     img[int(addr[i]):] = fills[i]
             elif typ == _PAGE:
                 pages = img[: len(img) // ps * ps].reshape(-1, ps)
-                whole = np.flatnonzero(addr + ps <= len(img))
-                cols = np.arange(ps)
-                for c in range(0, len(whole), 256):  # bounded index arrays
-                    w = whole[c : c + 256]
-                    pages[addr[w] // ps] = raw[doff[w, None] + cols]
-                for i in np.flatnonzero(addr + ps > len(img)).tolist():
-                    a_, o = int(addr[i]), int(doff[i])
-                    img[a_:] = raw[o : o + len(img) - a_]
+                pidx = addr // ps
+                # runs of consecutive pages whose records are 8 + ps apart: one strided copy each
+                cut = np.flatnonzero((np.diff(pidx) != 1) | (np.diff(doff) != ps + 8)) + 1
+                for a_, z_ in zip([0] + cut.tolist(), cut.tolist() + [len(rows)]):
+                    p0, k = int(pidx[a_]), z_ - a_
+                    whole = min(k, len(pages) - p0)
+                    if whole > 0:
+                        pages[p0 : p0 + whole] = np.ndarray((whole, ps), np.uint8, buffer=batch.raw,
+                                                            offset=int(doff[a_]), strides=(ps + 8, 1))
+                    for i in range(a_ + max(whole, 0), z_):  # a last partial page
+                        at, o = int(addr[i]), int(doff[i])
+                        img[at:] = raw[o : o + len(img) - at]
             else:
                 for i in rows.tolist():
                     a_ = int(batch.addr[i])

@@ -7,7 +7,9 @@ Understands the subset of ``qemu-system-x86_64`` options that decide virtio-mem'
 ``-device virtio-mem-pci,...`` (id, bus, addr, memdev, node, memaddr, block-size,
 requested-size, prealloc, unplugged-inaccessible, x-early-migration, dynamic-memslots,
 vectors), other PCI ``-device`` entries (only the slot they take: ``bus=``, ``addr=``, PCIe root
-ports adding their bus), ``-overcommit mem-lock=on`` and ``-incoming``. Everything else is ignored, so a
+ports adding their bus) after the machine's default VGA and NIC (``-nodefaults``, ``-vga``,
+``-nic``/``-net``/``-netdev`` decide those), ``-overcommit mem-lock=on`` and ``-incoming``.
+Everything else is ignored, so a
 fixture's full ``argv`` can be handed over unchanged. Mirrors QEMU's option parsing only as far
 as the values go (qemu_opts / keyval size suffixes); no I/O.
 """
@@ -68,6 +70,10 @@ PCI_DRIVERS = frozenset({
 })
 
 
+_VGA_DRIVERS = {"std": "VGA", "cirrus": "cirrus-vga", "virtio": "virtio-vga", "qxl": "qxl-vga",
+                "vmware": "vmware-svga", "bochs": "bochs-display"}
+
+
 def _is_pci(o: dict[str, str]) -> bool:
     """Whether a ``-device`` takes a PCI slot (so later automatic slots move on)."""
     driver = o.get("driver", "")
@@ -108,6 +114,10 @@ def machine_from_argv(
     cpu: dict[str, str] = {}
     objects: list[dict[str, str]] = []
     devices: list[dict[str, str]] = []
+    nodefaults = False
+    vga: str | None = None
+    nics: list[str] = []  # NIC models created at machine init (-nic, -net nic)
+    net_options = False
     i = 0
     while i < len(args):
         opt = args[i].lstrip("-")
@@ -135,6 +145,17 @@ def machine_from_argv(
                 devices.append(o)
         elif opt == "cpu":
             cpu = split_opts(val, "model")
+        elif opt == "nodefaults":
+            nodefaults = True
+        elif opt == "vga":
+            vga = val
+        elif opt in ("nic", "net", "netdev"):
+            net_options = True
+            o = split_opts(val, "type")
+            if opt == "nic" and o.get("type") != "none":
+                nics.append(o.get("model", ""))
+            elif opt == "net" and o.get("type") == "nic":
+                nics.append(o.get("model", ""))
         elif opt == "overcommit":
             mlock = split_opts(val).get("mem-lock") == "on"
         elif opt == "incoming":
@@ -151,6 +172,13 @@ def machine_from_argv(
             o["id"], parse_size(o["size"]), kind=kind, share=_bool(o.get("share", "off")),
             prealloc=_bool(o.get("prealloc", "off")),
         )
+    # machine init creates the default VGA and NICs before any -device (QEMU 7.2, checked)
+    if (vga if vga is not None else ("none" if nodefaults else "std")) != "none":
+        m.pci_add(_VGA_DRIVERS.get(vga or "std", "VGA"))
+    if not nodefaults and not net_options:
+        nics.append("")
+    for model in nics:
+        m.pci_add(model or ("e1000" if m.pci_root == "pci.0" else "e1000e"))
     for d in devices:
         if d.get("driver") != "virtio-mem-pci":  # other PCI devices only take their slot
             m.pci_add(d["driver"], d.get("id"), bus=d.get("bus"), addr=d.get("addr"))

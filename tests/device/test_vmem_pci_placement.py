@@ -70,3 +70,12 @@ def test_taken_slot_fails_with_qemus_message(qemu_bin, lab_dir):
     line = q.stderr_text().strip().splitlines()[-1]
     assert line.endswith(": " + str(ei.value))
     assert str(ei.value) == "PCI: slot 2 function 0 not available for virtio-mem-pci, in use by virtio-rng-pci,id=(null)"
+
+
+def test_a_bus_behind_a_bridge_is_refused_by_name():
+    argv = ["-machine", "pc"] + BASE + [ND, "-device", "pci-bridge,id=br0,chassis_nr=1",
+                                        "-device", VMEM + ",bus=br0"]
+    from vmig.errors import UsageError
+
+    with pytest.raises(UsageError, match="bus 'br0' \\(pci-bridge\\)"):
+        machine_from_argv(argv)

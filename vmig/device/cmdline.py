@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vmig.device.machine import Machine, parse_size
+from vmig.device.machine import PCI_BRIDGES, Machine, parse_size
 from vmig.device.virtio_mem import MiB, HostInfo, VirtioMem
 from vmig.errors import UsageError
 
@@ -77,7 +77,7 @@ _VGA_DRIVERS = {"std": "VGA", "cirrus": "cirrus-vga", "virtio": "virtio-vga", "q
 def _is_pci(o: dict[str, str]) -> bool:
     """Whether a ``-device`` takes a PCI slot (so later automatic slots move on)."""
     driver = o.get("driver", "")
-    return driver.endswith("-pci") or driver in PCI_DRIVERS
+    return driver.endswith("-pci") or driver in PCI_DRIVERS or driver in PCI_BRIDGES
 
 
 def machine_from_argv(

@@ -93,6 +93,9 @@ class _Slot:
 
 #: Drivers that create a PCIe port with one downstream slot (devices behind it: ``<port>:00.0``).
 PCIE_PORTS = frozenset({"pcie-root-port", "ioh3420"})
+#: Bridges whose buses the model does not place devices on (dev-paths behind them differ).
+PCI_BRIDGES = frozenset({"pci-bridge", "pcie-pci-bridge", "x3130-upstream", "xio3130-downstream",
+                         "pxb", "pxb-pcie"})
 
 
 @dataclass
@@ -180,6 +183,7 @@ class Machine:
             chipset = {0: "mch", 0xF8: "ICH9-LPC", 0xFA: "ich9-ahci", 0xFB: "ICH9-SMB"}
         self._buses: dict[str, _PciBus] = {self.pci_root: _PciBus("0000:00", used=dict(chipset))}
         self._pci_paths: dict[str, tuple[str, int]] = {}
+        self._bridges: dict[str, str] = {}
         self.below_4g, self.above_4g = self._split_ram()
         self.device_memory_base, self.device_memory_size = self._device_memory()
 
@@ -341,6 +345,9 @@ class Machine:
         name = bus or self.pci_root
         b = self._buses.get(name)
         if b is None:
+            if name in self._bridges:
+                raise UsageError(f"bus '{name}' ({self._bridges[name]}): the model places PCI devices "
+                                 "on the root bus and behind PCIe root ports only")
             raise DeviceError(f"Bus '{name}' not found")
         label = f"{driver},id={id if id is not None else '(null)'}"
         if addr is not None:
@@ -358,6 +365,8 @@ class Machine:
         self._pci_paths[path] = (name, devfn)
         if driver in PCIE_PORTS and id is not None:
             self._buses[id] = _PciBus(path, port=True)
+        elif driver in PCI_BRIDGES and id is not None:
+            self._bridges[id] = driver
         return path
 
     def pci_path(self, dev: VirtioMem) -> str:

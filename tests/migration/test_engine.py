@@ -240,17 +240,23 @@ def test_engine_postcopy_stream_loads_in_qemu(qemu_bin, lab_dir):
     assert res.memory_devices[0]["data"]["size"] == dev.size
 
 
-def test_reboot_during_incoming_postcopy_keeps_plugged_memory():
-    """While incoming postcopy runs, a system reset cannot unplug (BUSY); after the stream
-    ends the same reset unplugs everything (spec virtio-mem.md §5.1)."""
-    evs = decode(b"".join(_postcopy_stream()[3]))
+def _destination_running():
+    """A destination (with its machine model) fed an engine postcopy stream up to RUN; returns
+    (destination, machine, the events still to feed)."""
+    it = iter(decode(b"".join(_postcopy_stream()[3])))
     mach = machine_from_argv(fixtures.manifest("postcopy-main")["argv"])
     dest = Destination(machine=mach)
-    it = iter(evs)
     for ev in it:
         dest.feed(ev)
         if dest.postcopy == "running":
             break
+    return dest, mach, it
+
+
+def test_reboot_during_incoming_postcopy_keeps_plugged_memory():
+    """While incoming postcopy runs, a system reset cannot unplug (BUSY); after the stream
+    ends the same reset unplugs everything (spec virtio-mem.md §5.1)."""
+    dest, mach, it = _destination_running()
     dev = mach.devices[0]
     plugged = dev.size
     assert plugged > 0 and mach.migration.busy
@@ -265,13 +271,7 @@ def test_reboot_during_incoming_postcopy_keeps_plugged_memory():
 
 
 def test_page_requests_skip_received_pages_and_unplugged_blocks():
-    evs = decode(b"".join(_postcopy_stream()[3]))
-    mach = machine_from_argv(fixtures.manifest("postcopy-main")["argv"])
-    dest = Destination(machine=mach)
-    for ev in evs:
-        dest.feed(ev)
-        if dest.postcopy == "running":
-            break
+    dest, mach, _ = _destination_running()
     dev = mach.devices[0]
     per = dev.block_size
     unplugged_first = int(np.flatnonzero(~dev.bitmap)[0]) * per

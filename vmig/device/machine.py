@@ -369,6 +369,12 @@ class Machine:
             self._bridges[id] = driver
         return path
 
+    def ram_block(self, dev: VirtioMem) -> str:
+        """idstr of the RAMBlock of ``dev``'s memory backend: ``<PCI dev-path>/<memdev id>``
+        (QEMU 7.2, checked against real streams in tests/device/test_vmem_pci_placement.py)."""
+        assert dev.memdev is not None
+        return f"{self.pci_path(dev)}/{dev.memdev.id}"
+
     def pci_path(self, dev: VirtioMem) -> str:
         """PCI dev-path of the device (``0000:00:02.0``), the prefix of its section idstrs."""
         for s in self._slots:

@@ -74,8 +74,6 @@ class Destination:
         blocks: the destination's RAMBlocks (idstr -> used length); None accepts the stream's.
         machine: a device model machine (``vmig.device.machine.Machine``) whose virtio-mem
             devices load the stream's virtio-mem sections and follow the postcopy state.
-        vmem_blocks: device path (``0000:00:02.0``) -> idstr of its memory backend's RAMBlock
-            (for :meth:`page_requests`); default: the block whose idstr ends with ``/<memdev>``.
         page_size: target page size.
         keep_ram: hold block images (False: only the block checks, postcopy state and devices,
             e.g. to bring a device model to a capture's state cheaply).
@@ -92,12 +90,11 @@ class Destination:
     POSTCOPY_ORDER = ("none", "advise", "discard", "listening", "running", "end")
 
     def __init__(self, blocks: Mapping[str, int] | None = None, *, machine: "Machine | None" = None,
-                 vmem_blocks: Mapping[str, str] | None = None, page_size: int = 4096,
+                 page_size: int = 4096,
                  keep_ram: bool = True, sections: Iterable[tuple[str, int]] | None = None,
                  machine_type: str | None = None) -> None:
         self.expected = dict(blocks) if blocks is not None else None
         self.machine = machine
-        self.vmem_blocks = dict(vmem_blocks or {})
         self.page_size = page_size
         self.keep_ram = keep_ram
         self.sections = set(sections) if sections is not None else None
@@ -106,8 +103,6 @@ class Destination:
         self.received: dict[str, np.ndarray] = {}
         self.postcopy = "none"
         self.postcopy_history = ["none"]  # every state entered, in order
-        self.pings: list[int] = []
-        self.loaded_devices: list[str] = []
         self.post_load: dict[str, Any] = {}
         self.complete = False
         self.return_path_open = False
@@ -182,7 +177,6 @@ class Destination:
                 self._pending_vmem.append(ev)
                 if ev.idstr.endswith("/virtio-mem"):
                     self._load_vmem()
-            self.loaded_devices.append(ev.idstr)
         elif isinstance(ev, EndOfStream):
             if self.postcopy != "none":
                 self._set_postcopy("end")
@@ -235,10 +229,8 @@ class Destination:
         elif cmd == MigCmd.POSTCOPY_RUN:
             self._set_postcopy("running")
         elif cmd == MigCmd.PING:
-            value = ev.args.get("value", 0)
-            self.pings.append(value)
             if self.return_path_open:
-                self._rp.append(rp_message(RpMsg.PONG, value=value))
+                self._rp.append(rp_message(RpMsg.PONG, value=ev.args.get("value", 0)))
         elif cmd == MigCmd.OPEN_RETURN_PATH:
             self.return_path_open = True
         for child in ev.children:
@@ -304,22 +296,13 @@ class Destination:
                     img[a_ : a_ + len(page)] = np.frombuffer(bytes(page), dtype=np.uint8)[: len(img) - a_]
 
     # -- postcopy page requests -------------------------------------------------------------------
-    def _vmem_block(self, dev_path: str, memdev: str | None) -> str | None:
-        if dev_path in self.vmem_blocks:
-            return self.vmem_blocks[dev_path]
-        for idstr in self.images:
-            if memdev and idstr.split("/")[-1] == memdev:
-                return idstr
-        return None
-
     def _unplugged(self, idstr: str) -> np.ndarray:
         """Pages of block ``idstr`` that a virtio-mem device here reports unplugged."""
         out = np.zeros(len(self.received[idstr]), dtype=bool)
         if self.machine is None:
             return out
         for dev in self.machine.devices:
-            memdev = dev.memdev.id if dev.memdev is not None else None  # type: ignore[attr-defined]
-            if self._vmem_block(self.machine.pci_path(dev), memdev) != idstr:
+            if self.machine.ram_block(dev) != idstr:
                 continue
             per = dev.block_size // self.page_size
             for first, count in dev.unplugged_runs():

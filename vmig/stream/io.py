@@ -1,6 +1,7 @@
 """I/O around the sans-I/O decoder: sources (mmap file, .lz4, stdin), trailer location, records.
 
-This is the only module of vmig.stream that touches files. A regular file is mmap'ed and its
+This module and :mod:`vmig.stream.mapping` (the mapping itself) are the only ones of
+vmig.stream that touch files. A regular file is mmap'ed and its
 vmdesc trailer located (from the end) before decoding, so FULL sections can be measured at
 once and payloads are zero-copy views. A pipe or an ``.lz4`` file is read in chunks; the
 decoder then buffers from the first FULL section it cannot measure until end of input and

@@ -44,7 +44,7 @@ def from_capture(path: str | Path, argv: Sequence[str] | None = None, *, postcop
         path: a capture (``.lz4`` accepted).
         argv: its QEMU command line (a fixture manifest's ``argv``): builds the device-model
             machine, loads its virtio-mem state from the capture and adds one notifier per
-            virtio-mem device (its RAMBlock: the one whose idstr ends in ``/<memdev id>``).
+            virtio-mem device (on its RAMBlock, ``Machine.ram_block``).
         postcopy: a postcopy source (the capture must be a postcopy one).
         style: the notifiers' style (see :class:`VirtioMemNotifier`).
         source_kw: more :class:`PrecopySource` keywords (``device_payloads``...).
@@ -53,13 +53,8 @@ def from_capture(path: str | Path, argv: Sequence[str] | None = None, *, postcop
     machine = machine_from_argv(list(argv)) if argv is not None else None
     dest = Destination(machine=machine).load(events)
     ram = GuestRam.from_images(dest.images, copy=False)
-    notifiers = []
-    if machine is not None:
-        for dev in machine.devices:
-            blocks = [b for b in ram.blocks if b.rsplit("/", 1)[-1] == dev.memdev.id]
-            if len(blocks) != 1:
-                raise ValueError(f"no single RAMBlock for memdev {dev.memdev.id!r}: {blocks}")
-            notifiers.append(VirtioMemNotifier(dev, blocks[0], style))
+    notifiers = [VirtioMemNotifier(dev, machine.ram_block(dev), style)
+                 for dev in (machine.devices if machine is not None else [])]
     template = StreamTemplate.from_events(events)
     source = PrecopySource(template, ram, notifiers=notifiers, postcopy=postcopy,
                            migration=machine.migration if machine is not None else None, **source_kw)

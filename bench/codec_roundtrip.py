@@ -3,7 +3,7 @@
 Usage: python bench/codec_roundtrip.py [MiB]   (default 1024)
 
 Writes a stream of PAGE|CONTINUE records (random page contents) to a temp file, then times
-(1) mmap'ed decode + encode via vmig.stream.io.iter_events and StreamEncoder (zero-copy path),
+(1) mmap'ed decode + encode via vmig.io.streams.iter_events and StreamEncoder (zero-copy path),
 (2) chunked decode (1 MiB chunks, as from a pipe) + encode. Prints GB/s for each and checks the
 re-encoded bytes are identical. Not part of the test suite.
 """
@@ -17,9 +17,9 @@ import sys
 import tempfile
 import time
 
+from vmig.io.streams import iter_events
 from vmig.stream.decoder import StreamDecoder
 from vmig.stream.encoder import StreamEncoder
-from vmig.stream.io import iter_events
 
 
 def write_stream(path: str, mib: int) -> None:

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from vmig.device.requests import RequestType, build_request
 from vmig.device.virtio_mem import (
     GiB,
-    MiB,
     MemoryBackend,
+    MiB,
     VirtioMem,
     VirtioMemProperties,
     bitmap_to_words,

@@ -26,7 +26,6 @@ Prints one line per measurement and a final summary; exit status 1 if a target i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -34,8 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -112,7 +111,7 @@ ENV["PYTHONPYCACHEPREFIX"] = str(Path.home() / ".cache" / "vmig" / "pycache")
 
 
 def timed(argv: list[str], cwd: str | None = None, stdin_path: str | None = None,
-          before: "Callable[[], None] | None" = None, runs: int = 1) -> tuple[float, int, int]:
+          before: Callable[[], None] | None = None, runs: int = 1) -> tuple[float, int, int]:
     """Best of ``runs``: (seconds, exit code, peak RSS in bytes of that process)."""
     best = None
     for _ in range(runs):
@@ -166,8 +165,8 @@ def reencode(stream: Path) -> tuple[float, int, bool, float]:
 
     import numpy as np
 
+    from vmig.io.streams import iter_events
     from vmig.stream.encoder import StreamEncoder
-    from vmig.stream.io import iter_events
 
     enc = StreamEncoder()
     n = 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate vmig's bundled schema sets (vmig/stream/vmstate/machines/<machine>.json) from real QEMU.
+"""Generate vmig's bundled schema sets (vmig/vmstate/machines/<machine>.json) from real QEMU.
 
 For each machine type (QEMU 7.2's pc-i440fx-7.2 and pc-q35-7.2) the script captures streams of
 a set of common configurations (paused and booted guests, default devices and -nodefaults, one
@@ -13,7 +13,7 @@ marked ``"source": "dump-vmstate"``; used only when such a subsection is actuall
 Extra captures (e.g. the repository fixtures) can be merged with ``--stream FILE`` (raw or .lz4).
 
 Usage: python scripts/gen_machine_schemas.py [--machine pc-i440fx-7.2 ...] [--stream F ...]
-       [--no-guest] [--out vmig/stream/vmstate/machines]
+       [--no-guest] [--out vmig/vmstate/machines]
 Needs qemu-system-x86_64 (7.2). Takes about a minute per machine (guest boots under TCG).
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vmig.stream.vmstate.machines import (  # noqa: E402
+from vmig.vmstate.machines import (  # noqa: E402
     SCHEMA_FORMAT,
     loads_vmdesc,
     merge_description,
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 sources.append({"name": name, "argv": qargs, "sections": n})
                 print(f"{machine}: {name}: {n} sections", file=sys.stderr)
             dump = dump_vmstate(machine, work)
-            from vmig.stream.vmstate.machines import add_dump_subsections
+            from vmig.vmstate.machines import add_dump_subsections
 
             notes = add_dump_subsections(sections, dump)
             doc = {

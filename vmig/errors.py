@@ -60,12 +60,12 @@ class StreamError(VmigError):
         self.found = found
         super().__init__(message)
 
-    def with_path(self, path: str) -> "StreamError":
+    def with_path(self, path: str) -> StreamError:
         if self.path is None:
             self.path = path
         return self
 
-    def with_section(self, section: str) -> "StreamError":
+    def with_section(self, section: str) -> StreamError:
         if self.section is None:
             self.section = section
         return self

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lz4.frame
 
 from vmig.cli import check as check_mod
 from vmig.cli import main
 from vmig.stream import EndOfStream
+from vmig.testing import fixtures
 
-S1 = Path("/work/shared/spec/samples/s1.bin")
+S1 = fixtures.sample_s1()
 
 
 def test_check_ok_and_truncated(capsys, tmp_path):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-
 from vmig.cli import main
+from vmig.io.streams import iter_events
 from vmig.migration.destination import Destination
 from vmig.migration.ram import GuestRam
 from vmig.migration.source import PrecopySource, StreamTemplate
-from vmig.stream.io import iter_events
 from vmig.testing import fixtures
 from vmig.testing.roundtrip import set_virtio_mem_plugged
 

@@ -11,8 +11,9 @@ import lz4.frame
 import pytest
 
 from vmig.cli import main
+from vmig.testing import fixtures
 
-S1 = Path("/work/shared/spec/samples/s1.bin")
+S1 = fixtures.sample_s1()
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 

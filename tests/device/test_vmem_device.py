@@ -20,12 +20,12 @@ from vmig.device.requests import (
 )
 from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
-    GiB,
-    MiB,
     ConfigChange,
     DeviceBroken,
+    GiB,
     HostInfo,
     MemoryBackend,
+    MiB,
     MigrationState,
     SizeChange,
     VirtioMem,

@@ -7,12 +7,12 @@ sends UNPLUG_ALL first and retries it while BUSY.
 
 from __future__ import annotations
 
-from vmig.device.guest import DriverState, GuestDriver, RETRY_TIMER_MIN_MS
+from vmig.device.guest import RETRY_TIMER_MIN_MS, DriverState, GuestDriver
 from vmig.device.requests import RequestType, ResponseType
 from vmig.device.virtio_mem import (
     GiB,
-    MiB,
     MemoryBackend,
+    MiB,
     MigrationState,
     VirtioMem,
     VirtioMemProperties,

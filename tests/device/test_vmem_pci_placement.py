@@ -10,7 +10,7 @@ import pytest
 
 from vmig.device.cmdline import machine_from_argv
 from vmig.errors import DeviceError
-from vmig.stream.io import iter_events
+from vmig.io.streams import iter_events
 from vmig.testing.qemu import Qemu, QemuLabError
 
 BASE = ["-accel", "tcg", "-m", "512M,maxmem=4G", "-smp", "1", "-display", "none",

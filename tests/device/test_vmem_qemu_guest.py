@@ -21,8 +21,8 @@ import pytest
 
 from vmig.device.cmdline import machine_from_argv
 from vmig.device.guest import DriverState, GuestDriver
-from vmig.device.migration import encode_section, virtio_mem_sections
-from vmig.stream.io import iter_events
+from vmig.device.sections import encode_section, virtio_mem_sections
+from vmig.io.streams import iter_events
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 

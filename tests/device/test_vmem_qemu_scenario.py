@@ -18,8 +18,8 @@ import pytest
 
 from vmig.device.cmdline import machine_from_argv
 from vmig.device.machine import Machine, QmpError
-from vmig.device.migration import encode_section, virtio_mem_sections
-from vmig.stream.io import iter_events
+from vmig.device.sections import encode_section, virtio_mem_sections
+from vmig.io.streams import iter_events
 
 pytestmark = pytest.mark.qemu
 
@@ -222,8 +222,8 @@ def test_realize_warnings_like_qemu(qemu_bin, lab_dir):
 ])
 def test_load_sanity_checks_like_qemu(change, qemu_bin, lab_dir, s1_path):
     """s1.bin loaded into a destination started differently: QEMU's and the model's refusal."""
+    from vmig.device.sections import load_section
     from vmig.errors import MigrationError
-    from vmig.device.migration import load_section
     from vmig.testing.qemu import load_stream
 
     src_args = ("-machine pc-i440fx-7.2 -accel tcg -m 512M,maxmem=4G -smp 1 -nodefaults -display none "

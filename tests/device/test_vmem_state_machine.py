@@ -22,8 +22,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from vmig.device.requests import RequestType, ResponseType, VirtioMemResponse, build_request
 from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
-    MiB,
     MemoryBackend,
+    MiB,
     MigrationState,
     VirtioMem,
     VirtioMemProperties,

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from vmig.device.cmdline import machine_from_argv
-from vmig.device.migration import encode_early, encode_section, load_section, virtio_mem_sections
+from vmig.device.sections import encode_early, encode_section, load_section, virtio_mem_sections
 from vmig.errors import MigrationError
-from vmig.stream.io import iter_events
+from vmig.io.streams import iter_events
 
 S1_ARGV = ("-machine pc -accel tcg -m 512M,maxmem=4G -smp 1 -nodefaults -display none -S "
            "-object memory-backend-ram,id=mem0,size=1G "

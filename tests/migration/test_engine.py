@@ -8,29 +8,30 @@ with the error lines QEMU prints for the same bad configuration.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
 
+from vmig.analysis.ram import RamView
 from vmig.device.cmdline import machine_from_argv
 from vmig.device.requests import ResponseType
 from vmig.errors import MigrationError, UsageError
+from vmig.io.streams import decode_bytes as decode
+from vmig.io.streams import iter_events
 from vmig.migration.destination import Destination
 from vmig.migration.notifiers import VirtioMemNotifier
 from vmig.migration.ram import GuestRam
 from vmig.migration.source import PrecopySource, StreamTemplate
-from vmig.ramview import RamView
 from vmig.stream.constants import MigCmd, RpMsg, SectionType
 from vmig.stream.events import Command, SectionEnd, SectionHeader
-from vmig.stream.io import decode_bytes as decode, iter_events
 from vmig.testing import fixtures
 from vmig.testing.engine import from_capture
 
 VMEM = "0000:00:02.0/mem0"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _capture(name: str) -> tuple:
     evs = tuple(iter_events(str(fixtures.path(name)), schema_sets=True))
     return evs, Destination().load(evs)
@@ -127,7 +128,7 @@ def test_dirty_pages_are_resent_in_later_passes_and_last_write_wins():
 def test_destination_images_equal_extract_output(tmp_path):
     """Two independent appliers of page records (numpy images here, pwrite files in extract)
     agree on a capture with re-sent pages."""
-    from vmig.extract import extract
+    from vmig.analysis.extract import extract
 
     evs, dest = _capture("pc-running")
     res = extract(iter(evs), str(tmp_path / "x"))
@@ -300,7 +301,7 @@ def test_device_model_plugs_before_migration_and_qemu_loads_the_result(qemu_bin,
     """The model grows the device (requested-size, guest PLUG), the guest writes into a newly
     plugged block, the source sends the model's virtio-mem section and the new block's pages;
     QEMU 7.2 loads it and reports the new size, and the block holds the written bytes."""
-    from vmig.device.migration import encode_section, virtio_mem_sections
+    from vmig.device.sections import encode_section, virtio_mem_sections
     from vmig.testing.qemu import load_stream
 
     evs, captured = _capture("pc-guest")
@@ -334,7 +335,7 @@ def test_postcopy_loop_over_return_path_bytes():
     """Destination and source talk in bytes both ways: the destination's PONGs and page requests
     (REQ_PAGES_ID when the block changes, else REQ_PAGES, as in the real postcopy-rp capture)
     reach the source, which serves the requested pages first; the return path ends with SHUT 0."""
-    from vmig.stream.io import new_decoder
+    from vmig.io.streams import new_decoder
     from vmig.stream.return_path import decode_rp
 
     src, ram, _, _, _ = _source("postcopy-main", postcopy=True)

@@ -29,8 +29,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vmig.testing.qemu import Qemu, wait_file_stable
 

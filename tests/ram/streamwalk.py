@@ -9,7 +9,7 @@ check the RAM code alone.
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 from vmig.stream import ram
 from vmig.stream.constants import SectionType

@@ -7,11 +7,10 @@ import struct
 from pathlib import Path
 
 import pytest
+import synth
 
 from vmig.cli import main
 from vmig.testing import fixtures
-
-import synth
 
 PS = 4096
 

@@ -11,18 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synth
+from test_ramview import qevm_fixtures
 
-from vmig.stream.vmdesc import find_trailer
-
+from vmig.analysis.extract import extract, machine_layout, safe_relpath
 from vmig.cli import main
-from vmig.extract import extract, machine_layout, safe_relpath
 from vmig.stream import ramcodec
 from vmig.stream.decoder import iter_decode
 from vmig.stream.ram import COMPRESS, PAGE, XBZRLE, ZERO
+from vmig.stream.vmdesc import find_trailer
 from vmig.testing import fixtures
-
-import synth
-from test_ramview import qevm_fixtures
 
 PS = 4096
 
@@ -150,7 +148,7 @@ def test_zero_after_data_clears_the_page_but_not_in_qemu_format(tmp_path: Path) 
     img = (tmp_path / "v" / "pc.ram").read_bytes()
     assert img[:PS] == bytes(PS) and img[PS : 2 * PS] == b"\x5a" * PS
     # the script never writes a zero fill: the old data stays (what -x produces)
-    from vmig.extract import BlockImages
+    from vmig.analysis.extract import BlockImages
 
     imgs = BlockImages(str(tmp_path), qemu_compat=True)
     for ev in iter_decode(s):
@@ -217,7 +215,7 @@ def _elf_loads(path: Path) -> list[tuple[int, int, int]]:
 
 
 def test_physical_image_places_plugged_virtio_mem_blocks(tmp_path: Path) -> None:
-    from vmig.stream.vmstate import virtio_mem
+    from vmig.vmstate import virtio_mem
 
     buf = fixtures.load("pc-guest")
     state = next(virtio_mem.decode_virtio_mem(ev.payload)["device"] for ev in iter_decode(buf)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from vmig.progress import Progress
+from vmig.cli.progress import Progress
 
 
 class _Tty(io.StringIO):

@@ -7,11 +7,10 @@ import zlib
 
 import numpy as np
 import pytest
+import streamwalk
 
 from vmig.stream import ramcodec
 from vmig.stream.ram import COMPRESS, PAGE, ZERO
-
-import streamwalk
 
 PS = 4096
 

@@ -8,12 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmig.ramview import KINDS, RamView, ram_view
+from vmig.analysis.ram import KINDS, RamView, ram_view
 from vmig.stream import ram
 from vmig.stream.decoder import iter_decode
 from vmig.stream.vmdesc import find_trailer
 from vmig.testing import fixtures
-
 
 
 def qevm_fixtures() -> list[str]:
@@ -66,7 +65,7 @@ def test_s1_view_matches_the_spec() -> None:
 
 def test_guest_capture_sends_only_plugged_virtio_mem_memory() -> None:
     # pc-guest: the guest plugged memory; QEMU never sends unplugged ranges (spec §5.7)
-    from vmig.stream.vmstate import virtio_mem
+    from vmig.vmstate import virtio_mem
 
     view = RamView()
     vm_state = None

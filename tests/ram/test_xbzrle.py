@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import streamwalk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmig.stream import xbzrle
 from vmig.stream.ram import PAGE, XBZRLE, ZERO
-
-import streamwalk
 
 PS = 4096
 

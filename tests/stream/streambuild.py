@@ -5,7 +5,9 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-S1_PATH = Path("/work/shared/spec/samples/s1.bin")
+from vmig.testing import fixtures
+
+S1_PATH = fixtures.sample_s1()
 REPO = Path(__file__).resolve().parents[2]
 
 

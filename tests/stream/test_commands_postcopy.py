@@ -5,9 +5,10 @@ from __future__ import annotations
 import struct
 
 import pytest
-
 import streambuild as sb
+
 from vmig.errors import StreamError, TruncatedError
+from vmig.io.streams import records
 from vmig.stream import (
     Command,
     DeviceState,
@@ -19,7 +20,6 @@ from vmig.stream import (
     find_trailer,
 )
 from vmig.stream.constants import MigCmd
-from vmig.stream.io import records
 
 S1 = sb.s1()
 S1_DESC = find_trailer(S1)[1]

@@ -7,13 +7,13 @@ import struct
 
 import numpy as np
 import pytest
+import streambuild as sb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import streambuild as sb
 from vmig.errors import BadMagicError, FooterMismatchError, StreamError, TruncatedError, VmigError
+from vmig.io.streams import records
 from vmig.stream import NEED_DATA, RamRecords, StreamDecoder, StreamEnd, decode, encode, find_trailer
-from vmig.stream.io import records
 
 
 def feed(data: bytes, cuts, **kw):
@@ -201,7 +201,7 @@ def test_odd_idstr_bytes_roundtrip():
             raise TruncatedError("short")
         return 4
 
-    from vmig.stream.layout import LayoutResolver, register_layout, _LAYOUTS
+    from vmig.stream.layout import _LAYOUTS, LayoutResolver, register_layout
 
     register_layout(idstr.decode("latin-1").rsplit("/", 1)[-1], measure)
     try:

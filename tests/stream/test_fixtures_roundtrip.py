@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vmig.stream import RamRecords, SectionEnd, StreamEnd, decode, encode, find_trailer, load_description
-from vmig.stream.io import iter_events, records
-
+from vmig.io import load_description
+from vmig.io.streams import iter_events, records
+from vmig.stream import RamRecords, SectionEnd, StreamEnd, decode, encode, find_trailer
 from vmig.testing import fixtures as fx
 
 # the return-path recording of a postcopy run is not a QEVM stream

@@ -1,4 +1,4 @@
-"""vmig.stream.io: sources (mmap, .lz4, stdin), --desc-from loading, path in errors, records()."""
+"""vmig.io.streams: sources (mmap, .lz4, stdin), --desc-from loading, path in errors, records()."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import sys
 
 import lz4.frame
 import pytest
-
 import streambuild as sb
+
 from vmig.errors import StreamError, TruncatedError, UsageError
-from vmig.stream import DeviceState, decode, iter_events, load_description, open_source, records
-from vmig.stream.io import read_all
+from vmig.io import iter_events, load_description, open_source, records
+from vmig.io.streams import read_all
+from vmig.stream import DeviceState, decode
 
 S1 = sb.s1()
 

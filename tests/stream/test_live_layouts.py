@@ -6,8 +6,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-
 import streambuild as sb
+
 from vmig.errors import StreamError, TruncatedError
 from vmig.stream import DeviceState, decode, encode
 from vmig.stream.layout import measure_block, measure_dirty_bitmap

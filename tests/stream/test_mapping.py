@@ -1,4 +1,4 @@
-"""vmig.stream.mapping: the early mapping of STREAM arguments and its page-table warmer."""
+"""vmig.io.mapping: the early mapping of STREAM arguments and its page-table warmer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from vmig.cli import main
-from vmig.stream import mapping
-from vmig.stream.io import open_source
+from vmig.io import mapping
+from vmig.io.streams import open_source
 from vmig.testing import fixtures
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from streambuild import EOS, counted, mem_size, page, s1, w, zero
+
 from vmig.errors import RamError, TruncatedError
 from vmig.stream.ram import RamBlock, RamState, build_records, walk_fast, walk_scalar
 

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmig.errors import StreamError, TruncatedError, UsageError
+from vmig.io.streams import iter_events
 from vmig.stream import Command, RamRecords
 from vmig.stream.constants import RP_RECV_BITMAP_ENDING, MigCmd, RpMsg
 from vmig.stream.events import NEED_DATA
-from vmig.stream.io import iter_events
 from vmig.stream.return_path import (
     ReturnPathDecoder,
     RpEnd,

@@ -6,8 +6,9 @@ import struct
 
 import numpy as np
 import pytest
-
 from streambuild import s1
+
+from vmig.io import records
 from vmig.stream import (
     Configuration,
     DeviceState,
@@ -20,7 +21,6 @@ from vmig.stream import (
     VmDescriptionEvent,
     decode,
     encode,
-    records,
 )
 from vmig.stream.constants import SectionType
 

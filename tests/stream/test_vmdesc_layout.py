@@ -6,11 +6,11 @@ import json
 import struct
 
 import pytest
-
 import streambuild as sb
+
 from vmig.errors import SchemaError, TruncatedError
 from vmig.stream import DeviceState, VmDescription, decode, encode, find_trailer
-from vmig.stream.layout import LayoutResolver, _LAYOUTS, register_layout
+from vmig.stream.layout import _LAYOUTS, LayoutResolver, register_layout
 from vmig.stream.vmdesc import JsonObject, parse_json
 
 S1 = sb.s1()

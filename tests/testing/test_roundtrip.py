@@ -9,7 +9,6 @@ import pytest
 
 from vmig.errors import UsageError
 from vmig.stream import DeviceState
-from vmig.stream.vmstate import virtio_mem as vm
 from vmig.testing import fixtures, roundtrip
 from vmig.testing.pytest_plugin import qemu_loader, vmig_roundtrip  # noqa: F401  (fixtures)
 from vmig.testing.roundtrip import (
@@ -19,6 +18,7 @@ from vmig.testing.roundtrip import (
     memory_devices,
     set_virtio_mem_plugged,
 )
+from vmig.vmstate import virtio_mem as vm
 
 STREAMS = [n for n in fixtures.names() if n != "postcopy-rp"]  # postcopy-rp is a return path
 MiB = 1 << 20
@@ -155,7 +155,7 @@ def test_set_virtio_mem_plugged_on_one_of_two_devices() -> None:
 
 
 def _collect(data: bytes) -> list:
-    from vmig.memdev import MemoryDeviceCollector
+    from vmig.analysis.virtio_mem import MemoryDeviceCollector
 
     col = MemoryDeviceCollector(keep_pages=False)
     col.feed(roundtrip.decode_stream(data))

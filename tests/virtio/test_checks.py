@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vmig.analysis.virtio_mem import edit_virtio_mem_stream
 from vmig.cli import main
-from vmig.memdev import edit_virtio_mem_stream
 from vmig.testing import fixtures
 
 BS = 2 << 20

@@ -73,9 +73,9 @@ def test_info_id_mapping(name: str, capsys: pytest.CaptureFixture[str]) -> None:
 def test_no_trailer_decodes_from_bundled_sets(name: str) -> None:
     """No trailer, no --desc-from: every FULL section (also inside PACKAGED) is walked with the
     bundled schema set of the stream's machine type, and the virtio-mem state equals QMP's."""
-    from vmig.memdev import MemoryDeviceCollector, qmp_list
+    from vmig.analysis.virtio_mem import MemoryDeviceCollector, qmp_list
     from vmig.stream.events import Command, DeviceState, SectionHeader
-    from vmig.stream.vmstate.machines import decoder_with_schema_sets, find_trailer
+    from vmig.vmstate.machines import decoder_with_schema_sets, find_trailer
 
     data = fixtures.load(name)
     assert find_trailer(data) is None, "fixture unexpectedly has a trailer"
@@ -104,8 +104,8 @@ def test_no_trailer_decodes_from_bundled_sets(name: str) -> None:
 
 @pytest.mark.parametrize("name", _WITH_VIRTIO_MEM)
 def test_check_clean_fixture(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmig.analysis.virtio_mem import iter_stream_events
     from vmig.checks.virtio_mem import VirtioMemChecker
-    from vmig.memdev import iter_stream_events
 
     chk = VirtioMemChecker()
     problems = []
@@ -126,9 +126,9 @@ def _page_block_ranges(name: str) -> list[tuple[int, int]]:
     virtio-mem section; QEMU's precopy sends every page of a plugged block, never others)."""
     import numpy as np
 
+    from vmig.io.streams import iter_events
     from vmig.stream.events import RamRecords
-    from vmig.stream.io import iter_events
-    from vmig.stream.vmstate.virtio_mem import plugged_ranges
+    from vmig.vmstate.virtio_mem import plugged_ranges
 
     bs = fixtures.manifest(name)["query-memory-devices"][0]["data"]["block-size"]
     blocks: set[int] = set()
@@ -179,9 +179,9 @@ def test_analyze_shows_virtio_mem_decoded(capsys: pytest.CaptureFixture[str]) ->
 
 @pytest.mark.parametrize("name", _WITH_VIRTIO_MEM)
 def test_every_virtio_mem_payload_roundtrips(name: str) -> None:
-    from vmig.memdev import iter_stream_events
+    from vmig.analysis.virtio_mem import iter_stream_events
     from vmig.stream.events import Command, DeviceState
-    from vmig.stream.vmstate import virtio_mem as vm
+    from vmig.vmstate import virtio_mem as vm
 
     def flat(events):  # noqa: ANN001, ANN202
         for e in events:

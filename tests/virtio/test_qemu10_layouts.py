@@ -14,9 +14,9 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
-from vmig.memdev import VirtioMemDevice, hmp_text
-from vmig.stream.vmstate import virtio_mem as vm
-from vmig.stream.vmstate.pci import PCI_CAP_ID_MSIX, pci_capabilities, pci_layout
+from vmig.analysis.virtio_mem import VirtioMemDevice, hmp_text
+from vmig.vmstate import virtio_mem as vm
+from vmig.vmstate.pci import PCI_CAP_ID_MSIX, pci_capabilities, pci_layout
 
 DATA = Path(__file__).resolve().parent / "data"
 CAPTURES = sorted(p.name[: -len(".payloads.lz4")] for p in DATA.glob("*.payloads.lz4"))

@@ -12,10 +12,10 @@ import pytest
 
 from vmig.stream.decoder import decode
 from vmig.stream.events import DeviceState
-from vmig.stream.vmstate import virtio_mem as vm
-from vmig.stream.vmstate.machines import loads_vmdesc
-from vmig.stream.vmstate.pci import PCI_CAP_ID_EXP, pci_capabilities, pci_layout
 from vmig.testing.qemu import Qemu, require_qemu
+from vmig.vmstate import virtio_mem as vm
+from vmig.vmstate.machines import loads_vmdesc
+from vmig.vmstate.pci import PCI_CAP_ID_EXP, pci_capabilities, pci_layout
 
 pytestmark = pytest.mark.qemu
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vmig.analysis.virtio_mem import edit_virtio_mem_stream, iter_stream_events
 from vmig.checks.virtio_mem import VirtioMemChecker
-from vmig.memdev import edit_virtio_mem_stream, iter_stream_events
 from vmig.testing import fixtures
 from vmig.testing.qemu import load_stream, require_qemu
 

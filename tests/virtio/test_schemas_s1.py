@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmig.errors import SchemaError
-from vmig.stream.vmstate import virtio_mem as vm
-from vmig.stream.vmstate.pci import pci_capabilities, pci_layout
+from vmig.testing import fixtures
+from vmig.vmstate import virtio_mem as vm
+from vmig.vmstate.pci import pci_capabilities, pci_layout
 
-S1 = Path("/work/shared/spec/samples/s1.bin")
+S1 = fixtures.sample_s1()
 PAYLOAD_OFF = 0x154771
 PAYLOAD_LEN = 45661
 

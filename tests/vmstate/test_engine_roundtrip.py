@@ -10,12 +10,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-
-from vmig.testing import fixtures
+from vmstate_streams import S1, decoded, stream_names
 
 from vmig.errors import SchemaError
-from vmig.stream.vmstate.engine import SchemaSet, described_length
-from vmstate_streams import S1, decoded, stream_names
+from vmig.testing import fixtures
+from vmig.vmstate.engine import SchemaSet, described_length
 
 
 @pytest.mark.parametrize("name", stream_names())
@@ -84,7 +83,7 @@ def test_bundled_schema_sets_agree_with_the_trailer(name: str) -> None:
     # same values as the stream's own description wherever one of their variants fits, and
     # encode back byte-identically
     from vmig.stream.events import Configuration
-    from vmig.stream.vmstate.machines import load_schema_set
+    from vmig.vmstate.machines import load_schema_set
 
     d = decoded(name)
     machine = next((ev.name for ev in d.events if isinstance(ev, Configuration)), None)

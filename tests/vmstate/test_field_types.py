@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from vmig.errors import SchemaError
-from vmig.stream.events import RamRecords
-from vmig.stream.vmstate.engine import SchemaSet, build_schema
-from vmig.stream.vmstate.registry import Registry
 from vmstate_streams import S1, decoded
+
+from vmig.errors import SchemaError, UsageError
+from vmig.stream.events import RamRecords
+from vmig.vmstate.engine import SchemaSet, build_schema
+from vmig.vmstate.registry import Registry
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +272,7 @@ def test_registered_codec_replaces_opaque_field() -> None:
     short.register_field_codec("pci config", None, lambda entry: construct.Int16ul)
     with pytest.raises(SchemaError, match="consumed 2 of 4"):
         SchemaSet(registry=short).build(desc).decode(b"\x86\x80\x37\x12")
-    with pytest.raises(Exception):
+    with pytest.raises(UsageError, match="already registered"):
         short.register_field_codec("pci config", None, lambda entry: construct.Int16ul)
 
 
@@ -355,7 +355,7 @@ def test_optional_subsections_any_order_and_variants() -> None:
 
 
 def test_schema_set_body_and_list_forms() -> None:
-    # vmig.stream.vmstate.machines stores tmp/qtailq bodies under "body" without sizes
+    # vmig.vmstate.machines stores tmp/qtailq bodies under "body" without sizes
     desc = {
         "vmsd_name": "dev", "version": 1,
         "fields": [

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from vmig.stream.vmstate import qemu_json, vmig_json
 from vmstate_streams import ci, decoded, stream_bytes, stream_names
+
+from vmig.vmstate import qemu_json, vmig_json
 
 pytestmark = pytest.mark.peer
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from vmig.stream.decoder import decode
@@ -25,20 +25,20 @@ def stream_names() -> list[str]:
     return [S1, *(n for n in fixtures.names() if fixtures.manifest(n).get("kind") != "return-path")]
 
 
-@lru_cache(maxsize=None)
+@cache
 def stream_bytes(name: str) -> bytes:
     if name == S1:
         return fixtures.sample_s1().read_bytes()
     return fixtures.load(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def own_description(name: str) -> VmDescription | None:
     found = find_trailer(stream_bytes(name))
     return None if found is None else found[1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def desc_from(name: str) -> VmDescription | None:
     """The description of the fixture named by the manifest's ``desc_from``, if any."""
     if name == S1:
@@ -80,7 +80,7 @@ class Decoded:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def decoded(name: str) -> Decoded:
     own, other = own_description(name), desc_from(name)
     layout = LayoutResolver([d for d in (own, other) if d is not None])

@@ -22,11 +22,10 @@ __all__ = ["DestinationChecker", "checker_factory"]
 
 class DestinationChecker:
     def __init__(self, capture: str) -> None:
-        from vmig.migration.destination import Destination
-        from vmig.stream.io import iter_events
-
+        from vmig.analysis.virtio_mem import MemoryDeviceCollector
         from vmig.checks.virtio_mem import DestConfig
-        from vmig.memdev import MemoryDeviceCollector
+        from vmig.io.streams import iter_events
+        from vmig.migration.destination import Destination
 
         self.capture = capture
         theirs = MemoryDeviceCollector(keep_pages=False)

@@ -20,13 +20,14 @@ Registered into ``vmig check`` via :func:`vmig.cli.check.register_checker` when 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
+from vmig.analysis.virtio_mem import MemoryDeviceCollector, VirtioMemDevice
 from vmig.errors import UsageError
-from vmig.memdev import MemoryDeviceCollector, VirtioMemDevice
 
 _SUFFIX = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 DEST_KEYS = ("memaddr", "max-size", "block-size", "node")

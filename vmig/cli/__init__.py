@@ -12,7 +12,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from vmig.errors import VmigError
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = argv[0] if argv and argv[0] in COMMAND_MODULES else None
     parser = build_parser(only)
     args = parser.parse_args(argv)
-    from vmig.stream import mapping  # light: no numpy/construct
+    from vmig.io import mapping  # light: no numpy/construct
 
     for dest in getattr(args, "_early_map", ()):
         mapping.open_early(getattr(args, dest))  # warm while the handler imports the codec

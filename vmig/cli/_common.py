@@ -7,7 +7,8 @@ errors propagate as ``VmigError`` (``vmig.cli.main`` prints one line and exits 2
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the codec (numpy, construct) is imported when a command runs, not before
     from vmig.stream.events import Event
@@ -29,7 +30,7 @@ def add_stream_argument(parser: argparse.ArgumentParser, name: str = "stream",
     """Add the positional STREAM argument (a path, '-' for stdin; .lz4 transparent).
 
     With ``early_map`` (for commands that decode the file through a mapping), ``vmig.cli.main``
-    maps the file and starts warming its page tables (:mod:`vmig.stream.mapping`) before the
+    maps the file and starts warming its page tables (:mod:`vmig.io.mapping`) before the
     command's handler imports the codec, so that work overlaps Python's start-up.
     """
     parser.add_argument(
@@ -49,22 +50,22 @@ def add_desc_from_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def description_from_args(args: argparse.Namespace) -> "VmDescription | None":
+def description_from_args(args: argparse.Namespace) -> VmDescription | None:
     """The ``--desc-from`` description, loaded once per invocation (None if not given)."""
     path = getattr(args, "desc_from", None)
     if path is None:
         return None
     cached = getattr(args, "_desc_from_loaded", None)
     if cached is None:
-        from vmig.stream.io import load_description
+        from vmig.io.streams import load_description
 
         cached = load_description(path)
         args._desc_from_loaded = cached
     return cached
 
 
-def stream_events(args: argparse.Namespace, attr: str = "stream") -> "Iterator[Event]":
+def stream_events(args: argparse.Namespace, attr: str = "stream") -> Iterator[Event]:
     """Decode the stream named by ``args.<attr>`` with ``--desc-from`` applied."""
-    from vmig.stream.io import iter_events
+    from vmig.io.streams import iter_events
 
     return iter_events(getattr(args, attr), desc_from=description_from_args(args), schema_sets=True)

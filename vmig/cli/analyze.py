@@ -2,15 +2,15 @@
 
 ``vmig analyze STREAM [--format qemu|vmig] [-d state|desc] [--desc-from OTHER]``
 
-* ``--format vmig`` (default): vmig's own document (:mod:`vmig.stream.vmstate.vmig_json`).
+* ``--format vmig`` (default): vmig's own document (:mod:`vmig.vmstate.vmig_json`).
 * ``--format qemu``: exactly what QEMU 7.2's ``scripts/analyze-migration.py -f STREAM`` prints
-  (:mod:`vmig.stream.vmstate.qemu_json`), also for streams that script cannot read.
+  (:mod:`vmig.vmstate.qemu_json`), also for streams that script cannot read.
 * ``-d desc``: print the vmdesc description instead (the stream's own trailer, else the
   ``--desc-from`` one), as analyze-migration.py ``-d desc`` prints it (both formats).
 * ``--desc-from OTHER``: a capture of the same configuration (or a bare vmdesc JSON file) whose
   trailer describes sections the stream itself does not (postcopy, suppress-vmdesc...).
   Without it, ``--format vmig`` falls back to vmig's bundled schema set for the stream's machine
-  type (``vmig.stream.vmstate.machines``); every section names the description it used.
+  type (``vmig.vmstate.machines``); every section names the description it used.
 
 STREAM is a path, ``-`` for stdin, or a ``.lz4`` frame file.
 """
@@ -50,8 +50,8 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Run ``vmig analyze``; returns the exit code."""
-    from vmig.stream.io import iter_events, load_description
-    from vmig.stream.vmstate import qemu_json, vmig_json
+    from vmig.io.streams import iter_events, load_description
+    from vmig.vmstate import qemu_json, vmig_json
 
     desc_from = description_from_args(args)
     if args.dump == "desc":

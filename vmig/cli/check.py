@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument, description_from_args
 from vmig.errors import StreamError
@@ -87,7 +88,7 @@ def run_checks(path: str, desc_from: VmDescription | None = None,
     checks = [(name, factory(ctx)) for name, factory in registered_checkers()]
     problems: list[str] = []
     try:
-        from vmig.stream.io import iter_events
+        from vmig.io.streams import iter_events
 
         for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
             for name, fn in checks:

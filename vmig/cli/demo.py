@@ -10,7 +10,7 @@ QEMU 5.1): ``-m 4G,maxmem=20G``, two NUMA nodes, two virtio-mem-pci devices with
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 from vmig.device.guest import DriverState, GuestDriver
 from vmig.device.machine import Machine

@@ -34,8 +34,8 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from vmig.diff import diff_events
-    from vmig.stream.io import iter_events
+    from vmig.analysis.diff import diff_events
+    from vmig.io.streams import iter_events
 
     desc = description_from_args(args)
     res = diff_events(iter_events(args.a, desc_from=desc, schema_sets=True),

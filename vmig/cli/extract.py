@@ -4,7 +4,7 @@
 
 * files are named from the block idstrs relative to DIR (``/rom@etc/acpi/tables`` →
   ``DIR/rom@etc/acpi/tables``); names that could escape DIR are mapped to safe names
-  (vmig.extract.safe_relpath); zero pages are holes.
+  (vmig.analysis.extract.safe_relpath); zero pages are holes.
 * ``--format vmig`` (default): ``state.json`` is vmig's analyze document, ``desc.json`` the raw
   trailer bytes; page contents as the destination would load them (XBZRLE and compressed pages
   decoded).
@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vmig.cli.ram import input_size
 from vmig.cli._common import add_desc_from_argument, add_stream_argument
-from vmig.progress import Progress
+from vmig.cli.progress import Progress
+from vmig.cli.ram import input_size
 
 
 def register(subparsers: Any) -> None:
@@ -60,16 +60,16 @@ def _mapped_ram_file(path: str) -> bool:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from vmig.analysis.extract import extract
     from vmig.errors import UsageError
-    from vmig.extract import extract
-    from vmig.stream.io import iter_events
+    from vmig.io.streams import iter_events
 
     if args.elf and not args.physical:
         raise UsageError("--elf needs --physical FILE")
     if _mapped_ram_file(args.stream):
         import mmap
 
-        from vmig.extract import extract_mapped_ram
+        from vmig.analysis.extract import extract_mapped_ram
 
         if args.format != "vmig" or args.physical:
             raise UsageError("a mapped-ram file supports only the default format, no --physical")

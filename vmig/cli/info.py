@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle_memory_devices(args: argparse.Namespace) -> int:
     """Print the stream's virtio-mem devices; returns the exit code."""
-    from vmig.memdev import block_map, collect_from_path, hmp_text, parse_id_map, qmp_list
+    from vmig.analysis.virtio_mem import block_map, collect_from_path, hmp_text, parse_id_map, qmp_list
 
     if args.width < 8:
         raise UsageError("--width must be at least 8")

@@ -7,7 +7,7 @@ re-sent, byte ranges never sent; per pass (one PART/END section of ``ram``): rec
 totals. Page counts cover the whole stream and count every re-send, as QEMU's
 ``query-migrate`` counts ``ram.normal`` (PAGE records) and ``ram.duplicate`` (ZERO records).
 
-JSON (``--json``; see vmig.ramview.RamView.to_json)::
+JSON (``--json``; see vmig.analysis.ram.RamView.to_json)::
 
     {"page_size": 4096,
      "blocks": [{"idstr", "length", "page_size", "mr_addr", "pages", "zero", "normal",
@@ -32,10 +32,10 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument
-from vmig.progress import Progress
+from vmig.cli.progress import Progress
 
 if TYPE_CHECKING:
-    from vmig.ramview import RamView
+    from vmig.analysis.ram import RamView
 
 
 def register(subparsers: Any) -> None:
@@ -62,10 +62,10 @@ def input_size(path: str) -> int | None:
         return None
 
 
-def build_view(path: str, desc_from: str | None = None) -> "RamView":
+def build_view(path: str, desc_from: str | None = None) -> RamView:
     """Decode ``path`` and accumulate its :class:`RamView` (with a TTY progress bar)."""
-    from vmig.ramview import RamView
-    from vmig.stream.io import iter_events
+    from vmig.analysis.ram import RamView
+    from vmig.io.streams import iter_events
 
     view = RamView()
     with Progress(input_size(path), "ram") as prog:
@@ -86,7 +86,7 @@ def _human(n: int) -> str:
 
 def render_text(doc: dict[str, Any]) -> str:
     """The human-readable report of a ``RamView.to_json()`` document."""
-    from vmig.ramview import KINDS
+    from vmig.analysis.ram import KINDS
 
     lines = []
     hdr = f"{'block':32} {'size':>10} {'psize':>6} " + " ".join(f"{k:>10}" for k in KINDS)

@@ -17,8 +17,8 @@ import sys
 import numpy as np
 
 from vmig.cli._common import add_stream_argument
+from vmig.io.streams import open_source
 from vmig.stream.constants import RpMsg
-from vmig.stream.io import open_source
 from vmig.stream.return_path import RpMessage, iter_rp
 
 __all__ = ["register", "handler", "message_json", "summarize", "format_row"]

@@ -14,8 +14,9 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument, stream_events
+
 if TYPE_CHECKING:
-    from vmig.stream.io import Record
+    from vmig.io.streams import Record
 
 __all__ = ["register", "handler", "format_row"]
 
@@ -29,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
-def format_row(r: "Record", indent: int = 0) -> str:
+def format_row(r: Record, indent: int = 0) -> str:
     """One text line for a record."""
     pad = "  " * indent
     fields = [f"{pad}{r.offset:#010x}", f"{r.length:>10}", f"{r.type:<14}"]
@@ -50,7 +51,7 @@ def _print_text(rows, out: TextIO, indent: int = 0) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from vmig.stream.io import records
+    from vmig.io.streams import records
 
     rows = records(stream_events(args), keep_events=False)
     out = sys.stdout

@@ -8,7 +8,7 @@ Sans-I/O re-implementation of QEMU's virtio-mem (hw/virtio/virtio-mem.c, 7.2 by 
 * :mod:`vmig.device.guest` — a Linux-like guest driver simulator;
 * :mod:`vmig.device.machine` — pc/q35 memory-device placement, QOM, QMP/HMP answers;
 * :mod:`vmig.device.cmdline` — the model built from a QEMU command line;
-* :mod:`vmig.device.migration` — load/re-encode virtio-mem sections of a decoded stream.
+* :mod:`vmig.device.sections` — load/re-encode virtio-mem sections of a decoded stream.
 
 See README.md, section "The virtio-mem device model".
 """

@@ -16,10 +16,10 @@ as the values go (qemu_opts / keyval size suffixes); no I/O.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from vmig.device.machine import PCI_BRIDGES, Machine, parse_size
-from vmig.device.virtio_mem import MiB, HostInfo, VirtioMem
+from vmig.device.virtio_mem import HostInfo, MiB, VirtioMem
 from vmig.errors import UsageError
 
 __all__ = ["machine_from_argv", "split_opts"]

@@ -20,9 +20,9 @@ from typing import Any
 from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
     GiB,
-    MiB,
     HostInfo,
     MemoryBackend,
+    MiB,
     MigrationState,
     VirtioMem,
     VirtioMemProperties,

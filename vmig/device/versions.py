@@ -86,7 +86,7 @@ class Behaviour:
     machine_family: str = "pc"
 
     @classmethod
-    def for_qemu(cls, qemu_version: str | tuple[int, int] = "7.2", machine: str | None = None) -> "Behaviour":
+    def for_qemu(cls, qemu_version: str | tuple[int, int] = "7.2", machine: str | None = None) -> Behaviour:
         """Behaviour of QEMU ``qemu_version`` running machine type ``machine`` (default: ``pc``)."""
         ver = parse_version(qemu_version)
         family, mver = parse_machine(machine or "pc", ver)

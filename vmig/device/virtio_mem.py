@@ -34,8 +34,9 @@ whoever plays the migration engine (a test, the scenario runner, vmig's migratio
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ from vmig.device.requests import (
 )
 from vmig.device.versions import Behaviour
 from vmig.errors import DeviceError, MigrationError, UsageError
-from vmig.stream.vmstate.virtio_mem import bitmap_to_bool, bool_to_words
+from vmig.vmstate.virtio_mem import bitmap_to_bool, bool_to_words
 
 __all__ = [
     "KiB",
@@ -478,7 +479,7 @@ class VirtioMem:
         numa_nodes: int = 0,
         qom_path: str | None = None,
         arm: bool = False,
-    ) -> "VirtioMem":
+    ) -> VirtioMem:
         """Realize a device from its properties, failing like QEMU's ``virtio_mem_device_realize``.
 
         The memory-device pre-plug (address assignment) is the machine's job

@@ -17,7 +17,7 @@ Theory of operation (QEMU's savevm.c load loop, ram.c ram_load_precopy/postcopy,
    MigrationState, so its virtio-mem devices are busy while incoming postcopy runs: a system
    reset then leaves plugged memory alone ("reboot during postcopy", spec virtio-mem.md §5.1).
 4. virtio-mem device sections are loaded into ``machine``'s device models with QEMU's sanity
-   checks and post-load (:func:`vmig.device.migration.load_section`); a refused check fails the
+   checks and post-load (:func:`vmig.device.sections.load_section`); a refused check fails the
    load with QEMU's error chain.
 5. :meth:`page_requests` answers what a running postcopy guest's accesses would ask the source
    for: pages not yet received, except unplugged virtio-mem blocks (satisfied locally with zero
@@ -29,19 +29,19 @@ Theory of operation (QEMU's savevm.c load loop, ram.c ram_load_precopy/postcopy,
    (inside PACKAGED) precedes PONG 4; QEMU's listen thread may answer PING 4 first (the real
    postcopy-rp capture shows 1, 2, 4, 3).
 
-Sans-I/O: feed events from :func:`vmig.stream.io.iter_events` (or ``decode``).
+Sans-I/O: feed events from :func:`vmig.io.streams.iter_events` (or ``decode``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vmig.errors import MigrationError
 from vmig.stream import ramcodec, xbzrle
-from vmig.stream.constants import MigCmd, RamFlag, SectionType
-from vmig.stream.constants import RpMsg
+from vmig.stream.constants import MigCmd, RamFlag, RpMsg, SectionType
 from vmig.stream.events import Command, Configuration, DeviceState, EndOfStream, RamRecords, SectionHeader
 from vmig.stream.return_path import encode_rp, rp_message
 
@@ -89,7 +89,7 @@ class Destination:
 
     POSTCOPY_ORDER = ("none", "advise", "discard", "listening", "running", "end")
 
-    def __init__(self, blocks: Mapping[str, int] | None = None, *, machine: "Machine | None" = None,
+    def __init__(self, blocks: Mapping[str, int] | None = None, *, machine: Machine | None = None,
                  page_size: int = 4096,
                  keep_ram: bool = True, sections: Iterable[tuple[str, int]] | None = None,
                  machine_type: str | None = None) -> None:
@@ -111,7 +111,7 @@ class Destination:
         self._pending_vmem: list[DeviceState] = []
 
     @classmethod
-    def like(cls, events: Iterable[Any], **kw: Any) -> "Destination":
+    def like(cls, events: Iterable[Any], **kw: Any) -> Destination:
         """A destination configured as the VM that wrote ``events`` (a capture of the
         destination's configuration): its RAMBlocks, savevm sections and machine type."""
         blocks: dict[str, int] = {}
@@ -156,7 +156,7 @@ class Destination:
                 self.received[b.idstr] = np.zeros(-(-b.used_length // self.page_size), dtype=bool)
 
     # -- loading ----------------------------------------------------------------------------------
-    def load(self, events: Iterable[Any]) -> "Destination":
+    def load(self, events: Iterable[Any]) -> Destination:
         """Feed every event; returns self."""
         for ev in events:
             self.feed(ev)
@@ -196,7 +196,7 @@ class Destination:
         if self.machine is None:
             self._pending_vmem.clear()
             return
-        from vmig.device.migration import load_section, virtio_mem_sections
+        from vmig.device.sections import load_section, virtio_mem_sections
 
         by_path = {self.machine.pci_path(d): d for d in self.machine.devices}
         for sec in virtio_mem_sections(self._pending_vmem):

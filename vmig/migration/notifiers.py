@@ -38,7 +38,7 @@ class PrecopyReason(Enum):
 
 
 class PrecopyNotifier(Protocol):
-    def __call__(self, reason: PrecopyReason, ram: "GuestRam") -> None: ...
+    def __call__(self, reason: PrecopyReason, ram: GuestRam) -> None: ...
 
 
 class VirtioMemNotifier:
@@ -53,7 +53,7 @@ class VirtioMemNotifier:
 
     STYLES = ("discard-manager", "free-page-hint")
 
-    def __init__(self, device: "VirtioMem", block: str, style: str = "discard-manager") -> None:
+    def __init__(self, device: VirtioMem, block: str, style: str = "discard-manager") -> None:
         if style not in self.STYLES:
             raise ValueError(f"unknown style {style!r}")
         self.device = device
@@ -62,7 +62,7 @@ class VirtioMemNotifier:
         self.cleared_pages = 0  # pages this notifier dropped from the bitmap, over the migration
         self._synced = False
 
-    def __call__(self, reason: PrecopyReason, ram: "GuestRam") -> None:
+    def __call__(self, reason: PrecopyReason, ram: GuestRam) -> None:
         if reason is PrecopyReason.SETUP:
             self._synced = False
         elif reason is PrecopyReason.AFTER_BITMAP_SYNC:
@@ -71,7 +71,7 @@ class VirtioMemNotifier:
                 self._clear(ram)
             self._synced = True
 
-    def _clear(self, ram: "GuestRam") -> None:
+    def _clear(self, ram: GuestRam) -> None:
         blk = ram[self.block]
         bs = self.device.block_size
         before = int(blk.bitmap.sum())

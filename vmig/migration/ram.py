@@ -17,8 +17,8 @@ No I/O. Contents can be loaded from a decoded stream with :meth:`GuestRam.from_i
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class GuestRam:
 
     @classmethod
     def from_images(cls, images: Mapping[str, np.ndarray], page_size: int = 4096, *,
-                    copy: bool = True) -> "GuestRam":
+                    copy: bool = True) -> GuestRam:
         """RAM whose blocks hold ``images`` (e.g. :attr:`Destination.images`): copies, or with
         ``copy=False`` the arrays themselves (the caller gives them up)."""
         ram = cls([], page_size)

@@ -4,7 +4,7 @@ The device state the engine does not model (CPUs, chipset, ...) comes from a rea
 :class:`StreamTemplate` keeps its header, configuration, RAM section ids, FULL device sections
 and trailer, in stream order. The source writes RAM from a :class:`~vmig.migration.ram.GuestRam`
 and can replace any device section's payload (e.g. virtio-mem re-encoded from the device model
-with :func:`vmig.device.migration.encode_section`).
+with :func:`vmig.device.sections.encode_section`).
 
 Theory of operation (QEMU's migration.c / ram.c / savevm.c, precopy then optional postcopy):
 
@@ -33,8 +33,8 @@ Everything returned is bytes for the caller to write; no I/O here.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class StreamTemplate:
         return next((c for c in self.pre_commands if c.cmd == MigCmd.POSTCOPY_ADVISE), None)
 
     @classmethod
-    def from_events(cls, events: Iterable[object]) -> "StreamTemplate":
+    def from_events(cls, events: Iterable[object]) -> StreamTemplate:
         """Take the framing and device sections of a decoded stream (``iter_events``).
 
         Device sections inside a postcopy PACKAGED command count as device sections too.

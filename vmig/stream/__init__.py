@@ -1,4 +1,4 @@
-"""The QEVM migration stream: constants, framing, sans-I/O decoder and encoder, RAM, vmstate.
+"""The QEVM migration stream (the wire codec): constants, framing, sans-I/O decoder and encoder, RAM.
 
 Public API of the codec core (see docs/ARCHITECTURE.md):
 
@@ -9,8 +9,8 @@ Public API of the codec core (see docs/ARCHITECTURE.md):
 * RAM framing: ``RamBatch``, ``RamBlock``, ``RamState``;
 * descriptions: ``VmDescription``, ``find_trailer``, ``LayoutResolver``, ``register_layout``;
 * the postcopy return path: ``ReturnPathDecoder``, ``RpMessage``, ``RpEnd``, ``encode_rp``;
-* I/O: ``open_source``, ``iter_events``, ``decode_path``, ``load_description``, ``records``,
-  ``Record``.
+The I/O around it (files, pipes, compressed inputs, building a decoder for an input) is
+:mod:`vmig.io`; this package touches no file.
 
 The names are imported on first use (PEP 562): ``import vmig.stream.<module>`` of a light
 module (constants, errors, the mapping warmer) does not pull in numpy and construct, which
@@ -42,13 +42,6 @@ _EXPORTS: dict[str, str] = {
     "SectionHeader": "vmig.stream.events",
     "StreamEnd": "vmig.stream.events",
     "VmDescriptionEvent": "vmig.stream.events",
-    "Record": "vmig.stream.io",
-    "decode_path": "vmig.stream.io",
-    "decode_bytes": "vmig.stream.io",
-    "iter_events": "vmig.stream.io",
-    "load_description": "vmig.stream.io",
-    "open_source": "vmig.stream.io",
-    "records": "vmig.stream.io",
     "LayoutResolver": "vmig.stream.layout",
     "register_layout": "vmig.stream.layout",
     "RamBatch": "vmig.stream.ram",
@@ -82,8 +75,21 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from vmig.stream.decoder import StreamDecoder, decode, iter_decode  # noqa: F401
     from vmig.stream.encoder import StreamEncoder, encode  # noqa: F401
-    from vmig.stream.events import NEED_DATA, Command, Configuration, DeviceState, EndOfStream, Event, FileHeader, RamRecords, RawSubsection, SectionEnd, SectionHeader, StreamEnd, VmDescriptionEvent  # noqa: F401
-    from vmig.stream.io import Record, decode_bytes, decode_path, iter_events, load_description, open_source, records  # noqa: F401
+    from vmig.stream.events import (  # noqa: F401
+        NEED_DATA,
+        Command,
+        Configuration,
+        DeviceState,
+        EndOfStream,
+        Event,
+        FileHeader,
+        RamRecords,
+        RawSubsection,
+        SectionEnd,
+        SectionHeader,
+        StreamEnd,
+        VmDescriptionEvent,
+    )
     from vmig.stream.layout import LayoutResolver, register_layout  # noqa: F401
     from vmig.stream.ram import RamBatch, RamBlock, RamState  # noqa: F401
     from vmig.stream.return_path import ReturnPathDecoder, RpEnd, RpMessage, encode_rp  # noqa: F401

@@ -26,8 +26,8 @@ Theory of operation
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from vmig.errors import (
     BadMagicError,

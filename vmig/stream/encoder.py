@@ -13,7 +13,7 @@ A RamRecords batch still ``verbatim`` (straight from the decoder) is emitted as 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from vmig.errors import UsageError
 from vmig.stream.constants import MigCmd, SectionType

@@ -14,7 +14,7 @@ kept on the event.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from vmig.stream.constants import MigCmd, SectionType
 
@@ -42,9 +42,9 @@ __all__ = [
 class NeedData:
     """Sentinel type: the decoder needs more input before it can return the next event."""
 
-    _instance: "NeedData | None" = None
+    _instance: NeedData | None = None
 
-    def __new__(cls) -> "NeedData":
+    def __new__(cls) -> NeedData:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -121,7 +121,7 @@ class SectionHeader:
 
 @dataclass(frozen=True, slots=True)
 class DeviceState:
-    """The payload of a non-RAM section: exact bytes (decoded lazily by vmig.stream.vmstate)."""
+    """The payload of a non-RAM section: exact bytes (decoded lazily by vmig.vmstate)."""
 
     offset: int
     length: int
@@ -139,7 +139,7 @@ class RamRecords:
 
     offset: int
     length: int
-    batch: "RamBatch"
+    batch: RamBatch
     section_id: int = -1
 
 
@@ -171,7 +171,7 @@ class Command:
     length: int
     cmd: MigCmd
     data: bytes
-    children: tuple["Event", ...] = ()
+    children: tuple[Event, ...] = ()
     args: dict = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -200,15 +200,15 @@ class StreamEnd:
     length: int = 0
 
 
-Event = Union[
-    FileHeader,
-    Configuration,
-    SectionHeader,
-    DeviceState,
-    RamRecords,
-    SectionEnd,
-    Command,
-    EndOfStream,
-    VmDescriptionEvent,
-    StreamEnd,
-]
+Event = (
+    FileHeader
+    | Configuration
+    | SectionHeader
+    | DeviceState
+    | RamRecords
+    | SectionEnd
+    | Command
+    | EndOfStream
+    | VmDescriptionEvent
+    | StreamEnd
+)

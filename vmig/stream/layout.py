@@ -15,7 +15,7 @@ id, or a valid record type byte); a description whose length does not fit is ski
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from vmig.errors import SchemaError, TruncatedError
 from vmig.stream.vmdesc import VmDescription

@@ -26,8 +26,8 @@ Theory of operation
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -207,7 +207,7 @@ class RamBatch:
     def columns(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in _COLS}
 
-    def replace(self, **changes: object) -> "RamBatch":
+    def replace(self, **changes: object) -> RamBatch:
         """A copy with some columns/attributes changed; the copy is not ``verbatim``.
 
         Column changes must keep ``data_offset``/``data_length`` pointing into ``raw`` (or

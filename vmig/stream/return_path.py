@@ -28,8 +28,8 @@ Theory of operation
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -284,7 +284,7 @@ def decode_rp(data: bytes | bytearray | memoryview, path: str | None = None, *,
 
 def iter_rp(chunks: Iterable[bytes | memoryview], path: str | None = None, *,
             require_shut: bool = True) -> Iterator[RpEvent]:
-    """Decode a chunked input (e.g. ``vmig.stream.io.Source.chunks()``), yielding events."""
+    """Decode a chunked input (e.g. ``vmig.io.streams.Source.chunks()``), yielding events."""
     dec = ReturnPathDecoder(path=path, require_shut=require_shut)
     for c in chunks:
         dec.receive_data(c)

@@ -15,7 +15,8 @@ last-NUL heuristic.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from vmig.errors import SchemaError
 
@@ -187,7 +188,7 @@ def _body_length(body: JsonObject) -> int:
 
 
 def find_trailer(buf: bytes | bytearray | memoryview, source: str = "stream trailer",
-                 base: int = 0, known: "Iterable[VmDescription]" = ()) -> tuple[int, VmDescription] | None:
+                 base: int = 0, known: Iterable[VmDescription] = ()) -> tuple[int, VmDescription] | None:
     """Find the vmdesc trailer that ends exactly at the end of ``buf``.
 
     Searches backwards for a byte 0x06 at ``p`` with ``be32(p+1) == len(buf) - p - 5`` whose

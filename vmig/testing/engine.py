@@ -12,16 +12,17 @@ out of the stream::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from vmig.device.cmdline import machine_from_argv
+from vmig.io.streams import iter_events
 from vmig.migration.destination import Destination
 from vmig.migration.notifiers import VirtioMemNotifier
 from vmig.migration.ram import GuestRam
 from vmig.migration.source import PrecopySource, StreamTemplate
-from vmig.stream.io import iter_events
 
 __all__ = ["EngineSetup", "from_capture"]
 

@@ -16,8 +16,8 @@ Marker ``qemu`` (declared in pyproject) tags tests that run real QEMU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

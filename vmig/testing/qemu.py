@@ -34,9 +34,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from vmig.errors import VmigError
 
@@ -270,14 +271,14 @@ class Qemu:
         return argv
 
     # -- lifecycle
-    def __enter__(self) -> "Qemu":
+    def __enter__(self) -> Qemu:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, connect_timeout: float = 30.0) -> "Qemu":
+    def start(self, connect_timeout: float = 30.0) -> Qemu:
         """Launch QEMU and connect QMP.
 
         Raises:
@@ -402,7 +403,7 @@ class Qemu:
             return self._run(self._client.execute(cmd, dict(args) if args else None), timeout=timeout)
         except ExecuteError as e:
             raise QmpCommandError(cmd, e.error_class, str(e)) from e
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             raise QemuLabError(f"QMP {cmd}: no answer after {timeout}s") from e
         except Exception as e:
             raise QemuLabError(
@@ -577,7 +578,7 @@ def load_stream(
     binary: str = DEFAULT_BINARY,
     timeout: float = 120.0,
     chroot: Path | None = None,
-    inspect: "Callable[[Qemu], Any] | None" = None,
+    inspect: Callable[[Qemu], Any] | None = None,
 ) -> LoadResult:
     """Load ``stream`` into a fresh QEMU started with ``args`` + ``-S -incoming defer``.
 

@@ -6,10 +6,10 @@ What it covers:
   names the first differing offset and the top-level record that holds it
   (:func:`describe_mismatch` does the reporting and is usable on any two byte strings);
 * :func:`edit_device_state` — decode one device section's payload (the stream's own trailer
-  through :class:`~vmig.stream.vmstate.engine.SchemaSet`, or the built-in virtio-mem codecs),
+  through :class:`~vmig.vmstate.engine.SchemaSet`, or the built-in virtio-mem codecs),
   let a callback mutate the values, re-encode them and splice them back into the stream;
   :func:`set_virtio_mem_plugged` sets a virtio-mem bitmap and ``size`` consistently;
-* :func:`memory_devices` — ``query-memory-devices`` as the stream shows it (:mod:`vmig.memdev`);
+* :func:`memory_devices` — ``query-memory-devices`` as the stream shows it (:mod:`vmig.analysis.virtio_mem`);
 * :func:`assert_loads_in_qemu` — loads a stream into a real QEMU
   (:func:`vmig.testing.qemu.load_stream`) and fails with QEMU's stderr when QEMU refuses it.
 
@@ -21,17 +21,18 @@ against the destination's properties at load).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 from vmig.errors import UsageError
+from vmig.io.streams import records
 from vmig.stream import events as ev
 from vmig.stream.encoder import encode
-from vmig.stream.io import records
 from vmig.stream.vmdesc import VmDescription, find_trailer
-from vmig.stream.vmstate import virtio_mem as vm
+from vmig.vmstate import virtio_mem as vm
 
 __all__ = [
     "assert_roundtrip",
@@ -60,7 +61,7 @@ def decode_stream(data: bytes, *, description: Description = None) -> list[ev.Ev
     :class:`VmDescription` or raw trailer JSON, e.g. from another capture of the same VM), then
     the bundled machine schema sets — so trailer-less and postcopy streams decode too.
     """
-    from vmig.stream.vmstate.machines import decoder_with_schema_sets
+    from vmig.vmstate.machines import decoder_with_schema_sets
 
     dec = decoder_with_schema_sets()
     found = find_trailer(data)
@@ -161,7 +162,7 @@ def _codec(e: ev.DeviceState, trailer: VmDescription | None) -> tuple[Callable[[
         return (lambda p: vm.decode_early(p, offset=e.offset, section=section)), vm.encode_early
     if trailer is None:
         raise UsageError(f"cannot decode {section}: the stream has no trailer and no description was given")
-    from vmig.stream.vmstate.engine import SchemaSet
+    from vmig.vmstate.engine import SchemaSet
 
     schema = SchemaSet(trailer.root).for_section(e.idstr, e.instance_id)
     if schema is None:
@@ -255,8 +256,8 @@ def set_virtio_mem_plugged(data: bytes, blocks: Iterable[int] | np.ndarray, *,
 
 
 def virtio_mem_plugged(data: bytes, *, device: str | None = None) -> np.ndarray:
-    """The plugged-block bool array of a virtio-mem device in ``data`` (see :mod:`vmig.memdev`)."""
-    from vmig.memdev import MemoryDeviceCollector
+    """The plugged-block bool array of a virtio-mem device in ``data`` (see :mod:`vmig.analysis.virtio_mem`)."""
+    from vmig.analysis.virtio_mem import MemoryDeviceCollector
 
     col = MemoryDeviceCollector(keep_pages=False)
     col.feed(decode_stream(data))
@@ -275,7 +276,7 @@ def memory_devices(data: bytes, *, ids: Mapping[str, str] | None = None,
 
     The qdev ``id`` is not in the stream: it is present only for device paths mapped in ``ids``.
     """
-    from vmig.memdev import MemoryDeviceCollector, qmp_list
+    from vmig.analysis.virtio_mem import MemoryDeviceCollector, qmp_list
 
     col = MemoryDeviceCollector(keep_pages=False)
     col.feed(decode_stream(data, description=description))

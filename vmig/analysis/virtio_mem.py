@@ -15,13 +15,14 @@ not in the stream: it is replaced by the device path unless a mapping PATH=ID is
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from vmig.stream.constants import RamFlag
-from vmig.stream.vmstate import virtio_mem as vm
+from vmig.vmstate import virtio_mem as vm
 
 #: RAM record types that carry (or stand for) a page: ZERO, PAGE, XBZRLE, COMPRESS_PAGE.
 PAGE_TYPES = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE), int(RamFlag.COMPRESS_PAGE))
@@ -325,10 +326,10 @@ def iter_stream_events(path: str, desc_from: str | None = None) -> Iterable[Any]
         vmig.errors.StreamError: the stream is invalid (path attached).
     """
     from vmig.errors import StreamError
-    from vmig.stream import io as sio
+    from vmig.io import streams as sio
     from vmig.stream.decoder import StreamDecoder
     from vmig.stream.vmdesc import find_trailer
-    from vmig.stream.vmstate.machines import machine_layout_resolver
+    from vmig.vmstate.machines import machine_layout_resolver
 
     layout = machine_layout_resolver()
     with sio.open_source(path) as src:
@@ -349,7 +350,8 @@ def iter_stream_events(path: str, desc_from: str | None = None) -> Iterable[Any]
         except StreamError as e:
             if layout.failures:
                 e.message += "; vmig's schema set could not walk: " + "; ".join(layout.failures[:2])
-            raise e.with_path(src.name)
+            e.with_path(src.name)
+            raise
 
 
 def collect_from_path(path: str, desc_from: str | None = None, *, keep_pages: bool = False) -> MemoryDeviceCollector:
@@ -373,8 +375,8 @@ def edit_virtio_mem_stream(data: bytes, edit: Any, *, path: str | None = None,
         vmig.errors.UsageError: no such device, or the edit changed the payload length.
     """
     from vmig.errors import UsageError
-    from vmig.stream.vmstate.machines import decoder_with_schema_sets
     from vmig.stream.vmdesc import find_trailer
+    from vmig.vmstate.machines import decoder_with_schema_sets
 
     dec = decoder_with_schema_sets()
     found = find_trailer(data)

@@ -11,14 +11,15 @@ with fixed odd weights (not cryptographic: a tool for finding differences, not f
 equality against an adversary). XBZRLE and zlib pages depend on the previous content and are
 reported as "not compared" pages instead of being guessed.
 
-Library: :func:`diff_events` takes two event iterables (``vmig.stream.io.iter_events``); the
+Library: :func:`diff_events` takes two event iterables (``vmig.io.streams.iter_events``); the
 ``vmig diff`` command prints its result. No I/O here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -206,7 +207,7 @@ def diff_events(a: Iterable[Any], b: Iterable[Any], *, desc_from: Any = None) ->
     Raises:
         StreamError / SchemaError: a stream is invalid (from the decoder or a device layout).
     """
-    from vmig.stream.vmstate import vmig_json
+    from vmig.vmstate import vmig_json
 
     da, db = PageDigests(), PageDigests()
     doc_a = vmig_json.analyze(_tap(a, da), desc_from=desc_from)

@@ -27,9 +27,10 @@ Theory of operation:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from vmig.errors import SchemaError
 from vmig.stream.layout import LayoutResolver, fits_section_end
@@ -483,7 +484,7 @@ class SchemaSet:
 
 def measure_builtin(idstr: str, buf: bytes | memoryview) -> int | None:
     """Length of a virtio-mem section payload from the built-in schemas, or None if not one."""
-    from vmig.stream.vmstate import virtio_mem
+    from vmig.vmstate import virtio_mem
 
     if idstr.endswith(VIRTIO_MEM_EARLY_SUFFIX):
         if len(buf) < 36:  # the fixed part (tmp + size) says how long the bitmap is
@@ -590,7 +591,7 @@ class MachineLayoutResolver(LayoutResolver):
         self.failures: list[str] = []
         self._trailer_checked: bool | None = None
 
-    def bind(self, decoder: Any) -> "MachineLayoutResolver":
+    def bind(self, decoder: Any) -> MachineLayoutResolver:
         """Take the machine name from ``decoder.configuration`` when it has been read."""
         self._machine = lambda: decoder.configuration.name if decoder.configuration else None
         return self
@@ -678,7 +679,7 @@ def machine_layout_resolver(descriptions: Iterable[Any] = (), builtins: bool = T
                             machine: str | Callable[[], str | None] | None = None) -> Any:
     """Build a :class:`MachineLayoutResolver` (see its docstring); registers the virtio-mem
     built-in layouts first."""
-    from vmig.stream.vmstate.virtio_mem import register_layouts
+    from vmig.vmstate.virtio_mem import register_layouts
 
     register_layouts()
     return MachineLayoutResolver(descriptions, builtins, machine)

@@ -61,8 +61,8 @@ import numpy as np
 
 from vmig.errors import SchemaError
 from vmig.stream.constants import RamFlag, SectionType
-from vmig.stream.vmstate.engine import BodyNode, FieldItem, SchemaSet, VmsdSchema
-from vmig.stream.vmstate.registry import Registry
+from vmig.vmstate.engine import BodyNode, FieldItem, SchemaSet, VmsdSchema
+from vmig.vmstate.registry import Registry
 
 __all__ = ["FORMAT", "analyze", "render_body", "jsonable"]
 
@@ -162,7 +162,7 @@ def render_body(body: BodyNode, container: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Builtin:
-    """Bundled machine schema sets (:mod:`vmig.stream.vmstate.machines`) as a last resort.
+    """Bundled machine schema sets (:mod:`vmig.vmstate.machines`) as a last resort.
 
     A set lists, per idstr, description variants with every subsection the vmsd may send; the
     first variant that decodes the payload exactly is used (the decoder measured the section
@@ -171,7 +171,7 @@ class _Builtin:
     """
 
     def __init__(self, machine: str | None, registry: Any) -> None:
-        from vmig.stream.vmstate.machines import load_schema_set
+        from vmig.vmstate.machines import load_schema_set
 
         self.machine = machine
         self.set = load_schema_set(machine) if machine else None

@@ -3,7 +3,7 @@
 Consumes the decoder's events (``SectionHeader`` / ``RamRecords`` / ``SectionEnd``) and keeps
 only columnar numpy state: per RAMBlock a "sent" bitmap, the kind and record offset of the last
 write of every page, and per pass a (block x kind) table of record counts and bytes. No page
-content is copied here; :mod:`vmig.extract` materialises contents.
+content is copied here; :mod:`vmig.analysis.extract` materialises contents.
 
 Mirrors what QEMU's destination does with the records of ``migration/ram.c``
 (``ram_load_precopy``: last write wins) and what the source counts in ``query-migrate``
@@ -25,8 +25,9 @@ Theory of operation:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

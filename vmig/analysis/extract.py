@@ -35,9 +35,10 @@ import shutil
 import struct
 import tempfile
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -463,7 +464,7 @@ def _slim(ev: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _staged(out_dir: str, *, qemu_compat: bool = False) -> Iterator[tuple[str, "BlockImages"]]:
+def _staged(out_dir: str, *, qemu_compat: bool = False) -> Iterator[tuple[str, BlockImages]]:
     """A temporary folder inside ``out_dir`` with the block images; published into ``out_dir``
     only if the body succeeds, removed otherwise (nothing half-written is left behind)."""
     try:
@@ -494,7 +495,7 @@ def extract(
     """Extract RAM blocks, ``state.json`` and ``desc.json`` from decoded events into ``out_dir``.
 
     Args:
-        events: the decoder's events (``vmig.stream.io.iter_events``).
+        events: the decoder's events (``vmig.io.streams.iter_events``).
         out_dir: DIR (created if missing). Nothing is written outside it, except ``physical``.
         fmt: ``"vmig"`` (vmig's JSON, raw trailer bytes, destination page semantics) or
             ``"qemu"`` (analyze-migration.py -x files).
@@ -541,7 +542,7 @@ def extract(
 
 
 def _virtio_mem_state(ev: Any) -> tuple[str, Any] | None:
-    from vmig.stream.vmstate import virtio_mem
+    from vmig.vmstate import virtio_mem
 
     idstr = ev.idstr
     if idstr.endswith("/virtio-mem-device-early"):
@@ -558,7 +559,7 @@ def _virtio_mem_state(ev: Any) -> tuple[str, Any] | None:
 
 def _write_json(tmp: str, kept: list[Any], trailer: bytes | None, fmt: str) -> None:
     if fmt == "qemu":
-        from vmig.stream.vmstate import qemu_json
+        from vmig.vmstate import qemu_json
 
         if trailer is None:
             raise StreamError("the stream has no vmdesc trailer; analyze-migration.py -x needs one "
@@ -569,7 +570,7 @@ def _write_json(tmp: str, kept: list[Any], trailer: bytes | None, fmt: str) -> N
         _write_new(tmp, "desc.json", enc.encode(desc).encode())
         _write_new(tmp, "state.json", enc.encode(state).encode())
     else:
-        from vmig.stream.vmstate import vmig_json
+        from vmig.vmstate import vmig_json
 
         doc = vmig_json.analyze(kept)
         _write_new(tmp, "state.json", (json.dumps(doc, indent=2) + "\n").encode())

@@ -1,6 +1,6 @@
 """I/O around the sans-I/O decoder: sources (mmap file, .lz4, stdin), trailer location, records.
 
-This module and :mod:`vmig.stream.mapping` (the mapping itself) are the only ones of
+This module and :mod:`vmig.io.mapping` (the mapping itself) are the only ones of
 vmig.stream that touch files. A regular file is mmap'ed and its
 vmdesc trailer located (from the end) before decoding, so FULL sections can be measured at
 once and payloads are zero-copy views. A pipe or an ``.lz4`` file is read in chunks; the
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 from vmig.errors import StreamError, UsageError
+from vmig.io.mapping import MappedFile, adopt
 from vmig.stream.constants import SectionType
 from vmig.stream.decoder import StreamDecoder
 from vmig.stream.events import (
@@ -34,7 +36,6 @@ from vmig.stream.events import (
     VmDescriptionEvent,
 )
 from vmig.stream.layout import LayoutResolver
-from vmig.stream.mapping import MappedFile, adopt
 from vmig.stream.vmdesc import VmDescription, find_trailer
 
 __all__ = [
@@ -77,7 +78,7 @@ class Source:
     def release_before(self, offset: int) -> None:
         """Hint that the mapped bytes before ``offset`` were consumed.
 
-        The mapping's warmer thread (:mod:`vmig.stream.mapping`) then populates page tables
+        The mapping's warmer thread (:mod:`vmig.io.mapping`) then populates page tables
         further ahead and drops the page-table entries of consumed pages, ``drop_lag`` bytes
         behind ``offset`` (a consumer that works behind the decoder, like extract's writers,
         would fault them back in). Views into the dropped range stay valid; only the process's
@@ -260,7 +261,7 @@ def iter_events(
     Descriptions are consulted in order: the stream's own trailer (located first for mapped
     files), ``description``, then ``desc_from`` (a path or a VmDescription).
     With ``schema_sets`` the bundled schema set of the stream's machine type is the last resort
-    for FULL sections nothing else describes (vmig.stream.vmstate.machines).
+    for FULL sections nothing else describes (vmig.vmstate.machines).
 
     A mapped file's consumed pages are dropped from the resident set as decoding advances
     (:meth:`Source.release_before`; event payloads stay valid): ``resident_lag`` bytes behind
@@ -289,7 +290,8 @@ def iter_events(
             dec.receive_data(b"")
             yield from dec.events()
         except StreamError as e:
-            raise e.with_path(src.name)
+            e.with_path(src.name)
+            raise
 
 
 def _decoder(name: str, whole: bytes | memoryview | None, extra: list[VmDescription],
@@ -333,7 +335,7 @@ def decode_bytes(data: bytes | memoryview, *, description: VmDescription | None 
 def _default_layout() -> LayoutResolver:
     """A resolver that ends with vmig's bundled schema sets for the stream's machine type
     (streams without a trailer: postcopy, suppress-vmdesc)."""
-    from vmig.stream.vmstate.machines import machine_layout_resolver
+    from vmig.vmstate.machines import machine_layout_resolver
 
     return machine_layout_resolver()
 
@@ -368,7 +370,7 @@ class Record:
     instance_id: int | None = None
     version_id: int | None = None
     command: str | None = None
-    children: tuple["Record", ...] = ()
+    children: tuple[Record, ...] = ()
     events: tuple[Event, ...] = ()
     footer: bool | None = None
     ram_records: int | None = None

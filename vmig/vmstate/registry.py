@@ -4,7 +4,7 @@ The vmdesc trailer describes most device state field by field, but some fields a
 QEMU writes them with a custom ``VMStateInfo.put`` (``virtio``, ``pci config``…) and the trailer
 records only their type name and byte count. A *field codec* is a ``construct`` schema written
 by hand for one such field (mirroring the QEMU C code that writes it); the engine
-(:mod:`vmig.stream.vmstate.engine`) uses it instead of ``Bytes(size)`` when one is registered.
+(:mod:`vmig.vmstate.engine`) uses it instead of ``Bytes(size)`` when one is registered.
 
 Keys are ``(type_name, vmsd_name)``: the field's vmdesc ``type`` and the ``vmsd_name`` of the
 vmsd body that *contains* the field (e.g. ``("virtio", "virtio-mem")``: the single ``virtio``
@@ -37,7 +37,7 @@ FieldCodecFactory = Callable[[Mapping[str, Any]], construct.Construct]
 # "module:attribute" of the factory). The module is imported when the default registry is
 # first built, so a missing module is an ImportError, not a silent fallback.
 BUILTIN_FIELD_CODECS: tuple[tuple[str, str | None, str], ...] = (
-    ("virtio", "virtio-mem", "vmig.stream.vmstate.virtio_mem:virtio_field_codec"),
+    ("virtio", "virtio-mem", "vmig.vmstate.virtio_mem:virtio_field_codec"),
 )
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import construct
 
 from vmig.errors import SchemaError
-from vmig.stream.vmstate.engine import _INT_CONSTRUCTS, BodyNode, FieldItem, SchemaSet
+from vmig.vmstate.engine import _INT_CONSTRUCTS, BodyNode, FieldItem, SchemaSet
 
 __all__ = [
     "SIGNED_READERS",
@@ -114,7 +114,7 @@ def _element(item: FieldItem, value: Any) -> Any:
     return " ".join("%02x" % c for c in data)
 
 
-def render_body(body: BodyNode, container: Mapping[str, Any]) -> "OrderedDict[str, Any]":
+def render_body(body: BodyNode, container: Mapping[str, Any]) -> OrderedDict[str, Any]:
     """Render a decoded vmsd body the way analyze-migration.py's ``VMSDFieldStruct`` does.
 
     ``body`` must come from a :class:`SchemaSet` built without field codecs
@@ -157,7 +157,7 @@ def state_dict(
     description: Any = None,
     *,
     fallback: Any = None,
-) -> "OrderedDict[str, Any]":
+) -> OrderedDict[str, Any]:
     """The ``-d state`` document for a decoded stream.
 
     Args:
@@ -171,13 +171,13 @@ def state_dict(
     Raises:
         SchemaError: a device section has no description or does not fit it.
     """
+    from vmig.stream.constants import SectionType
     from vmig.stream.events import (
         DeviceState,
         RamRecords,
         SectionHeader,
         VmDescriptionEvent,
     )
-    from vmig.stream.constants import SectionType
 
     sections: OrderedDict[int, tuple[str, Any]] = OrderedDict()
     pending: list[tuple[int, str, int, int, bytes]] = []
@@ -234,7 +234,7 @@ def state_dict(
     return out
 
 
-def desc_dict(raw: bytes | bytearray | memoryview) -> "OrderedDict[str, Any]":
+def desc_dict(raw: bytes | bytearray | memoryview) -> OrderedDict[str, Any]:
     """The ``-d desc`` document: the trailer JSON as ordered dicts (last duplicate key wins).
 
     Raises:

@@ -33,7 +33,8 @@ Public API (the device model consumes it):
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from construct import (
@@ -45,15 +46,17 @@ from construct import (
     Int32ub,
     Int64ub,
     SizeofError,
-    StreamError as ConstructStreamError,
     Struct,
     stream_read,
     stream_tell,
     stream_write,
 )
+from construct import (
+    StreamError as ConstructStreamError,
+)
 
 from vmig.errors import SchemaError, UsageError
-from vmig.stream.vmstate.virtio import build_exact, parse_exact, virtio_pci_payload
+from vmig.vmstate.virtio import build_exact, parse_exact, virtio_pci_payload
 
 VMSD_VIRTIO_MEM = "virtio-mem"
 VMSD_VIRTIO_MEM_DEVICE = "virtio-mem-device"
@@ -281,7 +284,7 @@ def _looks_late(payload: bytes) -> bool:
     """
     import io
 
-    from vmig.stream.vmstate.pci import PCI_DEVICE_STATE, pci_layout
+    from vmig.vmstate.pci import PCI_DEVICE_STATE, pci_layout
 
     stream = io.BytesIO(payload)
     try:
@@ -347,12 +350,12 @@ def measure_virtio_mem(buf: bytes | memoryview) -> int:
     bytes, as in :func:`decode_virtio_mem`.
 
     Raises:
-        vmig.stream.vmstate.machines.NeedMoreData: ``buf`` ends inside the payload.
+        vmig.vmstate.machines.NeedMoreData: ``buf`` ends inside the payload.
         SchemaError: the bytes do not fit the virtio-mem layout.
     """
     import io
 
-    from vmig.stream.vmstate.machines import NeedMoreData
+    from vmig.vmstate.machines import NeedMoreData
 
     data = bytes(buf)
     schema = VIRTIO_MEM_PAYLOAD_LATE if _looks_late(data) else VIRTIO_MEM_PAYLOAD
@@ -420,7 +423,7 @@ class VirtioMemField(Construct):
         sub = io.BytesIO(data)
         value = schema._parsereport(sub, context, path)
         stream.seek(here + sub.tell())
-        from vmig.stream.vmstate.virtio import _strip_io
+        from vmig.vmstate.virtio import _strip_io
 
         _strip_io(value)
         return value
@@ -445,7 +448,7 @@ def virtio_field_codec(entry: Any) -> Construct:
 
 def _measure_for_layout(view: memoryview, version_id: int) -> int:
     from vmig.errors import TruncatedError
-    from vmig.stream.vmstate.machines import NeedMoreData
+    from vmig.vmstate.machines import NeedMoreData
 
     try:
         return measure_virtio_mem(view)

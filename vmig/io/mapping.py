@@ -111,7 +111,7 @@ class MappedFile:
                 self._thread.start()
 
     @classmethod
-    def open(cls, path: str, *, warm: bool = True) -> "MappedFile | None":
+    def open(cls, path: str, *, warm: bool = True) -> MappedFile | None:
         """Map ``path`` if it is a non-empty regular file, else None (OSError if unopenable)."""
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:

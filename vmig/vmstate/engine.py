@@ -15,14 +15,14 @@ into a body construct (fields in order into one ``Container``, then subsections)
    ``capability``, null-pointer markers, nested ``struct`` bodies, inline ``tmp``/``vstruct``
    bodies, and opaque ``Bytes(size)`` for every type the trailer does not describe (``virtio``,
    ``pci config``, ``qtailq``, unknown names). A codec registered in
-   :mod:`vmig.stream.vmstate.registry` replaces an opaque field.
+   :mod:`vmig.vmstate.registry` replaces an opaque field.
 2. ``array_len`` wraps the element in ``Array(n, ...)``. Entries carrying ``index`` (one object
    per element) and repeated same-named entries are grouped into one key whose value is a list
    (``Sequence``). A name that reappears after another field gets the key ``name#k``.
 3. Each listed subsection becomes ``Const(05 len name be32 version)`` + its body, under the key
    equal to its ``vmsd_name``; all must follow in list order (a trailer lists exactly what was
    written). With ``SchemaSet(optional_subsections=True)`` (for the bundled machine schema
-   sets of :mod:`vmig.stream.vmstate.machines`, which list every subsection a vmsd may send,
+   sets of :mod:`vmig.vmstate.machines`, which list every subsection a vmsd may send,
    inline bodies under ``"body"`` and no sizes for structs) subsections are found by peeking,
    in any order, and a name listed in several variants decodes to a :class:`VariantContainer`
    remembering which one.
@@ -69,7 +69,7 @@ from construct import (
 
 from vmig.errors import SchemaError
 from vmig.stream.constants import VMS_NULLPTR_MARKER
-from vmig.stream.vmstate.registry import Registry, default_registry
+from vmig.vmstate.registry import Registry, default_registry
 
 __all__ = [
     "INT_TYPES",
@@ -286,7 +286,7 @@ class VariantContainer(Container):  # type: ignore[misc]
     the remembered index; copies keep it.
     """
 
-    def _set_variant(self, index: int) -> "VariantContainer":
+    def _set_variant(self, index: int) -> VariantContainer:
         object.__setattr__(self, "_vmig_variant", index)
         return self
 
@@ -294,10 +294,10 @@ class VariantContainer(Container):  # type: ignore[misc]
     def variant(self) -> int | None:
         return self.__dict__.get("_vmig_variant")
 
-    def __copy__(self) -> "VariantContainer":
+    def __copy__(self) -> VariantContainer:
         return VariantContainer(self)._set_variant(self.variant)  # type: ignore[arg-type]
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "VariantContainer":
+    def __deepcopy__(self, memo: dict[int, Any]) -> VariantContainer:
         import copy
 
         out = VariantContainer({k: copy.deepcopy(v, memo) for k, v in self.items()})
@@ -423,7 +423,7 @@ class FieldItem:
     slot: int | None
     count: int | None
     element: construct.Construct
-    body: "BodyNode | None"
+    body: BodyNode | None
     codec: bool
 
     @property
@@ -458,7 +458,7 @@ class BodyNode:
 
     desc: Mapping[str, Any]
     items: tuple[FieldItem, ...]
-    subsections: tuple[tuple[str, "BodyNode"], ...]
+    subsections: tuple[tuple[str, BodyNode], ...]
     construct: construct.Construct = field(repr=False)
 
     @property
@@ -466,7 +466,7 @@ class BodyNode:
         name = self.desc.get("vmsd_name")
         return str(name) if name is not None else None
 
-    def present_subsections(self, container: Mapping[str, Any]) -> list[tuple[str, "BodyNode"]]:
+    def present_subsections(self, container: Mapping[str, Any]) -> list[tuple[str, BodyNode]]:
         """``(key, body)`` of the subsections present in a decoded ``container``, in its order.
 
         With a strict description that is every listed subsection; with optional subsections
@@ -781,7 +781,7 @@ class SchemaSet:
             return Bytes(size), None, False
         if type_name in _INLINE_BODY_TYPES:
             # trailer form: the body's keys are inline in the field object; schema-set form
-            # (vmig.stream.vmstate.machines): under "body"
+            # (vmig.vmstate.machines): under "body"
             inline = entry if "fields" in entry else entry.get("body")
             if hasattr(inline, "get") and "fields" in inline:
                 node = self._body(inline)

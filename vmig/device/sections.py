@@ -1,6 +1,6 @@
 """Bridge between the device model and virtio-mem sections of a decoded stream.
 
-Uses the virtio-mem vmstate schemas of :mod:`vmig.stream.vmstate.virtio_mem` (owned by the
+Uses the virtio-mem vmstate schemas of :mod:`vmig.vmstate.virtio_mem` (owned by the
 codec side; not duplicated here) to:
 
 * find the ``<dev-path>/virtio-mem`` and ``<dev-path>/virtio-mem-device-early`` sections among
@@ -12,20 +12,21 @@ codec side; not duplicated here) to:
   ``virtio-mem-device`` fields come from :meth:`VirtioMem.vmstate_values` (pre_save).
 
 Mirrors QEMU's load order (spec §5.2/§6): early section (8.0+) before RAM, late section after.
-No I/O: events come from the caller (``vmig.stream.io.iter_events``).
+No I/O: events come from the caller (``vmig.io.streams.iter_events``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from construct import Container
 
 from vmig.device.virtio_mem import PostLoadResult, VirtioMem
 from vmig.errors import MigrationError
 from vmig.stream.events import Command, DeviceState
-from vmig.stream.vmstate import virtio_mem as schema
+from vmig.vmstate import virtio_mem as schema
 
 __all__ = ["VirtioMemSection", "virtio_mem_sections", "load_section", "encode_section", "encode_early"]
 

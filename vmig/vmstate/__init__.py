@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from vmig.stream.vmstate.engine import (
+from vmig.vmstate.engine import (
     BodyNode,
     FieldItem,
     SchemaSet,
@@ -18,7 +18,7 @@ from vmig.stream.vmstate.engine import (
     build_schema,
     described_length,
 )
-from vmig.stream.vmstate.registry import Registry, default_registry, register_field_codec
+from vmig.vmstate.registry import Registry, default_registry, register_field_codec
 
 __all__ = [
     "BodyNode",

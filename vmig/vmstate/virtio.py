@@ -35,7 +35,8 @@ Python objects. ``encode(decode(b)) == b`` for every payload QEMU writes.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from construct import (
@@ -61,7 +62,7 @@ from construct import (
 )
 
 from vmig.errors import SchemaError
-from vmig.stream.vmstate.pci import PCI_DEVICE_STATE, msix_state, pci_layout
+from vmig.vmstate.pci import PCI_DEVICE_STATE, msix_state, pci_layout
 
 VIRTIO_QUEUE_MAX = 1024
 QEMU_VM_SUBSECTION = 0x05

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+from vmig.analysis.edit import set_virtio_mem_plugged
 from vmig.cli import main
 from vmig.io.streams import iter_events
 from vmig.migration.destination import Destination
 from vmig.migration.ram import GuestRam
 from vmig.migration.source import PrecopySource, StreamTemplate
 from vmig.testing import fixtures
-from vmig.testing.roundtrip import set_virtio_mem_plugged
 
 
 def _run(capsys, *argv):

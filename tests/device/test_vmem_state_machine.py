@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from vmig.device.requests import RequestType, ResponseType, VirtioMemResponse, build_request
+from vmig.device.state import MigrationState
 from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
     MemoryBackend,
     MiB,
-    MigrationState,
     VirtioMem,
     VirtioMemProperties,
 )

@@ -116,8 +116,8 @@ def test_check_clean_fixture(name: str, capsys: pytest.CaptureFixture[str]) -> N
     assert devs and all(d.ramblock is not None for d in devs)
     for d in devs:
         # QEMU sends pages only for plugged blocks (and, precopy, for every plugged block)
-        bits = d.bitmap
-        blocks = set((d.pages() // d.block_size).tolist())
+        bits = d.device.bitmap
+        blocks = set((d.pages() // d.device.block_size).tolist())
         assert blocks <= set(map(int, bits.nonzero()[0]))
 
 

@@ -1,103 +1,19 @@
-"""``vmig check STREAM``: does the stream parse to its last byte? Plus registered checkers.
+"""``vmig check STREAM``: does the stream parse to its last byte? Plus the stream checkers.
 
 Exit 0 when the decoder consumes the whole input and no checker reports anything; exit 1 with
 a one-line report of the first problem otherwise (``FILE: offset …: section …: message``).
-
-Checkers are explicit: a module listed in ``CHECKER_MODULES`` calls
-``register_checker(factory, name)`` at import; ``factory(ctx)`` is called once per run and
-returns a callable that sees every event (the last one is ``StreamEnd``) and returns an
-iterable of problem strings or None.
+The checkers and the run are :mod:`vmig.checks.registry`'s; this module parses the arguments
+and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument, description_from_args
-from vmig.errors import StreamError
 
-if TYPE_CHECKING:
-    from vmig.stream.events import Event
-    from vmig.stream.vmdesc import VmDescription
-
-__all__ = [
-    "CHECKER_MODULES",
-    "CheckContext",
-    "Checker",
-    "register_checker",
-    "registered_checkers",
-    "run_checks",
-    "register",
-    "handler",
-]
-
-# Explicit list of modules that register checkers when imported (missing ones are skipped
-# while their owners build them).
-CHECKER_MODULES: tuple[str, ...] = ("vmig.checks.virtio_mem", "vmig.checks.destination")
-
-
-@dataclass
-class CheckContext:
-    """What a checker factory gets: the input path and the --desc-from description."""
-
-    path: str
-    desc_from: VmDescription | None = None
-    notes: dict = field(default_factory=dict)
-
-
-EventCheck = Callable[["Event"], "Iterable[str] | None"]
-Checker = Callable[[CheckContext], EventCheck]
-
-_CHECKERS: list[tuple[str, Checker]] = []
-
-
-def register_checker(factory: Checker, name: str | None = None) -> Checker:
-    """Register a checker factory (usable as a decorator). Re-registering a name replaces it."""
-    label = name or getattr(factory, "__name__", repr(factory))
-    for i, (n, _) in enumerate(_CHECKERS):
-        if n == label:
-            _CHECKERS[i] = (label, factory)
-            return factory
-    _CHECKERS.append((label, factory))
-    return factory
-
-
-def registered_checkers() -> list[tuple[str, Checker]]:
-    """(name, factory) pairs, after importing CHECKER_MODULES."""
-    for mod in CHECKER_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-    return list(_CHECKERS)
-
-
-def run_checks(path: str, desc_from: VmDescription | None = None,
-               notes: dict | None = None) -> list[str]:
-    """Decode ``path`` feeding every registered checker; return the problems (first first).
-
-    A StreamError ends the run and is the last problem reported.
-    """
-    ctx = CheckContext(path, desc_from, dict(notes or {}))
-    checks = [(name, factory(ctx)) for name, factory in registered_checkers()]
-    problems: list[str] = []
-    try:
-        from vmig.io.streams import iter_events
-
-        for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
-            for name, fn in checks:
-                found = fn(ev)
-                if found:
-                    problems.extend(f"{name}: {p}" for p in found)
-    except StreamError as e:
-        problems.append(e.one_line())
-    return problems
+__all__ = ["register", "handler"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -116,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
+    from vmig.checks.registry import run_checks
+
     problems = run_checks(args.stream, description_from_args(args),
                           {"virtio_mem_dest": list(getattr(args, "dest", []) or []),
                            "dest_capture": getattr(args, "dest_capture", None)})

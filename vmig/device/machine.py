@@ -17,13 +17,13 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmig.device.state import MigrationState
 from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
     GiB,
     HostInfo,
     MemoryBackend,
     MiB,
-    MigrationState,
     VirtioMem,
     VirtioMemProperties,
 )

@@ -48,7 +48,7 @@ from vmig.stream.return_path import encode_rp, rp_message
 if TYPE_CHECKING:
     from vmig.device.machine import Machine
 
-__all__ = ["Destination"]
+__all__ = ["Destination", "ram_size_mismatch"]
 
 _CONT = int(RamFlag.CONTINUE)
 _ZERO, _PAGE, _XBZRLE, _COMPRESS = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE),
@@ -65,6 +65,12 @@ def _unknown_section(idstr: str, instance: int) -> MigrationError:
 def _ram_failure(line: str) -> MigrationError:
     return MigrationError("\n".join([line, "error while loading state for instance 0x0 of device 'ram'",
                                      "load of migration failed: Invalid argument"]))
+
+
+def ram_size_mismatch(idstr: str, sent: int, local: int) -> MigrationError:
+    """QEMU's lines when a RAMBlock's length in the stream differs from the destination's
+    (migration/ram.c ``qemu_ram_resize`` during the RAM section's block list)."""
+    return _ram_failure(f"Size mismatch: {idstr}: {sent:#x} != {local:#x}: Invalid argument")
 
 
 class Destination:
@@ -149,8 +155,7 @@ class Destination:
                 if local is None:
                     raise _ram_failure(f'Unknown ramblock "{b.idstr}", cannot accept migration')
                 if local != b.used_length:
-                    raise _ram_failure(f"Size mismatch: {b.idstr}: {b.used_length:#x} != {local:#x}: "
-                                       "Invalid argument")
+                    raise ram_size_mismatch(b.idstr, b.used_length, local)
             if b.idstr not in self.images:
                 self.images[b.idstr] = np.zeros(b.used_length, dtype=np.uint8)
                 self.received[b.idstr] = np.zeros(-(-b.used_length // self.page_size), dtype=bool)

@@ -26,7 +26,7 @@ Theory of operation (QEMU's migration.c / ram.c / savevm.c, precopy then optiona
    after postcopy).
 
 The outgoing migration status goes to ``migration`` (a device model's
-:class:`vmig.device.virtio_mem.MigrationState`), so modelled devices see themselves busy.
+:class:`vmig.device.state.MigrationState`), so modelled devices see themselves busy.
 Everything returned is bytes for the caller to write; no I/O here.
 """
 

@@ -28,12 +28,15 @@ Public API (the device model consumes it):
 ``VIRTIO_MEM_DEVICE``, ``VIRTIO_MEM_DEVICE_EARLY``, ``VIRTIO_MEM_DEVICE_LATE``,
 ``VIRTIO_MEM_PAYLOAD`` / ``VIRTIO_MEM_PAYLOAD_LATE`` (the whole ``virtio`` field),
 ``decode_virtio_mem`` / ``encode_virtio_mem``, ``decode_early`` / ``encode_early``,
-``bitmap_to_bool``, ``bool_to_words``, ``plugged_ranges``, ``ranges_to_bool``, ``block_count``.
+``bitmap_to_bool``, ``bool_to_words``, ``plugged_ranges``, ``ranges_to_bool``, ``block_count``;
+:class:`VirtioMemSection` (one device's section bytes and decoded fields) filled by
+:func:`add_section`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -404,6 +407,67 @@ def device_path(idstr: str) -> str:
         if idstr.endswith(suffix):
             return idstr[: -len(suffix)]
     return idstr
+
+
+@dataclass
+class VirtioMemSection:
+    """The migrated state of one virtio-mem device as a stream carries it: section bytes and
+    their decoded fields (no interpretation; the device model is built from these).
+
+    Attributes:
+        dev_path: PCI device path (``0000:00:02.0``), from the section idstr.
+        payload: bytes of the ``<dev-path>/virtio-mem`` FULL section, or None (not seen yet).
+        decoded: its decoded Container (``.device`` = the virtio-mem-device values), or None.
+        offset: stream offset of that payload, or None.
+        early_payload / early: the ``-early`` section ([8.0]+ machines) and its decoded
+            values (tmp, size, bitmap), or None.
+    """
+
+    dev_path: str
+    payload: bytes | None = None
+    decoded: Container | None = None
+    offset: int | None = None
+    early_payload: bytes | None = None
+    early: Container | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Both halves are present: the late section, and the early one if the late one
+        has the 8.0+ layout (without ``tmp``)."""
+        if self.decoded is None:
+            return False
+        return "tmp" in self.decoded.device or self.early is not None
+
+
+def is_virtio_mem_section(idstr: str) -> bool:
+    """True for ``<path>/virtio-mem`` and ``<path>/virtio-mem-device-early`` idstrs."""
+    return idstr.endswith(IDSTR_SUFFIX) or idstr.endswith(IDSTR_SUFFIX_EARLY)
+
+
+def add_section(found: dict[str, VirtioMemSection], idstr: str, instance_id: int,
+                payload: bytes | memoryview, offset: int | None = None) -> VirtioMemSection | None:
+    """Decode one virtio-mem section payload into ``found[dev_path]`` (created on first use).
+
+    Returns the updated record, or None if ``idstr`` is not a virtio-mem section.
+
+    Raises:
+        SchemaError: the payload does not fit the virtio-mem layout.
+    """
+    if not is_virtio_mem_section(idstr):
+        return None
+    path = device_path(idstr)
+    sec = found.get(path)
+    if sec is None:
+        sec = found[path] = VirtioMemSection(path)
+    raw = bytes(payload)
+    label = f"{idstr} instance {instance_id}"
+    if idstr.endswith(IDSTR_SUFFIX_EARLY):
+        sec.early_payload, sec.early = raw, decode_early(raw, offset=offset, section=label)
+    else:
+        sec.payload, sec.offset = raw, offset
+        sec.decoded = decode_virtio_mem(raw, early_migration=sec.early is not None or None,
+                                        offset=offset, section=label)
+    return sec
 
 
 class VirtioMemField(Construct):

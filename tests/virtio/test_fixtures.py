@@ -67,6 +67,21 @@ def test_info_id_mapping(name: str, capsys: pytest.CaptureFixture[str]) -> None:
         argv += ["--id", a]
     assert main(argv) == 0
     assert capsys.readouterr().out == man["hmp-info-memory-devices"].replace("\r\n", "\n")
+    # QMP with the ids: QEMU's entries, keys in the order QEMU printed them
+    assert main([*argv, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == man["query-memory-devices"]
+    assert [list(e["data"]) for e in got] == [list(e["data"]) for e in man["query-memory-devices"]]
+
+
+def test_info_id_with_unknown_path_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """An --id naming no device of the stream is refused (exit 2), naming the paths there are."""
+    argv = ["info", "memory-devices", str(fixtures.path("q35-numa")), "--id", "0000:00:09.0=vm9"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert "'0000:00:09.0'" in err and "0000:00:01.0, 0000:00:02.0" in err
 
 
 @pytest.mark.parametrize("name", _NO_TRAILER)

@@ -6,7 +6,9 @@ property validation with QEMU's messages, the 56-byte config space, the guest re
 (PLUG / UNPLUG / UNPLUG_ALL / STATE) with QEMU's check order and response codes, the usable-region
 formula, QOM ``requested-size`` writes, system reset, the migration busy rule, and the migration
 state (``virtio-mem-device`` and the [8.0]+ ``virtio-mem-device-early`` values, pre-save,
-load-time sanity checks and post-load).
+load-time sanity checks and post-load), the device a stream describes (:meth:`VirtioMem.from_section`)
+with the consistency checks QEMU's loader skips, and its ``query-memory-devices`` / HMP
+``info memory-devices`` entry (hw/virtio/virtio-mem-pci.c ``virtio_mem_pci_fill_device_info``).
 
 Sans-I/O: no threads, no virtqueue memory, no files. A request is 24 bytes in, 10 bytes out;
 side effects QEMU would perform on the host (discarding backend ranges, QMP events, config

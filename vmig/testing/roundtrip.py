@@ -1,12 +1,12 @@
-"""Helpers for round-trip migration tests: byte-exact codec checks, device-state edits, loads.
+"""Helpers for round-trip migration tests: byte-exact codec checks, memory devices, loads into QEMU.
+
+Edits of device state are :mod:`vmig.analysis.edit`'s.
 
 What it covers:
 
 * :func:`assert_roundtrip` — decode → encode must give the input back byte for byte; a mismatch
   names the first differing offset and the top-level record that holds it
   (:func:`describe_mismatch` does the reporting and is usable on any two byte strings);
-* :func:`virtio_mem_plugged` — a device's plugged blocks as the stream shows them (edits of
-  device state are :mod:`vmig.analysis.edit`'s);
 * :func:`memory_devices` — ``query-memory-devices`` as the stream shows it (:mod:`vmig.analysis.virtio_mem`);
 * :func:`assert_loads_in_qemu` — loads a stream into a real QEMU
   (:func:`vmig.testing.qemu.load_stream`) and fails with QEMU's stderr when QEMU refuses it.
@@ -24,7 +24,6 @@ import numpy as np
 
 from vmig.analysis.edit import Description
 from vmig.analysis.edit import as_description as _as_description
-from vmig.errors import UsageError
 from vmig.io.streams import records
 from vmig.stream import events as ev
 from vmig.stream.encoder import encode
@@ -34,7 +33,6 @@ __all__ = [
     "assert_roundtrip",
     "describe_mismatch",
     "decode_stream",
-    "virtio_mem_plugged",
     "memory_devices",
     "assert_loads_in_qemu",
 ]
@@ -126,21 +124,6 @@ def assert_roundtrip(data: bytes, *, description: Description = None) -> list[ev
         msg = describe_mismatch(data, out, events)
         raise AssertionError(msg or "round trip differs")
     return events
-
-
-# --------------------------------------------------------------------------- device views
-
-
-def virtio_mem_plugged(data: bytes, *, device: str | None = None) -> np.ndarray:
-    """The plugged-block bool array of a virtio-mem device in ``data`` (see :mod:`vmig.analysis.virtio_mem`)."""
-    from vmig.analysis.virtio_mem import MemoryDeviceCollector
-
-    col = MemoryDeviceCollector(keep_pages=False)
-    col.feed(decode_stream(data))
-    devs = [d for d in col.result() if device is None or d.path == device]
-    if len(devs) != 1 or devs[0].device is None:
-        raise UsageError(f"expected one virtio-mem device{' ' + device if device else ''}, found {len(devs)}")
-    return devs[0].device.bitmap.copy()
 
 
 # --------------------------------------------------------------------------- reports and loads

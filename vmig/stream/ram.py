@@ -33,6 +33,7 @@ import numpy as np
 
 from vmig.errors import RamError, TruncatedError
 from vmig.stream.constants import RamFlag
+from vmig.stream.ramcodec import compress_bound
 
 __all__ = [
     "RamBlock",
@@ -44,7 +45,6 @@ __all__ = [
     "walk_fast",
     "build_records",
     "mem_size_bytes",
-    "compress_bound",
     "RECORD_TYPES",
     "BLOCK_TYPES",
 ]
@@ -69,11 +69,6 @@ BLOCK_TYPES = frozenset({ZERO, PAGE, XBZRLE, COMPRESS})
 #: every record type the walker accepts
 RECORD_TYPES = frozenset({ZERO, PAGE, XBZRLE, COMPRESS, MEM_SIZE, EOS, HOOK, FLUSH})
 _BULK_MIN = 4  # below this a numpy round trip costs more than scalar steps
-
-
-def compress_bound(n: int) -> int:
-    """zlib's compressBound(n): the loader's limit for a COMPRESS_PAGE length."""
-    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13
 
 
 @dataclass(frozen=True, slots=True)

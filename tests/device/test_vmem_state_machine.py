@@ -345,7 +345,8 @@ TestVirtioMemStateMachine = VirtioMemMachine.TestCase
 # --------------------------------------------------------------------------------------------
 from hypothesis import given  # noqa: E402
 
-from vmig.device.virtio_mem import GiB, HostInfo  # noqa: E402
+from vmig.device.virtio_mem import HostInfo  # noqa: E402
+from vmig.units import GiB  # noqa: E402
 
 
 @settings(max_examples=300, deadline=None)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from vmig.errors import RamError, StreamError, UsageError
+from vmig.runs import true_runs
 from vmig.stream.ramcodec import apply_batch
 
 __all__ = [
@@ -336,9 +337,7 @@ def _virtio_mem_ranges(devices: list[tuple[str, Any]], blocks: dict[str, int]) -
         block = next((n for n in blocks if n.startswith(dev_path + "/")), None)
         if block is None:
             continue
-        m = np.concatenate(([False], bitmap, [False]))
-        edges = np.flatnonzero(m[1:] != m[:-1])
-        for a, z in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+        for a, z in true_runs(bitmap):
             out.append(PhysRange(addr + a * bs, (z - a) * bs, block, a * bs))
     return out
 
@@ -656,7 +655,7 @@ def extract_mapped_ram(buf: bytes | memoryview, out_dir: str) -> ExtractResult:
             blk = images._open(b.idstr, b.used_length)
             result.files[b.idstr] = os.fsdecode(blk.path)
             present = mapped_ram.present_pages(buf, b)
-            for a, z in _runs(present):
+            for a, z in true_runs(present):
                 start = b.pages_offset + a * b.page_size
                 _pwritev_all(blk.fd, [mv[start : start + (z - a) * b.page_size]], a * b.page_size)
                 result.pages_written += z - a
@@ -665,8 +664,3 @@ def extract_mapped_ram(buf: bytes | memoryview, out_dir: str) -> ExtractResult:
             _write_new(tmp, "desc.json", bytes(found[1].raw))
     return result
 
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    m = np.concatenate(([False], mask, [False]))
-    e = np.flatnonzero(m[1:] != m[:-1])
-    return list(zip(e[0::2].tolist(), e[1::2].tolist()))

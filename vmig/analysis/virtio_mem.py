@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag
+from vmig.units import exact_size
 from vmig.vmstate import virtio_mem as vm
 
 #: RAM record types that carry (or stand for) a page: ZERO, PAGE, XBZRLE, COMPRESS_PAGE.
@@ -107,7 +109,7 @@ class VirtioMemDevice:
 
     def plugged_ranges(self) -> list[tuple[int, int]]:
         """Plugged block ranges (half-open block indices)."""
-        return vm.plugged_ranges(self.bitmap)
+        return true_runs(self.bitmap)
 
     def pages(self) -> np.ndarray:
         """All in-block page addresses the stream carries for this device's RAMBlock."""
@@ -293,10 +295,10 @@ def block_map(dev: VirtioMemDevice, width: int = 64, rows: int = 4) -> str:
         else:
             chars.append(".")
     lines = [
-        f"{dev.path} ({dev.memdev or '?'}): {nblocks} blocks of {_human(bs)}, "
-        f"{int(bits.sum())} plugged = {_human(int(bits.sum()) * bs)}, size {_human(dev.size)}, "
-        f"requested {_human(dev.requested_size) if dev.state is not None else '?'}",
-        f"one cell = {group} block{'s' if group != 1 else ''} ({_human(group * bs)}); "
+        f"{dev.path} ({dev.memdev or '?'}): {nblocks} blocks of {exact_size(bs)}, "
+        f"{int(bits.sum())} plugged = {exact_size(int(bits.sum()) * bs)}, size {exact_size(dev.size)}, "
+        f"requested {exact_size(dev.requested_size) if dev.state is not None else '?'}",
+        f"one cell = {group} block{'s' if group != 1 else ''} ({exact_size(group * bs)}); "
         "'#' plugged, '+' partly, '.' unplugged, ' ' beyond usable region",
     ]
     for r in range(0, len(chars), width):
@@ -306,16 +308,9 @@ def block_map(dev: VirtioMemDevice, width: int = 64, rows: int = 4) -> str:
     lines.append(f"  plugged ranges ({len(ranges)}):")
     for s, e in ranges:
         lines.append(
-            f"    blocks [{s}, {e})  0x{dev.memaddr + s * bs:x}-0x{dev.memaddr + e * bs - 1:x}  ({_human((e - s) * bs)})"
+            f"    blocks [{s}, {e})  0x{dev.memaddr + s * bs:x}-0x{dev.memaddr + e * bs - 1:x}  ({exact_size((e - s) * bs)})"
         )
     return "\n".join(lines) + "\n"
-
-
-def _human(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} B"
 
 
 def iter_stream_events(path: str, desc_from: str | None = None) -> Iterable[Any]:

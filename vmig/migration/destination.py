@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vmig.errors import MigrationError
+from vmig.runs import true_runs
 from vmig.stream.constants import MigCmd, RpMsg, SectionType
 from vmig.stream.events import Command, Configuration, DeviceState, EndOfStream, RamRecords, SectionHeader
 from vmig.stream.ramcodec import BlockBuffers, apply_batch
@@ -268,11 +269,7 @@ class Destination:
                 need[start // ps : -(-(start + length) // ps)] = True
             need &= ~self.received[idstr]
             need &= ~self._unplugged(idstr)
-            idx = np.flatnonzero(need)
-            if len(idx) == 0:
-                continue
-            for run in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
-                out.append((idstr, int(run[0]) * ps, len(run) * ps))
+            out.extend((idstr, s * ps, (e - s) * ps) for s, e in true_runs(need))
         return out
 
     def request_pages(self, touched: Mapping[str, Iterable[tuple[int, int]]]) -> list[tuple[str, int, int]]:

@@ -41,6 +41,7 @@ import numpy as np
 from vmig.errors import UsageError
 from vmig.migration.notifiers import PrecopyNotifier, PrecopyReason
 from vmig.migration.ram import GuestRam
+from vmig.runs import true_runs
 from vmig.stream import xbzrle
 from vmig.stream.constants import MigCmd, RamFlag, RpMsg, SectionType
 from vmig.stream.encoder import StreamEncoder
@@ -410,13 +411,9 @@ class PrecopySource:
         self._sync()
         out = bytearray()
         for blk in self.ram:
-            idx = np.flatnonzero(blk.bitmap)
-            if len(idx) == 0:
-                continue
-            self.stats.discarded_pages += len(idx)
-            cut = np.flatnonzero(np.diff(idx) != 1) + 1
-            runs = [(int(r[0]) * self.ram.page_size, len(r) * self.ram.page_size)
-                    for r in np.split(idx, cut)]
+            ps = self.ram.page_size
+            runs = [(s * ps, (e - s) * ps) for s, e in true_runs(blk.bitmap)]
+            self.stats.discarded_pages += int(np.count_nonzero(blk.bitmap))
             for i in range(0, len(runs), DISCARD_RANGES_PER_COMMAND):
                 args = {"version": 0, "idstr": blk.idstr, "ranges": runs[i : i + DISCARD_RANGES_PER_COMMAND]}
                 out += self._enc.send(Command(0, 0, MigCmd.POSTCOPY_RAM_DISCARD,

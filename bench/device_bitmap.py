@@ -19,13 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from vmig.device.requests import RequestType, build_request
 from vmig.device.virtio_mem import (
-    GiB,
     MemoryBackend,
-    MiB,
     VirtioMem,
     VirtioMemProperties,
     bitmap_to_words,
 )
+from vmig.units import GiB, MiB
 
 TiB = 1 << 40
 

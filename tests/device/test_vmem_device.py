@@ -22,10 +22,8 @@ from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
     ConfigChange,
     DeviceBroken,
-    GiB,
     HostInfo,
     MemoryBackend,
-    MiB,
     MigrationState,
     SizeChange,
     VirtioMem,
@@ -35,6 +33,7 @@ from vmig.device.virtio_mem import (
     words_to_bitmap,
 )
 from vmig.errors import DeviceError, MigrationError
+from vmig.units import GiB, MiB
 
 BASE = 0x100000000  # -m 512M,maxmem=4G on pc/q35 (s1.bin's tmp.addr)
 

@@ -23,12 +23,12 @@ from vmig.device.requests import RequestType, ResponseType, VirtioMemResponse, b
 from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
     MemoryBackend,
-    MiB,
     MigrationState,
     VirtioMem,
     VirtioMemProperties,
 )
 from vmig.errors import DeviceError
+from vmig.units import MiB
 
 EXTENT = 256 * MiB
 OUTGOING = ["none", "setup", "active", "pre-switchover", "device", "postcopy-active",

@@ -18,16 +18,14 @@ from typing import Any
 
 from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
-    GiB,
     HostInfo,
     MemoryBackend,
-    MiB,
     MigrationState,
     VirtioMem,
     VirtioMemProperties,
 )
 from vmig.errors import DeviceError, UsageError
-from vmig.units import parse_size
+from vmig.units import GiB, MiB, parse_size
 
 __all__ = ["Machine", "QmpError", "round_up"]
 

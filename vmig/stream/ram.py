@@ -3,8 +3,9 @@
 Mirrors migration/ram.c of QEMU 7.2: ``ram_save_setup`` (MEM_SIZE block list), ``save_page_header``
 / ``save_zero_page`` / ``save_normal_page`` / ``save_xbzrle_page`` / compressed pages on the
 source, ``ram_load_precopy`` / ``ram_block_from_stream`` on the destination. This module only
-frames records (where each starts, its flags, block, in-block address, where its data lies);
-page contents (XBZRLE, zlib) are decoded elsewhere (vmig.stream RAM issue).
+frames records (where each starts, its flags, block, in-block address, where its data lies) and
+writes them (:func:`build_records`, for the encoder and the migration engine); page contents
+(XBZRLE, zlib) are decoded and applied by ``vmig.stream.xbzrle`` / ``vmig.stream.ramcodec``.
 
 Theory of operation
 -------------------

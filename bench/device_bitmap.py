@@ -19,12 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from vmig.device.requests import RequestType, build_request
 from vmig.device.virtio_mem import (
-    GiB,
     MemoryBackend,
-    MiB,
     VirtioMem,
     VirtioMemProperties,
 )
+from vmig.units import GiB, MiB
 from vmig.vmstate.virtio_mem import bool_to_words
 
 TiB = 1 << 40

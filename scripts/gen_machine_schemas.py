@@ -75,7 +75,8 @@ def configs(machine: str) -> list[tuple[str, list[str], str]]:
 
 
 def capture(name: str, args: list[str], mode: str, work: Path, use_guest: bool) -> bytes | None:
-    from vmig.testing.qemu import GUEST_READY, Qemu, guest_args, wait_for_text
+    from vmig.testing.guest import GUEST_READY, guest_args
+    from vmig.testing.qemu import Qemu, wait_for_text
 
     out = work / f"{name}.bin"
     extra: list[str] = []

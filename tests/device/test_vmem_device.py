@@ -23,16 +23,15 @@ from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
     ConfigChange,
     DeviceBroken,
-    GiB,
     HostInfo,
     MemoryBackend,
-    MiB,
     SizeChange,
     VirtioMem,
     VirtioMemProperties,
     post_load,
 )
 from vmig.errors import DeviceError, MigrationError
+from vmig.units import GiB, MiB
 from vmig.vmstate.virtio_mem import bitmap_to_bool, bool_to_words
 
 BASE = 0x100000000  # -m 512M,maxmem=4G on pc/q35 (s1.bin's tmp.addr)

@@ -142,8 +142,8 @@ def _page_block_ranges(name: str) -> list[tuple[int, int]]:
     import numpy as np
 
     from vmig.io.streams import iter_events
+    from vmig.runs import true_runs
     from vmig.stream.events import RamRecords
-    from vmig.vmstate.virtio_mem import plugged_ranges
 
     bs = fixtures.manifest(name)["query-memory-devices"][0]["data"]["block-size"]
     blocks: set[int] = set()
@@ -157,7 +157,7 @@ def _page_block_ranges(name: str) -> list[tuple[int, int]]:
     nblocks = fixtures.manifest(name)["query-memory-devices"][0]["data"]["max-size"] // bs
     bits = np.zeros(nblocks, dtype=bool)
     bits[sorted(blocks)] = True
-    return plugged_ranges(bits)
+    return true_runs(bits)
 
 
 def test_map_ranges_match_ram_pages(capsys: pytest.CaptureFixture[str]) -> None:

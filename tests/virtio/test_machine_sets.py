@@ -134,7 +134,8 @@ def test_booted_guest_with_other_cpu_counts_walks_without_trailer(qemu_bin, lab_
     has one element per possible CPU (maxcpus), and any count must walk: a real capture of a
     3-CPU pc guest and of a q35 guest with 2 CPUs out of 6 possible, trailer stripped, frames
     exactly as with its trailer."""
-    from vmig.testing.qemu import GUEST_READY, Qemu, guest_args, wait_for_text
+    from vmig.testing.guest import GUEST_READY, guest_args
+    from vmig.testing.qemu import Qemu, wait_for_text
 
     argv = ["-machine", machine, "-accel", "tcg", "-m", "512M,maxmem=4G", "-smp", smp,
             "-nodefaults", "-display", "none", "-object", "memory-backend-ram,id=mem0,size=1G",

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag
 
 __all__ = ["PageDigests", "DiffResult", "diff_events"]
@@ -193,14 +194,6 @@ def _sections(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _ranges(mask: np.ndarray, ps: int) -> list[tuple[int, int]]:
-    idx = np.flatnonzero(mask)
-    if len(idx) == 0:
-        return []
-    cut = np.flatnonzero(np.diff(idx) != 1) + 1
-    return [(int(r[0]) * ps, (int(r[-1]) + 1) * ps) for r in np.split(idx, cut)]
-
-
 def diff_events(a: Iterable[Any], b: Iterable[Any], *, desc_from: Any = None) -> DiffResult:
     """Compare two decoded streams (each event iterable is consumed once).
 
@@ -249,7 +242,7 @@ def diff_events(a: Iterable[Any], b: Iterable[Any], *, desc_from: Any = None) ->
         differ = (da.digests[blk][:n] != db.digests[blk][:n]) & ~unc
         if differ.any():
             s["pages"] = int(differ.sum())
-            s["ranges"] = _ranges(differ, ps)
+            s["ranges"] = [(a * ps, b * ps) for a, b in true_runs(differ)]
         if unc.any():
             s["not_compared"] = int(unc.sum())
         if s:

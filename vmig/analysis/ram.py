@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag, SectionType
 
 __all__ = ["KINDS", "BlockView", "PassStats", "RamView", "ram_view"]
@@ -92,22 +93,13 @@ class BlockView:
         n = self.npages
         sent = self.sent[:n] if len(self.sent) >= n else _grow(self.sent, n)
         ps = self.target_page_size
-        return [(a * ps, min(b * ps, self.length)) for a, b in runs(~sent)]
+        return [(a * ps, min(b * ps, self.length)) for a, b in true_runs(~sent)]
 
 
 def _grow(arr: np.ndarray, n: int, fill: int = 0) -> np.ndarray:
     out = np.zeros(n, dtype=arr.dtype) if fill == 0 else np.full(n, fill, dtype=arr.dtype)
     out[: len(arr)] = arr[:n]
     return out
-
-
-def runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """``[start, end)`` index ranges where ``mask`` is True."""
-    if len(mask) == 0:
-        return []
-    m = np.concatenate(([False], mask.astype(np.bool_), [False]))
-    edges = np.flatnonzero(m[1:] != m[:-1])
-    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
 
 
 @dataclass

@@ -23,7 +23,9 @@ import numpy as np
 
 from vmig.device.virtio_mem import VirtioMem
 from vmig.errors import UsageError
+from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag
+from vmig.units import exact_size
 from vmig.vmstate import virtio_mem as vm
 
 #: RAM record types that carry (or stand for) a page: ZERO, PAGE, XBZRLE, COMPRESS_PAGE.
@@ -211,29 +213,22 @@ def block_map(seen: StreamDevice, width: int = 64, rows: int = 4) -> str:
             chars.append(".")
     plugged = int(bits.sum())
     lines = [
-        f"{seen.path} ({dev.memdev_path or '?'}): {nblocks} blocks of {_human(bs)}, "
-        f"{plugged} plugged = {_human(plugged * bs)}, size {_human(dev.size)}, "
-        f"requested {_human(dev.requested_size)}",
-        f"one cell = {group} block{'s' if group != 1 else ''} ({_human(group * bs)}); "
+        f"{seen.path} ({dev.memdev_path or '?'}): {nblocks} blocks of {exact_size(bs)}, "
+        f"{plugged} plugged = {exact_size(plugged * bs)}, size {exact_size(dev.size)}, "
+        f"requested {exact_size(dev.requested_size)}",
+        f"one cell = {group} block{'s' if group != 1 else ''} ({exact_size(group * bs)}); "
         "'#' plugged, '+' partly, '.' unplugged, ' ' beyond usable region",
     ]
     for r in range(0, len(chars), width):
         first = r * group
         lines.append(f"  0x{dev.addr + first * bs:012x} |{''.join(chars[r:r + width])}|")
-    ranges = vm.plugged_ranges(bits)
+    ranges = true_runs(bits)
     lines.append(f"  plugged ranges ({len(ranges)}):")
     for s, e in ranges:
         lines.append(
-            f"    blocks [{s}, {e})  0x{dev.addr + s * bs:x}-0x{dev.addr + e * bs - 1:x}  ({_human((e - s) * bs)})"
+            f"    blocks [{s}, {e})  0x{dev.addr + s * bs:x}-0x{dev.addr + e * bs - 1:x}  ({exact_size((e - s) * bs)})"
         )
     return "\n".join(lines) + "\n"
-
-
-def _human(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} B"
 
 
 def iter_stream_events(path: str, desc_from: str | None = None) -> Iterable[Any]:

@@ -28,28 +28,9 @@ import numpy as np
 
 from vmig.analysis.virtio_mem import MemoryDeviceCollector, StreamDevice
 from vmig.errors import MigrationError, UsageError
+from vmig.units import parse_size
 
-_SUFFIX = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 DEST_KEYS = ("memaddr", "max-size", "block-size", "node")
-
-
-def parse_size(text: str) -> int:
-    """A QEMU-style size/number: ``0x140000000``, ``1073741824``, ``1G``, ``2M``, ``512k``.
-
-    Raises:
-        UsageError: not a number.
-    """
-    t = text.strip()
-    try:
-        if t.lower().startswith("0x"):
-            return int(t, 16)
-        unit = t[-1:].lower() if t[-1:].isalpha() else ""
-        if unit not in _SUFFIX:
-            raise ValueError(t)
-        num = t[: len(t) - len(unit)] if unit else t
-        return int(num) << _SUFFIX[unit]
-    except ValueError as e:
-        raise UsageError(f"not a size or number: {text!r}") from e
 
 
 @dataclass(frozen=True)
@@ -82,7 +63,7 @@ def parse_dest(spec: str) -> DestConfig:
         if key == "dev":
             values["dev"] = val.strip()
         elif key in DEST_KEYS:
-            values[key.replace("-", "_")] = parse_size(val)
+            values[key.replace("-", "_")] = parse_size(val, key, error=UsageError)
         else:
             raise UsageError(f"--dest: unknown key {key!r} (known: dev, {', '.join(DEST_KEYS)})")
     return DestConfig(**values)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from vmig.device.guest import DriverState, GuestDriver
 from vmig.device.machine import Machine
-from vmig.device.virtio_mem import GiB
 from vmig.errors import DeviceError
+from vmig.units import GiB
 
 __all__ = ["register", "handler", "seed_transcript"]
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument
 from vmig.cli.progress import Progress
+from vmig.units import human_size
 
 if TYPE_CHECKING:
     from vmig.analysis.ram import RamView
@@ -76,14 +77,6 @@ def build_view(path: str, desc_from: str | None = None) -> RamView:
     return view
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
 def render_text(doc: dict[str, Any]) -> str:
     """The human-readable report of a ``RamView.to_json()`` document."""
     from vmig.analysis.ram import KINDS
@@ -94,7 +87,7 @@ def render_text(doc: dict[str, Any]) -> str:
     lines.append(hdr)
     for b in doc["blocks"]:
         lines.append(
-            f"{b['idstr'][:32]:32} {_human(b['length']):>10} {b['page_size']:>6} "
+            f"{b['idstr'][:32]:32} {human_size(b['length']):>10} {b['page_size']:>6} "
             + " ".join(f"{b[k]:>10}" for k in KINDS)
             + f" {b['bytes']:>12} {b['resent']:>8}"
         )
@@ -114,7 +107,7 @@ def render_text(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append("never sent:" if never else "never sent: none")
     for idstr, (a, z) in never:
-        lines.append(f"  {idstr} [{a:#x}, {z:#x}) {_human(z - a)}")
+        lines.append(f"  {idstr} [{a:#x}, {z:#x}) {human_size(z - a)}")
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from vmig.cli._common import add_stream_argument
 from vmig.io.streams import open_source
+from vmig.runs import true_runs
 from vmig.stream.constants import RpMsg
 from vmig.stream.return_path import RpMessage, iter_rp
 
@@ -34,20 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
-def _runs(bits: np.ndarray) -> list[list[int]]:
-    """[first, count] of each run of set bits."""
-    b = np.concatenate(([False], np.asarray(bits, dtype=bool), [False])).astype(np.int8)
-    edges = np.flatnonzero(np.diff(b))
-    return [[int(s), int(e - s)] for s, e in zip(edges[::2], edges[1::2])]
-
-
 def message_json(m: RpMessage) -> dict:
     """A JSON-ready dict of one message (a RECV_BITMAP's bitmap as runs of received pages)."""
     args = {k: v for k, v in m.args.items() if k != "bitmap"}
     if m.type == RpMsg.RECV_BITMAP:
         bits = m.args["bitmap"]
         args["received"] = int(np.count_nonzero(bits))
-        args["received_runs"] = _runs(bits)
+        args["received_runs"] = [[s, e - s] for s, e in true_runs(bits)]  # [first, count]
     return {"offset": m.offset, "length": m.length, "type": m.type.name, "args": args}
 
 

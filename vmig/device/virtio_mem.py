@@ -55,12 +55,11 @@ from vmig.device.requests import (
 from vmig.device.state import MigrationState
 from vmig.device.versions import Behaviour
 from vmig.errors import DeviceError, MigrationError, UsageError
+from vmig.runs import true_runs
+from vmig.units import KiB, MiB
 from vmig.vmstate.virtio_mem import VirtioMemSection, bitmap_to_bool, block_count
 
 __all__ = [
-    "KiB",
-    "MiB",
-    "GiB",
     "USABLE_EXTENT",
     "VIRTIO_ID_MEM",
     "MemoryBackend",
@@ -77,9 +76,6 @@ __all__ = [
     "post_load",
 ]
 
-KiB = 1 << 10
-MiB = 1 << 20
-GiB = 1 << 30
 U64_MAX = (1 << 64) - 1
 
 #: VIRTIO_MEM_USABLE_EXTENT on x86 (and s390x): 2 × 128 MiB Linux memory blocks.
@@ -299,16 +295,6 @@ def rate_limit_size_changes(
             windows[ev.qom_path] = (t + period, None)
     expire(float("inf"))
     return out
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Maximal runs of True in a bool array as (first index, count)."""
-    if len(mask) == 0:
-        return []
-    d = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    starts = np.flatnonzero(d == 1)
-    ends = np.flatnonzero(d == -1)
-    return [(int(s), int(e - s)) for s, e in zip(starts, ends)]
 
 
 def _is_power_of_2(v: int) -> bool:
@@ -620,10 +606,10 @@ class VirtioMem:
 
     def plugged_runs(self) -> list[tuple[int, int]]:
         """Maximal plugged block runs as (first block, count)."""
-        return _runs(self.bitmap)
+        return [(s, e - s) for s, e in true_runs(self.bitmap)]
 
     def unplugged_runs(self) -> list[tuple[int, int]]:
-        return _runs(~self.bitmap)
+        return [(s, e - s) for s, e in true_runs(~self.bitmap)]
 
     # -- usable region ----------------------------------------------------------------------------
     def _resize_usable_region(self, requested: int, can_shrink: bool) -> None:

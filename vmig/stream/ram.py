@@ -3,8 +3,9 @@
 Mirrors migration/ram.c of QEMU 7.2: ``ram_save_setup`` (MEM_SIZE block list), ``save_page_header``
 / ``save_zero_page`` / ``save_normal_page`` / ``save_xbzrle_page`` / compressed pages on the
 source, ``ram_load_precopy`` / ``ram_block_from_stream`` on the destination. This module only
-frames records (where each starts, its flags, block, in-block address, where its data lies);
-page contents (XBZRLE, zlib) are decoded elsewhere (vmig.stream RAM issue).
+frames records (where each starts, its flags, block, in-block address, where its data lies) and
+writes them (:func:`build_records`, for the encoder and the migration engine); page contents
+(XBZRLE, zlib) are decoded and applied by ``vmig.stream.xbzrle`` / ``vmig.stream.ramcodec``.
 
 Theory of operation
 -------------------
@@ -33,6 +34,7 @@ import numpy as np
 
 from vmig.errors import RamError, TruncatedError
 from vmig.stream.constants import RamFlag
+from vmig.stream.ramcodec import compress_bound
 
 __all__ = [
     "RamBlock",
@@ -44,7 +46,8 @@ __all__ = [
     "walk_fast",
     "build_records",
     "mem_size_bytes",
-    "compress_bound",
+    "mem_size_record",
+    "EOS_RECORD",
     "RECORD_TYPES",
     "BLOCK_TYPES",
 ]
@@ -69,11 +72,6 @@ BLOCK_TYPES = frozenset({ZERO, PAGE, XBZRLE, COMPRESS})
 #: every record type the walker accepts
 RECORD_TYPES = frozenset({ZERO, PAGE, XBZRLE, COMPRESS, MEM_SIZE, EOS, HOOK, FLUSH})
 _BULK_MIN = 4  # below this a numpy round trip costs more than scalar steps
-
-
-def compress_bound(n: int) -> int:
-    """zlib's compressBound(n): the loader's limit for a COMPRESS_PAGE length."""
-    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,36 +626,96 @@ def mem_size_bytes(blocks: Sequence[RamBlock]) -> bytes:
     return bytes(out)
 
 
-def build_records(batch: RamBatch) -> bytes:
-    """Encode a batch from its columns (record words, idstrs, data headers) + data bytes.
+def mem_size_record(blocks: Sequence[RamBlock]) -> bytes:
+    """The whole MEM_SIZE record (``ram_save_setup``): word with the byte total, then the list."""
+    return _W.pack(sum(b.used_length for b in blocks) | MEM_SIZE) + mem_size_bytes(blocks)
 
-    Used for batches that are not ``verbatim``; for decoder output it reproduces ``raw``.
+
+#: the EOS record that ends every RAM section body
+EOS_RECORD = _W.pack(EOS)
+_RAGGED_ROWS = 256  # rows per vectorised copy of variable-length data (bounds the index arrays)
+
+
+def _put_rows(out: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> None:
+    """``out[pos[i] : pos[i] + width] = rows[i]`` for every ``i`` (windows that do not overlap)."""
+    if len(pos):
+        np.lib.stride_tricks.sliding_window_view(out, rows.shape[1], writeable=True)[pos] = rows
+
+
+def _copy_rows(out: np.ndarray, dst: np.ndarray, src_buf: np.ndarray, src: np.ndarray, width: int) -> None:
+    if len(dst):
+        _put_rows(out, dst, np.lib.stride_tricks.sliding_window_view(src_buf, width)[src])
+
+
+def _copy_ragged(out: np.ndarray, dst: np.ndarray, src_buf: np.ndarray, src: np.ndarray, lens: np.ndarray) -> None:
+    for a in range(0, len(lens), _RAGGED_ROWS):
+        ln = lens[a : a + _RAGGED_ROWS]
+        tot = int(ln.sum())
+        if tot == 0:
+            continue
+        rel = np.arange(tot, dtype=np.int64) - np.repeat(np.cumsum(ln) - ln, ln)
+        out[np.repeat(dst[a : a + _RAGGED_ROWS], ln) + rel] = src_buf[np.repeat(src[a : a + _RAGGED_ROWS], ln) + rel]
+
+
+def build_records(batch: RamBatch) -> bytes:
+    """The wire bytes of a batch's records, from its columns (record words, idstrs, data headers)
+    and data bytes: the one RAM record writer (encoder and migration engine).
+
+    For decoder output it reproduces ``raw``. A writer builds a batch that is not ``verbatim``
+    whose ``data_offset``/``data_length`` point at each record's data in ``raw`` (ZERO: the fill
+    byte; PAGE: the page; XBZRLE: the delta without its ``01 be16`` header; COMPRESS_PAGE: the zlib
+    bytes without their ``be32`` length); a MEM_SIZE record with no data of a non-verbatim batch
+    gets the ``mem_size`` list. Vectorised: record words, data headers and page-sized data are
+    placed with numpy in bulk; only idstrs (the first record of a block in a section) go one by one.
     """
-    out = bytearray()
-    raw = memoryview(batch.raw)
-    base = batch.base
-    blocks = batch.blocks
-    flags_a = batch.flags.tolist()  # type: ignore[attr-defined]
-    addr_a = batch.addr.tolist()  # type: ignore[attr-defined]
-    blk_a = batch.block.tolist()  # type: ignore[attr-defined]
-    doff_a = batch.data_offset.tolist()  # type: ignore[attr-defined]
-    dlen_a = batch.data_length.tolist()  # type: ignore[attr-defined]
-    id_a = batch.has_idstr.tolist()  # type: ignore[attr-defined]
-    for flags, addr, blk, doff, dlen, has_id in zip(flags_a, addr_a, blk_a, doff_a, dlen_a, id_a):
-        out += _W.pack(addr | flags)
-        typ = flags & ~CONT
-        if has_id:
-            name = blocks[blk].idstr.encode("latin-1")
-            out.append(len(name))
-            out += name
-        if typ == XBZRLE:
-            out.append(1)
-            out += _BE16.pack(dlen)
-        elif typ == COMPRESS:
-            out += _BE32.pack(dlen)
-        if typ == MEM_SIZE and batch.mem_size is not None and not batch.verbatim and dlen == 0:
-            out += mem_size_bytes(batch.mem_size)
-        elif dlen:
-            s = doff - base
-            out += raw[s:s + dlen]
-    return bytes(out)
+    n = len(batch)
+    if n == 0:
+        return b""
+    flags = batch.flags.astype(np.int64)  # type: ignore[attr-defined]
+    typ = flags & ~CONT
+    dlen = batch.data_length.astype(np.int64)  # type: ignore[attr-defined]
+    id_rows = np.flatnonzero(batch.has_idstr).tolist()  # type: ignore[attr-defined]
+    names = [batch.blocks[int(batch.block[i])].idstr.encode("latin-1") for i in id_rows]  # type: ignore[attr-defined]
+    name_len = np.zeros(n, dtype=np.int64)
+    name_len[id_rows] = [1 + len(x) for x in names]
+    extra = np.where(typ == XBZRLE, 3, np.where(typ == COMPRESS, 4, 0))
+    body = dlen
+    listing = np.zeros(n, dtype=bool)
+    if batch.mem_size is not None and not batch.verbatim:
+        listing = (typ == MEM_SIZE) & (dlen == 0)
+        if listing.any():
+            body = np.where(listing, len(mem_size_bytes(batch.mem_size)), dlen)
+    size = 8 + name_len + extra + body
+    start = np.zeros(n, dtype=np.int64)
+    np.cumsum(size[:-1], out=start[1:])
+    out = np.zeros(int(start[-1] + size[-1]), dtype=np.uint8)
+    words = (batch.addr | flags.astype(np.uint64)).astype(">u8")  # type: ignore[attr-defined]
+    _put_rows(out, start, words.view(np.uint8).reshape(n, 8))
+    for i, name in zip(id_rows, names):
+        p = int(start[i]) + 8
+        out[p] = len(name)
+        out[p + 1 : p + 1 + len(name)] = np.frombuffer(name, dtype=np.uint8)
+    hdr = start + 8 + name_len
+    x = np.flatnonzero(typ == XBZRLE)
+    if len(x):
+        out[hdr[x]] = 1
+        out[hdr[x] + 1] = dlen[x] >> 8
+        out[hdr[x] + 2] = dlen[x] & 0xFF
+    c = np.flatnonzero(typ == COMPRESS)
+    if len(c):
+        _put_rows(out, hdr[c], dlen[c].astype(">u4").view(np.uint8).reshape(-1, 4))
+    dpos = hdr + extra
+    raw = np.frombuffer(batch.raw, dtype=np.uint8)
+    src = batch.data_offset - batch.base  # type: ignore[attr-defined]
+    ps = batch.page_size
+    one = np.flatnonzero((dlen == 1) & ~listing)
+    out[dpos[one]] = raw[src[one]]
+    whole = np.flatnonzero((dlen == ps) & ~listing)
+    _copy_rows(out, dpos[whole], raw, src[whole], ps)
+    rest = np.flatnonzero((dlen > 1) & (dlen != ps) & ~listing)
+    _copy_ragged(out, dpos[rest], raw, src[rest], dlen[rest])
+    if listing.any():
+        lst = np.frombuffer(mem_size_bytes(batch.mem_size), dtype=np.uint8)  # type: ignore[arg-type]
+        for i in np.flatnonzero(listing).tolist():
+            out[int(dpos[i]) : int(dpos[i]) + len(lst)] = lst
+    return out.tobytes()

@@ -17,7 +17,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from vmig.testing.qemu import CACHE_DIR, QemuLabError, _debian_mirror
+from vmig.testing.qemu import CACHE_DIR, QemuLabError
+from vmig.testing.trixie import debian_mirror
 
 __all__ = ["PEER_DIR", "peer_script_path", "fetch_analyze_migration", "run_peer"]
 
@@ -61,7 +62,7 @@ def fetch_analyze_migration(version: str = "7.2") -> Path:
         sources = work / "deb-src.sources"
         sources.write_text(
             "Types: deb-src\n"
-            f"URIs: {_debian_mirror()}\n"
+            f"URIs: {debian_mirror()}\n"
             f"Suites: {' '.join(suites)}\n"
             "Components: main\n"
             "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"

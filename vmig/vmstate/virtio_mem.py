@@ -28,7 +28,7 @@ Public API (the device model consumes it):
 ``VIRTIO_MEM_DEVICE``, ``VIRTIO_MEM_DEVICE_EARLY``, ``VIRTIO_MEM_DEVICE_LATE``,
 ``VIRTIO_MEM_PAYLOAD`` / ``VIRTIO_MEM_PAYLOAD_LATE`` (the whole ``virtio`` field),
 ``decode_virtio_mem`` / ``encode_virtio_mem``, ``decode_early`` / ``encode_early``,
-``bitmap_to_bool``, ``bool_to_words``, ``plugged_ranges``, ``ranges_to_bool``, ``block_count``;
+``bitmap_to_bool``, ``bool_to_words``, ``ranges_to_bool``, ``block_count``;
 :class:`VirtioMemSection` (one device's section bytes and decoded fields) filled by
 :func:`add_section`.
 """
@@ -140,19 +140,8 @@ def words_to_wire(words: Any) -> bytes:
     return np.asarray(words, dtype=np.uint64).astype(">u8").tobytes()
 
 
-def plugged_ranges(plugged: Any) -> list[tuple[int, int]]:
-    """Maximal runs of plugged blocks as half-open ``(first, end)`` block index pairs."""
-    bits = np.asarray(plugged, dtype=bool)
-    if not len(bits):
-        return []
-    edges = np.diff(np.concatenate(([0], bits.view(np.uint8), [0])).astype(np.int8))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
-    return list(zip(starts.tolist(), ends.tolist()))
-
-
 def ranges_to_bool(ranges: Iterable[tuple[int, int]], nblocks: int) -> np.ndarray:
-    """Inverse of :func:`plugged_ranges`: half-open block ranges to a bool array."""
+    """Inverse of :func:`vmig.runs.true_runs`: half-open block ranges to a bool array."""
     out = np.zeros(nblocks, dtype=bool)
     for start, end in ranges:
         if not 0 <= start <= end <= nblocks:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 
 from vmig.errors import SchemaError
+from vmig.io.decoding import new_decoder
 from vmig.stream.decoder import decode
 from vmig.stream.events import DeviceState
 from vmig.testing import fixtures
 from vmig.vmstate.machines import (
     available_machines,
-    decoder_with_schema_sets,
     find_trailer,
     load_schema_set,
     walk_ends,
@@ -29,7 +29,7 @@ def _sections(events) -> list[tuple[str, int, int, int]]:  # noqa: ANN001
 
 
 def _decode_with_sets(data: bytes):  # noqa: ANN202
-    dec = decoder_with_schema_sets()
+    dec = new_decoder(name=None)
     dec.receive_data(data)
     dec.receive_data(b"")
     return list(dec.events())

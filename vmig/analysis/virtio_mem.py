@@ -325,33 +325,9 @@ def iter_stream_events(path: str, desc_from: str | None = None) -> Iterable[Any]
     Raises:
         vmig.errors.StreamError: the stream is invalid (path attached).
     """
-    from vmig.errors import StreamError
-    from vmig.io import streams as sio
-    from vmig.stream.decoder import StreamDecoder
-    from vmig.stream.vmdesc import find_trailer
-    from vmig.vmstate.machines import machine_layout_resolver
+    from vmig.io.streams import iter_events
 
-    layout = machine_layout_resolver()
-    with sio.open_source(path) as src:
-        if src.mapped is not None:
-            found = find_trailer(src.mapped)
-            if found is not None:
-                layout.add_description(found[1])
-        if desc_from is not None:
-            layout.add_description(sio.load_description(desc_from))
-        dec = StreamDecoder(path=src.name, layout=layout)
-        layout.bind(dec)
-        try:
-            for chunk in src.chunks():
-                dec.receive_data(chunk)
-                yield from dec.events()
-            dec.receive_data(b"")
-            yield from dec.events()
-        except StreamError as e:
-            if layout.failures:
-                e.message += "; vmig's schema set could not walk: " + "; ".join(layout.failures[:2])
-            e.with_path(src.name)
-            raise
+    return iter_events(path, desc_from=desc_from, schema_sets=True)
 
 
 def collect_from_path(path: str, desc_from: str | None = None, *, keep_pages: bool = False) -> MemoryDeviceCollector:
@@ -375,17 +351,7 @@ def edit_virtio_mem_stream(data: bytes, edit: Any, *, path: str | None = None,
         vmig.errors.UsageError: no such device, or the edit changed the payload length.
     """
     from vmig.errors import UsageError
-    from vmig.stream.vmdesc import find_trailer
-    from vmig.vmstate.machines import decoder_with_schema_sets
-
-    dec = decoder_with_schema_sets()
-    found = find_trailer(data)
-    if found is not None:
-        dec.layout.add_description(found[1])
-    if desc_from is not None:
-        dec.layout.add_description(desc_from)
-    dec.receive_data(data)
-    dec.receive_data(b"")
+    from vmig.io.decoding import decode_bytes
     from vmig.stream import events as ev
 
     def walk(events: Iterable[Any]) -> Iterable[Any]:
@@ -397,7 +363,7 @@ def edit_virtio_mem_stream(data: bytes, edit: Any, *, path: str | None = None,
 
     out = bytearray(data)
     done = False
-    for e in walk(dec.events()):
+    for e in walk(decode_bytes(data, description=desc_from, name=None)):
         if not isinstance(e, ev.DeviceState):
             continue
         if path is not None and vm.device_path(e.idstr) != path:

@@ -61,18 +61,9 @@ def decode_stream(data: bytes, *, description: Description = None) -> list[ev.Ev
     :class:`VmDescription` or raw trailer JSON, e.g. from another capture of the same VM), then
     the bundled machine schema sets — so trailer-less and postcopy streams decode too.
     """
-    from vmig.vmstate.machines import decoder_with_schema_sets
+    from vmig.io.decoding import decode_bytes
 
-    dec = decoder_with_schema_sets()
-    found = find_trailer(data)
-    if found is not None:
-        dec.layout.add_description(found[1])
-    desc = _as_description(description)
-    if desc is not None:
-        dec.layout.add_description(desc)
-    dec.receive_data(data)
-    dec.receive_data(b"")
-    return list(dec.events())
+    return decode_bytes(data, description=_as_description(description), name=None)
 
 
 # --------------------------------------------------------------------------- round trip

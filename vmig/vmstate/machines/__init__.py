@@ -683,15 +683,3 @@ def machine_layout_resolver(descriptions: Iterable[Any] = (), builtins: bool = T
 
     register_layouts()
     return MachineLayoutResolver(descriptions, builtins, machine)
-
-
-def decoder_with_schema_sets(**kwargs: Any) -> Any:
-    """A :class:`~vmig.stream.decoder.StreamDecoder` whose resolver falls back to the bundled
-    schema set of the stream's machine type (taken from its CONFIGURATION record)."""
-    from vmig.stream.decoder import StreamDecoder
-
-    layout = kwargs.pop("layout", None) or machine_layout_resolver()
-    dec = StreamDecoder(layout=layout, **kwargs)
-    if hasattr(layout, "bind"):
-        layout.bind(dec)
-    return dec

@@ -6,7 +6,7 @@ learns it from a description. Every decoder vmig builds for an input gets its
 
 1. the stream's own vmdesc trailer, when the whole stream is at hand (``whole``);
 2. the ``descriptions`` given by the caller (``--desc-from``, a trailer of another capture);
-3. the built-in layouts of :data:`BUILTIN_LAYOUTS` (block, dirty-bitmap, virtio-mem);
+3. the built-in layouts of :func:`builtin_layouts` (block, dirty-bitmap, virtio-mem);
 4. with ``schema_sets``, vmig's bundled schema set of the stream's machine type
    (:mod:`vmig.vmstate.machines`), chosen from the CONFIGURATION record.
 
@@ -15,15 +15,25 @@ learns it from a description. Every decoder vmig builds for an input gets its
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 from vmig.errors import StreamError
 from vmig.stream.decoder import StreamDecoder
 from vmig.stream.events import Event
-from vmig.stream.layout import LayoutResolver
+from vmig.stream.layout import STREAM_LAYOUTS, LayoutResolver, MeasureFn
 from vmig.stream.vmdesc import VmDescription, find_trailer
 
-__all__ = ["make_layout", "new_decoder", "decode_bytes", "explain"]
+__all__ = ["builtin_layouts", "make_layout", "new_decoder", "decode_bytes", "explain"]
+
+
+def builtin_layouts() -> Mapping[str, MeasureFn]:
+    """The explicit table of built-in layouts every decoder of an input gets: the wire codec's
+    (:data:`~vmig.stream.layout.STREAM_LAYOUTS`) and the virtio-mem sections'
+    (:data:`vmig.vmstate.virtio_mem.LAYOUTS`, imported here, not at module load: light import)."""
+    from vmig.vmstate.virtio_mem import LAYOUTS as VIRTIO_MEM_LAYOUTS
+
+    return MappingProxyType({**STREAM_LAYOUTS, **VIRTIO_MEM_LAYOUTS})
 
 
 def make_layout(*, whole: bytes | memoryview | None = None,
@@ -37,11 +47,11 @@ def make_layout(*, whole: bytes | memoryview | None = None,
         schema_sets: end with the bundled schema set of the stream's machine type.
     """
     if schema_sets:
-        from vmig.vmstate.machines import machine_layout_resolver
+        from vmig.vmstate.machines import MachineLayoutResolver
 
-        layout: LayoutResolver = machine_layout_resolver()
+        layout: LayoutResolver = MachineLayoutResolver(layouts=builtin_layouts())
     else:
-        layout = LayoutResolver()
+        layout = LayoutResolver(layouts=builtin_layouts())
     if whole is not None:
         found = find_trailer(whole)
         if found is not None:

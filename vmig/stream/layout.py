@@ -1,4 +1,4 @@
-"""Payload lengths of non-RAM sections: descriptions first, then registered built-in layouts.
+"""Payload lengths of non-RAM sections: descriptions first, then a table of built-in layouts.
 
 QEMU writes no length for any section (migration/savevm.c ``vmstate_save``); the loader knows
 the length only by running the device's load routine. A reader that does not decode every
@@ -6,8 +6,10 @@ device must learn the length elsewhere. :class:`LayoutResolver` asks, in order:
 
 1. explicit descriptions: the stream's own vmdesc trailer, then ``--desc-from`` trailers
    (payload length = sum of field sizes, stream-format §3.3);
-2. built-in layouts registered with :func:`register_layout` by other modules (e.g. the
-   virtio engineer registers ``virtio-mem-device-early``).
+2. a table of built-in layouts (idstr or its last ``/`` part -> measure function) handed to
+   the resolver: :data:`STREAM_LAYOUTS` (the live handlers measured here, QEMU's
+   migration/block.c and migration/block-dirty-bitmap.c) by default; the decoder factory
+   (:mod:`vmig.io.decoding`) adds the layouts of the vmstate schemas (virtio-mem).
 
 Each candidate length is checked against the bytes that follow it (a footer with the section's
 id, or a valid record type byte); a description whose length does not fit is skipped.
@@ -15,12 +17,13 @@ id, or a valid record type byte); a description whose length does not fit is ski
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 
 from vmig.errors import SchemaError, TruncatedError
 from vmig.stream.vmdesc import VmDescription
 
-__all__ = ["MeasureFn", "LayoutResolver", "register_layout", "registered_layouts", "NEXT_RECORD_BYTES"]
+__all__ = ["MeasureFn", "LayoutResolver", "STREAM_LAYOUTS", "NEXT_RECORD_BYTES"]
 
 #: measure_fn(view, version_id) -> payload length; raises TruncatedError if view is too short
 MeasureFn = Callable[[memoryview, int], int]
@@ -28,45 +31,27 @@ MeasureFn = Callable[[memoryview, int], int]
 #: bytes that may follow a section payload when footers are off
 NEXT_RECORD_BYTES = frozenset({0x00, 0x01, 0x02, 0x03, 0x04, 0x08})
 
-# Explicit registry filled by register_layout() calls of the modules that own the schemas.
-_LAYOUTS: dict[str, MeasureFn] = {}
-
-
-def register_layout(name: str, measure_fn: MeasureFn) -> None:
-    """Register a built-in payload measure for sections whose idstr is ``name`` or ends in ``/name``.
-
-    Args:
-        name: an idstr suffix / vmsd name (e.g. ``"virtio-mem-device-early"``, ``"block"``).
-        measure_fn: ``measure_fn(view, version_id) -> payload length`` where ``view`` starts at
-            the payload; must raise :class:`TruncatedError` if ``view`` is too short to tell.
-    """
-    _LAYOUTS[name] = measure_fn
-
-
-def registered_layouts() -> dict[str, MeasureFn]:
-    """A copy of the built-in layout registry."""
-    return dict(_LAYOUTS)
-
-
-def _builtin_for(idstr: str) -> MeasureFn | None:
-    fn = _LAYOUTS.get(idstr)
-    if fn is not None:
-        return fn
-    tail = idstr.rsplit("/", 1)[-1]
-    return _LAYOUTS.get(tail)
-
 
 class LayoutResolver:
-    """Finds section payload lengths from descriptions and registered layouts.
+    """Finds section payload lengths from descriptions and a table of built-in layouts.
 
     Args:
         descriptions: descriptions in priority order (own trailer first, then --desc-from).
-        builtins: also consult :func:`register_layout` registrations.
+        layouts: built-in measures by idstr or by the idstr's last ``/`` part (``measure_fn(view,
+            version_id) -> payload length``, raising TruncatedError while ``view`` is too short
+            to tell); None = :data:`STREAM_LAYOUTS`, ``{}`` = none.
     """
 
-    def __init__(self, descriptions: Iterable[VmDescription] = (), builtins: bool = True) -> None:
+    def __init__(self, descriptions: Iterable[VmDescription] = (),
+                 layouts: Mapping[str, MeasureFn] | None = None) -> None:
         self.descriptions: list[VmDescription] = list(descriptions)
-        self.builtins = builtins
+        self.layouts: Mapping[str, MeasureFn] = STREAM_LAYOUTS if layouts is None else layouts
+
+    def _builtin_for(self, idstr: str) -> MeasureFn | None:
+        fn = self.layouts.get(idstr)
+        if fn is not None:
+            return fn
+        return self.layouts.get(idstr.rsplit("/", 1)[-1])
 
     def add_description(self, desc: VmDescription, first: bool = False) -> None:
         if first:
@@ -77,7 +62,7 @@ class LayoutResolver:
     def has_layout(self, idstr: str, instance_id: int, full: bool) -> bool:
         if full and any(d.device(idstr, instance_id) is not None for d in self.descriptions):
             return True
-        return self.builtins and _builtin_for(idstr) is not None
+        return self._builtin_for(idstr) is not None
 
     def measure(
         self,
@@ -117,16 +102,15 @@ class LayoutResolver:
                 if verdict:
                     return n
                 tried.append(f"{desc.source} says {n} bytes")
-        if self.builtins:
-            fn = _builtin_for(idstr)
-            if fn is not None:
-                n = fn(view, version_id)
-                verdict = fits_section_end(view, n, at_eof, footers)
-                if verdict is None:
-                    raise TruncatedError("section payload not complete yet", offset=offset + len(view))
-                if verdict:
-                    return n
-                tried.append(f"built-in layout says {n} bytes")
+        fn = self._builtin_for(idstr)
+        if fn is not None:
+            n = fn(view, version_id)
+            verdict = fits_section_end(view, n, at_eof, footers)
+            if verdict is None:
+                raise TruncatedError("section payload not complete yet", offset=offset + len(view))
+            if verdict:
+                return n
+            tried.append(f"built-in layout says {n} bytes")
         if tried:
             nxt = f"{view[n]:#04x}" if n < len(view) else "end of input"
             raise SchemaError(
@@ -271,5 +255,8 @@ def measure_dirty_bitmap(view: memoryview, version_id: int) -> int:
             return p
 
 
-register_layout("block", measure_block)
-register_layout("dirty-bitmap", measure_dirty_bitmap)
+#: the built-in layouts of the wire codec itself (the default table of LayoutResolver)
+STREAM_LAYOUTS: Mapping[str, MeasureFn] = MappingProxyType({
+    "block": measure_block,
+    "dirty-bitmap": measure_dirty_bitmap,
+})

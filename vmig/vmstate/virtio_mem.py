@@ -464,18 +464,10 @@ def _measure_early_for_layout(view: memoryview, version_id: int) -> int:
     return early_payload_length(view)
 
 
-def register_layouts() -> None:
-    """Teach the decoder's layout resolver to measure virtio-mem sections without a trailer.
-
-    Registers ``virtio-mem`` (the late/full device section) and ``virtio-mem-device-early``
-    with :func:`vmig.stream.layout.register_layout`. Idempotent.
-    """
-    from vmig.stream.layout import register_layout
-
-    register_layout("virtio-mem", _measure_for_layout)
-    register_layout("virtio-mem-device-early", _measure_early_for_layout)
-
-
-# The decoder measures virtio-mem sections with these schemas whenever this module is loaded
-# (the vmstate registry, the device model and the CLI load it); see register_layouts().
-register_layouts()
+#: The built-in layouts of the virtio-mem sections (by the idstr's last ``/`` part), for the
+#: decoder's layout resolver (:class:`vmig.stream.layout.LayoutResolver`): measured from the
+#: bytes, no trailer needed. The decoder factory (:mod:`vmig.io.decoding`) hands them down.
+LAYOUTS = {
+    "virtio-mem": _measure_for_layout,
+    "virtio-mem-device-early": _measure_early_for_layout,
+}

@@ -27,13 +27,13 @@ Theory of operation:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vmig.errors import SchemaError
-from vmig.stream.layout import LayoutResolver, fits_section_end
+from vmig.stream.layout import LayoutResolver, MeasureFn, fits_section_end
 
 SCHEMA_FORMAT = 1
 _HERE = Path(__file__).resolve().parent
@@ -573,18 +573,18 @@ class MachineLayoutResolver(LayoutResolver):
     """A :class:`~vmig.stream.layout.LayoutResolver` that falls back to the bundled schema set
     of the stream's machine type for FULL sections nothing else describes.
 
-    Order: the stream's own trailer and ``--desc-from`` descriptions, the registered built-in
+    Order: the stream's own trailer and ``--desc-from`` descriptions, the table of built-in
     layouts (virtio-mem), then the schema set chosen from the CONFIGURATION record's machine
     name (``machine`` callable, e.g. ``lambda: decoder.configuration.name``, or a fixed name).
 
     Args:
-        descriptions, builtins: as for LayoutResolver.
+        descriptions, layouts: as for LayoutResolver.
         machine: machine type name, or a callable returning it (None until known).
     """
 
-    def __init__(self, descriptions: Iterable[Any] = (), builtins: bool = True,
+    def __init__(self, descriptions: Iterable[Any] = (), layouts: Mapping[str, MeasureFn] | None = None,
                  machine: str | Callable[[], str | None] | None = None) -> None:
-        super().__init__(descriptions, builtins)
+        super().__init__(descriptions, layouts)
         self._machine = machine
         self._sets: dict[str, SchemaSet | None] = {}
         #: why the schema set could not walk a section (for a caller's error message)
@@ -672,14 +672,3 @@ class MachineLayoutResolver(LayoutResolver):
         except SchemaError as e:
             self.failures.append(f"{idstr} instance {instance_id}: {e.message}")
             return None
-
-
-
-def machine_layout_resolver(descriptions: Iterable[Any] = (), builtins: bool = True,
-                            machine: str | Callable[[], str | None] | None = None) -> Any:
-    """Build a :class:`MachineLayoutResolver` (see its docstring); registers the virtio-mem
-    built-in layouts first."""
-    from vmig.vmstate.virtio_mem import register_layouts
-
-    register_layouts()
-    return MachineLayoutResolver(descriptions, builtins, machine)

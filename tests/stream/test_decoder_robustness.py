@@ -198,9 +198,10 @@ def test_odd_idstr_bytes_roundtrip():
 
     def measure(view, version):
         if len(view) < 4:
-            raise TruncatedError("short")
+            raise NeedMoreInput("short")
         return 4
 
+    from vmig.stream.inbuf import NeedMoreInput
     from vmig.stream.layout import LayoutResolver
 
     table = {idstr.decode("latin-1").rsplit("/", 1)[-1]: measure}

@@ -8,8 +8,9 @@ import struct
 import pytest
 import streambuild as sb
 
-from vmig.errors import SchemaError, TruncatedError
+from vmig.errors import SchemaError
 from vmig.stream import DeviceState, VmDescription, decode, encode, find_trailer
+from vmig.stream.inbuf import NeedMoreInput
 from vmig.stream.layout import LayoutResolver
 from vmig.stream.vmdesc import JsonObject, parse_json
 
@@ -92,7 +93,7 @@ def test_layout_table_used_after_descriptions():
     def measure(view, version_id):
         seen.append(version_id)
         if len(view) < 2:
-            raise TruncatedError("need the length prefix")
+            raise NeedMoreInput("the length prefix")
         return 2 + struct.unpack(">H", bytes(view[:2]))[0]
 
     table = {"my-dev": measure}

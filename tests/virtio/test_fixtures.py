@@ -76,7 +76,7 @@ def test_no_trailer_decodes_from_bundled_sets(name: str) -> None:
     from vmig.analysis.virtio_mem import MemoryDeviceCollector, qmp_list
     from vmig.io.decoding import new_decoder
     from vmig.stream.events import Command, DeviceState, SectionHeader
-    from vmig.vmstate.machines import find_trailer
+    from vmig.stream.vmdesc import find_trailer
 
     data = fixtures.load(name)
     assert find_trailer(data) is None, "fixture unexpectedly has a trailer"

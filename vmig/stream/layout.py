@@ -20,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
-from vmig.errors import SchemaError, TruncatedError
+from vmig.errors import SchemaError
+from vmig.stream.inbuf import NeedMoreInput
 from vmig.stream.vmdesc import VmDescription
 
 __all__ = ["MeasureFn", "LayoutResolver", "STREAM_LAYOUTS", "NEXT_RECORD_BYTES"]
 
-#: measure_fn(view, version_id) -> payload length; raises TruncatedError if view is too short
+#: measure_fn(view, version_id) -> payload length; raises NeedMoreInput if view is too short
 MeasureFn = Callable[[memoryview, int], int]
 
 #: bytes that may follow a section payload when footers are off
@@ -38,7 +39,7 @@ class LayoutResolver:
     Args:
         descriptions: descriptions in priority order (own trailer first, then --desc-from).
         layouts: built-in measures by idstr or by the idstr's last ``/`` part (``measure_fn(view,
-            version_id) -> payload length``, raising TruncatedError while ``view`` is too short
+            version_id) -> payload length``, raising NeedMoreInput while ``view`` is too short
             to tell); None = :data:`STREAM_LAYOUTS`, ``{}`` = none.
     """
 
@@ -82,11 +83,11 @@ class LayoutResolver:
         Descriptions apply only to FULL sections (``full``). A candidate length is accepted when
         the bytes after it are a footer naming ``section_id`` or a record type byte (or the end
         of input); when ``footers`` is True (earlier sections had footers) only a footer is
-        accepted. While input may still come (not ``at_eof``) and the check needs more bytes,
-        raises TruncatedError so the caller waits.
+        accepted. While the check needs more bytes, raises NeedMoreInput so the caller waits
+        (or, at end of input, reports the truncation).
 
         Raises:
-            TruncatedError: not enough bytes yet to measure/check.
+            NeedMoreInput: not enough bytes yet to measure/check.
             SchemaError: every candidate was checked and none fits.
         """
         tried: list[str] = []
@@ -98,7 +99,7 @@ class LayoutResolver:
                 n = desc.payload_length(entry)
                 verdict = fits_section_end(view, n, at_eof, footers)
                 if verdict is None:
-                    raise TruncatedError("section payload not complete yet", offset=offset + len(view))
+                    raise NeedMoreInput("the section payload", have=len(view))
                 if verdict:
                     return n
                 tried.append(f"{desc.source} says {n} bytes")
@@ -107,7 +108,7 @@ class LayoutResolver:
             n = fn(view, version_id)
             verdict = fits_section_end(view, n, at_eof, footers)
             if verdict is None:
-                raise TruncatedError("section payload not complete yet", offset=offset + len(view))
+                raise NeedMoreInput("the section payload", have=len(view))
             if verdict:
                 return n
             tried.append(f"built-in layout says {n} bytes")
@@ -187,7 +188,7 @@ DBM_MAX_BUF = 10 * (1 << 20)  # the loader refuses buffers larger than 10 * CHUN
 
 def _need(view: memoryview, end: int) -> None:
     if end > len(view):
-        raise TruncatedError("payload not complete", offset=len(view), expected=f"{end} bytes")
+        raise NeedMoreInput("the payload", end, len(view))
 
 
 def measure_block(view: memoryview, version_id: int) -> int:

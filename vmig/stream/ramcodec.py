@@ -23,7 +23,7 @@ from vmig.errors import RamError
 from vmig.stream import xbzrle
 from vmig.stream.constants import RamFlag
 
-__all__ = ["CompressedPageError", "inflate_into", "inflate", "deflate_page", "apply_record", "compress_bound"]
+__all__ = ["CompressedPageError", "inflate_into", "deflate_page", "apply_record", "compress_bound"]
 
 
 class CompressedPageError(RamError):
@@ -61,14 +61,6 @@ def inflate_into(data: bytes | memoryview, page: bytearray | memoryview, *, offs
         raise CompressedPageError("compressed page zlib stream is incomplete", offset=offset)
     page[: len(out)] = out
     return len(out)
-
-
-def inflate(data: bytes | memoryview, page_size: int = 4096, previous: bytes | None = None,
-            *, offset: int | None = None) -> bytes:
-    """The page content after a COMPRESS_PAGE record (``previous`` = content before, default zeros)."""
-    page = bytearray(previous) if previous is not None else bytearray(page_size)
-    inflate_into(data, page, offset=offset)
-    return bytes(page)
 
 
 def deflate_page(page: bytes | memoryview, level: int = 1) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vmig.stream.constants import RamFlag
+from vmig.stream.events import RamRecords
 
 __all__ = ["PageDigests", "DiffResult", "diff_events"]
 
@@ -164,7 +165,7 @@ class DiffResult:
 
 def _tap(events: Iterable[Any], digests: PageDigests) -> Iterator[Any]:
     for ev in events:
-        if type(ev).__name__ == "RamRecords":
+        if isinstance(ev, RamRecords):
             digests.feed(ev.batch)
         yield ev
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmig.errors import MigrationError
+from vmig.stream.events import DeviceState
 
 __all__ = ["DestinationChecker", "checker_factory"]
 
@@ -61,7 +62,7 @@ class DestinationChecker:
 
         self.ours.feed((event,))
         idstr = getattr(event, "idstr", "")
-        if type(event).__name__ != "DeviceState" or not (
+        if not isinstance(event, DeviceState) or not (
                 idstr.endswith("/virtio-mem-device-early") or idstr.endswith("/virtio-mem")):
             return None
         dev = self.ours.devices.get(idstr.rsplit("/", 1)[0])

@@ -23,6 +23,7 @@ from vmig.stream.decoder import StreamDecoder
 from vmig.stream.events import Event
 from vmig.stream.layout import STREAM_LAYOUTS, LayoutResolver, MeasureFn
 from vmig.stream.vmdesc import VmDescription, find_trailer
+from vmig.vmstate.machines import MachineLayoutResolver
 
 __all__ = ["builtin_layouts", "make_layout", "new_decoder", "decode_bytes", "explain"]
 
@@ -47,8 +48,6 @@ def make_layout(*, whole: bytes | memoryview | None = None,
         schema_sets: end with the bundled schema set of the stream's machine type.
     """
     if schema_sets:
-        from vmig.vmstate.machines import MachineLayoutResolver
-
         layout: LayoutResolver = MachineLayoutResolver(layouts=builtin_layouts())
     else:
         layout = LayoutResolver(layouts=builtin_layouts())
@@ -69,17 +68,16 @@ def new_decoder(*, whole: bytes | memoryview | None = None,
     its errors). ``whole`` only locates the trailer: the caller still feeds the bytes."""
     layout = make_layout(whole=whole, descriptions=descriptions, schema_sets=schema_sets)
     dec = StreamDecoder(path=name, layout=layout, fast=fast)
-    bind = getattr(layout, "bind", None)
-    if bind is not None:
-        bind(dec)  # the schema set is chosen from the CONFIGURATION record's machine name
+    if isinstance(layout, MachineLayoutResolver):
+        layout.bind(dec)  # the schema set is chosen from the CONFIGURATION record's machine name
     return dec
 
 
 def explain(e: StreamError, dec: StreamDecoder) -> StreamError:
     """Append to ``e`` why the bundled schema set could not walk a section, if it tried."""
-    failures = getattr(dec.layout, "failures", None)
-    if failures:
-        e.message += "; vmig's schema set could not walk: " + "; ".join(failures[:2])
+    layout = dec.layout
+    if isinstance(layout, MachineLayoutResolver) and layout.failures:
+        e.message += "; vmig's schema set could not walk: " + "; ".join(layout.failures[:2])
     return e
 
 

@@ -89,12 +89,13 @@ def test_no_trailer_decodes_from_bundled_sets(name: str) -> None:
     """No trailer, no --desc-from: every FULL section (also inside PACKAGED) is walked with the
     bundled schema set of the stream's machine type, and the virtio-mem state equals QMP's."""
     from vmig.analysis.virtio_mem import MemoryDeviceCollector, qmp_list
+    from vmig.io.decoding import new_decoder
     from vmig.stream.events import Command, DeviceState, SectionHeader
-    from vmig.vmstate.machines import decoder_with_schema_sets, find_trailer
+    from vmig.stream.vmdesc import find_trailer
 
     data = fixtures.load(name)
     assert find_trailer(data) is None, "fixture unexpectedly has a trailer"
-    dec = decoder_with_schema_sets()
+    dec = new_decoder(name=None)
     dec.receive_data(data)
     dec.receive_data(b"")
     events = list(dec.events())

@@ -25,6 +25,7 @@ import numpy as np
 
 from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag
+from vmig.stream.events import RamRecords
 
 __all__ = ["PageDigests", "DiffResult", "diff_events"]
 
@@ -165,7 +166,7 @@ class DiffResult:
 
 def _tap(events: Iterable[Any], digests: PageDigests) -> Iterator[Any]:
     for ev in events:
-        if type(ev).__name__ == "RamRecords":
+        if isinstance(ev, RamRecords):
             digests.feed(ev.batch)
         yield ev
 

@@ -81,7 +81,7 @@ def edit_device_state(data: bytes, idstr_suffix: str, edit: Callable[[Any], None
             the payload length.
         SchemaError: the payload or the edited values do not fit the schema.
     """
-    from vmig.io.streams import decode_bytes
+    from vmig.io.decoding import decode_bytes
 
     desc = as_description(description)
     events = decode_bytes(data, description=desc)

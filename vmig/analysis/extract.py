@@ -46,6 +46,7 @@ import numpy as np
 
 from vmig.errors import RamError, StreamError, UsageError
 from vmig.runs import true_runs
+from vmig.stream.events import Configuration, DeviceState, RamRecords, VmDescriptionEvent
 from vmig.stream.ramcodec import apply_batch
 
 __all__ = [
@@ -411,8 +412,6 @@ class ExtractResult:
 
 def _slim(ev: Any) -> Any:
     """Keep a RamRecords event's columns and block list, drop its page bytes (bounded memory)."""
-    from vmig.stream.events import RamRecords
-
     b = ev.batch
 
     class _Cols:
@@ -479,19 +478,18 @@ def extract(
     vm_devices: list[tuple[str, Any]] = []
     with _staged(out_dir, qemu_compat=(fmt == "qemu")) as (tmp, images):
         for ev in events:
-            name = type(ev).__name__
-            if name == "RamRecords":
+            if isinstance(ev, RamRecords):
                 images.add_batch(ev.batch)
                 kept.append(_slim(ev))
                 if progress is not None:
                     progress(ev.offset + ev.length)
                 continue
             kept.append(ev)
-            if name == "Configuration":
+            if isinstance(ev, Configuration):
                 machine = ev.name
-            elif name == "VmDescriptionEvent":
+            elif isinstance(ev, VmDescriptionEvent):
                 trailer = bytes(ev.raw)
-            elif name == "DeviceState" and physical is not None:
+            elif isinstance(ev, DeviceState) and physical is not None:
                 st = _virtio_mem_state(ev)
                 if st is not None:
                     vm_devices.append(st)

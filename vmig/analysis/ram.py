@@ -33,6 +33,7 @@ import numpy as np
 
 from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag, SectionType
+from vmig.stream.events import RamRecords, SectionEnd, SectionHeader
 
 __all__ = ["KINDS", "BlockView", "PassStats", "RamView", "ram_view"]
 
@@ -152,16 +153,15 @@ class RamView:
     # -- events -----------------------------------------------------------------------------
     def feed(self, event: Any) -> None:
         """Feed one decoder event; events that are not about the ``ram`` section are ignored."""
-        name = type(event).__name__
-        if name == "SectionHeader":
+        if isinstance(event, SectionHeader):
             if event.idstr == "ram":
                 self._ram_ids.add(event.section_id)
                 self.begin_section(SectionType(event.type), event.offset)
             else:
                 self._in_ram = False
-        elif name == "RamRecords":
+        elif isinstance(event, RamRecords):
             self.add_batch(event.batch)
-        elif name == "SectionEnd":
+        elif isinstance(event, SectionEnd):
             if self._in_ram:
                 self.end_section()
 

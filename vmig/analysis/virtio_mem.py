@@ -238,30 +238,6 @@ def iter_stream_events(path: str, desc_from: str | None = None) -> Iterable[Any]
     Raises:
         vmig.errors.StreamError: the stream is invalid (path attached).
     """
-    from vmig.errors import StreamError
-    from vmig.io import streams as sio
-    from vmig.stream.decoder import StreamDecoder
-    from vmig.stream.vmdesc import find_trailer
-    from vmig.vmstate.machines import machine_layout_resolver
+    from vmig.io.streams import iter_events
 
-    layout = machine_layout_resolver()
-    with sio.open_source(path) as src:
-        if src.mapped is not None:
-            found = find_trailer(src.mapped)
-            if found is not None:
-                layout.add_description(found[1])
-        if desc_from is not None:
-            layout.add_description(sio.load_description(desc_from))
-        dec = StreamDecoder(path=src.name, layout=layout)
-        layout.bind(dec)
-        try:
-            for chunk in src.chunks():
-                dec.receive_data(chunk)
-                yield from dec.events()
-            dec.receive_data(b"")
-            yield from dec.events()
-        except StreamError as e:
-            if layout.failures:
-                e.message += "; vmig's schema set could not walk: " + "; ".join(layout.failures[:2])
-            e.with_path(src.name)
-            raise
+    return iter_events(path, desc_from=desc_from, schema_sets=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmig.errors import MigrationError
+from vmig.stream.events import DeviceState
 
 __all__ = ["DestinationChecker", "checker_factory"]
 
@@ -59,7 +60,7 @@ class DestinationChecker:
         run at the section that carries ``tmp``: the early one on 8.0+ machines, else the late
         one)."""
         from vmig.device.sections import load_values
-        from vmig.stream.events import Command, DeviceState
+        from vmig.stream.events import Command
         from vmig.vmstate import virtio_mem as vm
 
         if isinstance(event, Command):

@@ -46,27 +46,14 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=handle)
 
 
-def _mapped_ram_file(path: str) -> bool:
-    """A regular file whose configuration names the mapped-ram capability (QEMU 9.0+ file:)."""
-    from vmig.stream.mapped_ram import is_mapped_ram
-
-    if path == "-" or path.endswith(".lz4"):
-        return False
-    try:
-        with open(path, "rb") as f:
-            return is_mapped_ram(f.read(1024))
-    except OSError:
-        return False
-
-
 def handle(args: argparse.Namespace) -> int:
     from vmig.analysis.extract import extract
     from vmig.errors import UsageError
-    from vmig.io.streams import iter_events
+    from vmig.io.streams import MAPPED_RAM, input_kind, iter_events
 
     if args.elf and not args.physical:
         raise UsageError("--elf needs --physical FILE")
-    if _mapped_ram_file(args.stream):
+    if input_kind(args.stream) == MAPPED_RAM:
         import mmap
 
         from vmig.analysis.extract import extract_mapped_ram

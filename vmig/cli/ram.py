@@ -67,12 +67,13 @@ def build_view(path: str, desc_from: str | None = None) -> RamView:
     """Decode ``path`` and accumulate its :class:`RamView` (with a TTY progress bar)."""
     from vmig.analysis.ram import RamView
     from vmig.io.streams import iter_events
+    from vmig.stream.events import RamRecords
 
     view = RamView()
     with Progress(input_size(path), "ram") as prog:
         for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
             view.feed(ev)
-            if type(ev).__name__ == "RamRecords":
+            if isinstance(ev, RamRecords):
                 prog(ev.offset + ev.length)
     return view
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from vmig.errors import StreamError, UsageError
+from vmig.io.decoding import explain, new_decoder
 from vmig.io.mapping import MappedFile, adopt
 from vmig.stream.constants import SectionType
-from vmig.stream.decoder import StreamDecoder
 from vmig.stream.events import (
     Command,
     Configuration,
@@ -35,7 +35,6 @@ from vmig.stream.events import (
     StreamEnd,
     VmDescriptionEvent,
 )
-from vmig.stream.layout import LayoutResolver
 from vmig.stream.vmdesc import VmDescription, find_trailer
 
 __all__ = [
@@ -44,8 +43,9 @@ __all__ = [
     "open_source",
     "iter_events",
     "decode_path",
-    "decode_bytes",
-    "new_decoder",
+    "input_kind",
+    "STREAM",
+    "MAPPED_RAM",
     "load_description",
     "read_all",
     "Record",
@@ -212,6 +212,26 @@ def _lz4_chunks(lf, path: str) -> Iterator[bytes]:
         yield b
 
 
+#: kinds of input :func:`input_kind` tells apart
+STREAM = "stream"
+MAPPED_RAM = "mapped-ram"
+
+
+def input_kind(path: str) -> str:
+    """:data:`MAPPED_RAM` for a regular file whose CONFIGURATION record names the mapped-ram
+    capability (QEMU 9.0+ ``file:`` migration: RAM at fixed offsets, not a record stream),
+    else :data:`STREAM` (also for stdin, ``.lz4`` and unreadable paths: decoding reports those)."""
+    from vmig.stream.mapped_ram import is_mapped_ram
+
+    if path == "-" or path.endswith(".lz4"):
+        return STREAM
+    try:
+        with open(path, "rb") as f:
+            return MAPPED_RAM if is_mapped_ram(f.read(1024)) else STREAM
+    except OSError:
+        return STREAM
+
+
 def read_all(path: str) -> bytes:
     """The whole (decompressed) input as bytes."""
     with open_source(path, use_mmap=False) as src:
@@ -261,7 +281,8 @@ def iter_events(
     Descriptions are consulted in order: the stream's own trailer (located first for mapped
     files), ``description``, then ``desc_from`` (a path or a VmDescription).
     With ``schema_sets`` the bundled schema set of the stream's machine type is the last resort
-    for FULL sections nothing else describes (vmig.vmstate.machines).
+    for FULL sections nothing else describes (the decoder comes from
+    :func:`vmig.io.decoding.new_decoder`).
 
     A mapped file's consumed pages are dropped from the resident set as decoding advances
     (:meth:`Source.release_before`; event payloads stay valid): ``resident_lag`` bytes behind
@@ -277,7 +298,8 @@ def iter_events(
         extra.append(desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from))
     with open_source(path) as src:
         src.drop_lag = resident_lag
-        dec = _decoder(src.name, src.mapped, extra, schema_sets, fast)
+        dec = new_decoder(whole=src.mapped, descriptions=extra, schema_sets=schema_sets,
+                          fast=fast, name=src.name)
         try:
             for chunk in src.chunks():
                 dec.receive_data(chunk)
@@ -290,54 +312,9 @@ def iter_events(
             dec.receive_data(b"")
             yield from dec.events()
         except StreamError as e:
+            explain(e, dec)
             e.with_path(src.name)
             raise
-
-
-def _decoder(name: str, whole: bytes | memoryview | None, extra: list[VmDescription],
-             schema_sets: bool, fast: bool) -> StreamDecoder:
-    """A decoder whose layouts come from the stream's own trailer (when ``whole`` holds the
-    whole stream), then ``extra``, then (``schema_sets``) vmig's bundled machine schemas."""
-    layout = _default_layout() if schema_sets else LayoutResolver()
-    if whole is not None:
-        found = find_trailer(whole)
-        if found is not None:
-            layout.add_description(found[1])
-    for d in extra:
-        layout.add_description(d)
-    dec = StreamDecoder(path=name, layout=layout, fast=fast)
-    if hasattr(layout, "bind"):
-        layout.bind(dec)  # schema sets are chosen from the CONFIGURATION machine name
-    return dec
-
-
-def new_decoder(*, description: VmDescription | None = None, schema_sets: bool = True,
-                fast: bool = True, name: str = "<bytes>") -> StreamDecoder:
-    """A :class:`StreamDecoder` for bytes arriving piece by piece (e.g. from an engine source),
-    with ``description`` and (``schema_sets``) vmig's bundled machine schemas as layouts."""
-    return _decoder(name, None, [description] if description is not None else [], schema_sets, fast)
-
-
-def decode_bytes(data: bytes | memoryview, *, description: VmDescription | None = None,
-                 schema_sets: bool = True, fast: bool = True) -> list[Event]:
-    """All events of an in-memory stream, layouts found as :func:`iter_events` finds them
-    (so a postcopy or trailer-less stream of a known machine type decodes too).
-
-    Raises:
-        StreamError: the stream is invalid.
-    """
-    dec = _decoder("<bytes>", data, [description] if description is not None else [], schema_sets, fast)
-    dec.receive_data(data)
-    dec.receive_data(b"")
-    return list(dec.events())
-
-
-def _default_layout() -> LayoutResolver:
-    """A resolver that ends with vmig's bundled schema sets for the stream's machine type
-    (streams without a trailer: postcopy, suppress-vmdesc)."""
-    from vmig.vmstate.machines import machine_layout_resolver
-
-    return machine_layout_resolver()
 
 
 def decode_path(path: str, **kwargs) -> list[Event]:

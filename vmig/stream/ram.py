@@ -34,6 +34,7 @@ import numpy as np
 
 from vmig.errors import RamError, TruncatedError
 from vmig.stream.constants import RamFlag
+from vmig.stream.inbuf import NeedMoreInput
 from vmig.stream.ramcodec import compress_bound
 
 __all__ = [
@@ -241,10 +242,6 @@ class RamBatch:
         return f"RamBatch(base={self.base:#x}, records={len(self)}, bytes={len(self.raw)})"
 
 
-class _Need(Exception):
-    """Internal: the record at ``pos`` is incomplete in the available bytes."""
-
-
 class _Acc:
     """Column accumulator: scalar rows in lists, bulk runs as arrays, concatenated at the end."""
 
@@ -271,7 +268,7 @@ class _Acc:
 
 def _parse_mem_size(buf, q: int, end: int, total: int, state: RamState, rec_off: int,
                     abs_base: int = 0) -> tuple[int, tuple[RamBlock, ...]]:
-    """Parse the MEM_SIZE block list at buf[q:]; returns (end index, blocks). Raises _Need.
+    """Parse the MEM_SIZE block list at buf[q:]; returns (end index, blocks). Raises NeedMoreInput.
 
     With mapped-ram each entry is followed by its 28-byte header and the list continues after
     the block's pages (absolute offset ``pages_offset + used_length``): the bitmap and page
@@ -282,10 +279,10 @@ def _parse_mem_size(buf, q: int, end: int, total: int, state: RamState, rec_off:
     ps_field = state.postcopy_page_sizes is not None and state.postcopy_page_sizes != state.page_size
     while remaining > 0:
         if q + 1 > end:
-            raise _Need
+            raise NeedMoreInput("a RAM record")
         n = buf[q]
         if q + 1 + n + 8 > end:
-            raise _Need
+            raise NeedMoreInput("a RAM record")
         idstr = bytes(buf[q + 1:q + 1 + n]).decode("latin-1")
         used = _W.unpack_from(buf, q + 1 + n)[0]
         q += 1 + n + 8
@@ -305,22 +302,22 @@ def _parse_mem_size(buf, q: int, end: int, total: int, state: RamState, rec_off:
             # (EOS after the last block, or mr_addr with x-ignore-shared) the value must be a
             # huge page size included in the ADVISE summary.
             if q + 1 > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             if remaining > 0 and not state.ignore_shared:
                 present = buf[q] == 0
             else:
                 if q + 8 > end:
-                    raise _Need
+                    raise NeedMoreInput("a RAM record")
                 present = _is_page_size(_W.unpack_from(buf, q)[0], state)
             if present:
                 if q + 8 > end:
-                    raise _Need
+                    raise NeedMoreInput("a RAM record")
                 page_size = _W.unpack_from(buf, q)[0]
                 q += 8
         mr_addr = None
         if state.ignore_shared:
             if q + 8 > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             mr_addr = _W.unpack_from(buf, q)[0]
             q += 8
         if state.mapped_ram:
@@ -340,7 +337,7 @@ def _mapped_ram_entry(buf, q: int, end: int, idstr: str, used: int, state: RamSt
 
     hs = mr.MAPPED_RAM_HEADER.size
     if q + hs > end:
-        raise _Need
+        raise NeedMoreInput("a RAM record")
     version, ps, bmo, pgo = mr.MAPPED_RAM_HEADER.unpack_from(buf, q)
     at = abs_base + q
     if version != mr.MAPPED_RAM_HDR_VERSION:
@@ -358,7 +355,7 @@ def _mapped_ram_entry(buf, q: int, end: int, idstr: str, used: int, state: RamSt
                        found=f"bitmap {bmo:#x}, pages {pgo:#x}")
     nxt = pgo + used - abs_base
     if nxt > end:
-        raise _Need  # the block's bitmap and pages are not all here yet
+        raise NeedMoreInput("a RAM record")  # the block's bitmap and pages are not all here yet
     return nxt, bmo, pgo
 
 
@@ -369,7 +366,7 @@ def _is_page_size(v: int, state: RamState) -> bool:
 def _step(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc) -> tuple[int, int, tuple[RamBlock, ...] | None]:
     """Parse one record at buf[p:]; append its row; return (next p, record type, mem_size)."""
     if p + 8 > end:
-        raise _Need
+        raise NeedMoreInput("a RAM record")
     w = _W.unpack_from(buf, p)[0]
     mask = state.page_size - 1
     flags = w & mask
@@ -387,10 +384,10 @@ def _step(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc) -> t
                 raise RamError("CONTINUE record with no previous block", offset=rec_off, found=f"flags {flags:#x}")
         else:
             if q + 1 > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             n = buf[q]
             if q + 1 + n > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             name = bytes(buf[q + 1:q + 1 + n]).decode("latin-1")
             blk = state.block_index(name)
             if blk < 0:
@@ -410,7 +407,7 @@ def _step(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc) -> t
             dlen = state.page_size
         elif typ == XBZRLE:
             if q + 3 > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             if buf[q] != 1:
                 raise RamError("bad XBZRLE encoding flag", offset=rec_off, expected=1, found=buf[q])
             dlen = _BE16.unpack_from(buf, q + 1)[0]
@@ -420,14 +417,14 @@ def _step(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc) -> t
             q += 3
         else:  # COMPRESS_PAGE
             if q + 4 > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             dlen = _BE32.unpack_from(buf, q)[0]
             if dlen > compress_bound(state.page_size):
                 raise RamError("compressed page length beyond compressBound", offset=rec_off,
                                expected=f"<= {compress_bound(state.page_size)}", found=dlen)
             q += 4
         if q + dlen > end:
-            raise _Need
+            raise NeedMoreInput("a RAM record")
         state.last_block = blk
         nxt = q + dlen
     elif typ == MEM_SIZE:
@@ -567,7 +564,7 @@ class RamWalker:
                     self.eos = True
                     done = True
                     break
-        except _Need:
+        except NeedMoreInput:
             if at_eof:
                 raise TruncatedError(
                     "input ends inside a RAM record", offset=abs_base + p,

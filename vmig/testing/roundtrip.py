@@ -27,7 +27,6 @@ from vmig.analysis.edit import as_description as _as_description
 from vmig.io.streams import records
 from vmig.stream import events as ev
 from vmig.stream.encoder import encode
-from vmig.stream.vmdesc import find_trailer
 
 __all__ = [
     "assert_roundtrip",
@@ -44,18 +43,9 @@ def decode_stream(data: bytes, *, description: Description = None) -> list[ev.Ev
     :class:`VmDescription` or raw trailer JSON, e.g. from another capture of the same VM), then
     the bundled machine schema sets — so trailer-less and postcopy streams decode too.
     """
-    from vmig.vmstate.machines import decoder_with_schema_sets
+    from vmig.io.decoding import decode_bytes
 
-    dec = decoder_with_schema_sets()
-    found = find_trailer(data)
-    if found is not None:
-        dec.layout.add_description(found[1])
-    desc = _as_description(description)
-    if desc is not None:
-        dec.layout.add_description(desc)
-    dec.receive_data(data)
-    dec.receive_data(b"")
-    return list(dec.events())
+    return decode_bytes(data, description=_as_description(description), name=None)
 
 
 # --------------------------------------------------------------------------- round trip

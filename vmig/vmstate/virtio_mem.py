@@ -59,6 +59,7 @@ from construct import (
 )
 
 from vmig.errors import SchemaError, UsageError
+from vmig.stream.inbuf import NeedMoreInput
 from vmig.vmstate.virtio import build_exact, parse_exact, virtio_pci_payload
 
 VMSD_VIRTIO_MEM = "virtio-mem"
@@ -342,12 +343,10 @@ def measure_virtio_mem(buf: bytes | memoryview) -> int:
     bytes, as in :func:`decode_virtio_mem`.
 
     Raises:
-        vmig.vmstate.machines.NeedMoreData: ``buf`` ends inside the payload.
+        NeedMoreInput: ``buf`` ends inside the payload.
         SchemaError: the bytes do not fit the virtio-mem layout.
     """
     import io
-
-    from vmig.vmstate.machines import NeedMoreData
 
     data = bytes(buf)
     schema = VIRTIO_MEM_PAYLOAD_LATE if _looks_late(data) else VIRTIO_MEM_PAYLOAD
@@ -356,7 +355,7 @@ def measure_virtio_mem(buf: bytes | memoryview) -> int:
         schema.parse_stream(stream)
     except ConstructError as e:
         if stream.tell() >= len(data) or "could not read enough bytes" in str(e):
-            raise NeedMoreData(len(data)) from e
+            raise NeedMoreInput("the virtio-mem payload", have=len(data)) from e
         raise SchemaError(f"virtio-mem: payload does not match the schema: {e}") from e
     return stream.tell()
 
@@ -500,35 +499,19 @@ def virtio_field_codec(entry: Any) -> Construct:
 
 
 def _measure_for_layout(view: memoryview, version_id: int) -> int:
-    from vmig.errors import TruncatedError
-    from vmig.vmstate.machines import NeedMoreData
-
-    try:
-        return measure_virtio_mem(view)
-    except NeedMoreData as e:
-        raise TruncatedError("virtio-mem payload not complete yet", offset=None) from e
+    return measure_virtio_mem(view)
 
 
 def _measure_early_for_layout(view: memoryview, version_id: int) -> int:
-    from vmig.errors import TruncatedError
-
-    if len(view) < 36:
-        raise TruncatedError("virtio-mem-device-early payload not complete yet")
+    if len(view) < 36:  # the fixed part (tmp + size) says how long the bitmap is
+        raise NeedMoreInput("the virtio-mem-device-early fixed part", 36, len(view))
     return early_payload_length(view)
 
 
-def register_layouts() -> None:
-    """Teach the decoder's layout resolver to measure virtio-mem sections without a trailer.
-
-    Registers ``virtio-mem`` (the late/full device section) and ``virtio-mem-device-early``
-    with :func:`vmig.stream.layout.register_layout`. Idempotent.
-    """
-    from vmig.stream.layout import register_layout
-
-    register_layout("virtio-mem", _measure_for_layout)
-    register_layout("virtio-mem-device-early", _measure_early_for_layout)
-
-
-# The decoder measures virtio-mem sections with these schemas whenever this module is loaded
-# (the vmstate registry, the device model and the CLI load it); see register_layouts().
-register_layouts()
+#: The built-in layouts of the virtio-mem sections (by the idstr's last ``/`` part), for the
+#: decoder's layout resolver (:class:`vmig.stream.layout.LayoutResolver`): measured from the
+#: bytes, no trailer needed. The decoder factory (:mod:`vmig.io.decoding`) hands them down.
+LAYOUTS = {
+    "virtio-mem": _measure_for_layout,
+    "virtio-mem-device-early": _measure_early_for_layout,
+}

@@ -374,17 +374,30 @@ class Record:
     events: tuple[Event, ...] = ()
     footer: bool | None = None
     ram_records: int | None = None
+    #: a command's arguments (``vmig.stream.framing.parse_command_args``; DISCARD ranges as
+    #: ``[start, length]`` byte pairs)
+    args: dict | None = None
 
     def to_json(self) -> dict:
         """JSON-ready dict with the keys that apply."""
         d: dict = {"offset": self.offset, "length": self.length, "type": self.type}
-        for k in ("section_id", "idstr", "instance_id", "version_id", "command"):
+        for k in ("section_id", "idstr", "instance_id", "version_id", "command", "args"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
         if self.type == "command" and self.command == "PACKAGED":
             d["children"] = [c.to_json() for c in self.children]
         return d
+
+
+def command_args(ev: Command) -> dict:
+    """A COMMAND record's decoded arguments, JSON-ready (ranges as ``[start, length]`` lists)."""
+    from vmig.stream.framing import COMMAND_HEADER, parse_command_args
+
+    args = parse_command_args(ev.cmd, bytes(ev.data), ev.offset + COMMAND_HEADER.size)
+    if "ranges" in args:
+        args["ranges"] = [list(r) for r in args["ranges"]]
+    return args
 
 
 def records(events: Iterable[Event], keep_events: bool = True) -> Iterator[Record]:
@@ -421,6 +434,7 @@ def records(events: Iterable[Event], keep_events: bool = True) -> Iterator[Recor
             yield Record(ev.offset, ev.length, "configuration", events=(ev,) if keep_events else ())
         elif isinstance(ev, Command):
             yield Record(ev.offset, ev.length, "command", command=ev.cmd.name,
+                         args=command_args(ev),
                          children=tuple(records(ev.children, keep_events)),
                          events=(ev,) if keep_events else ())
         elif isinstance(ev, EndOfStream):

@@ -72,7 +72,13 @@ def test_no_trailer_needs_desc_from(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert str(cut) in err[0] and "timer instance 0" in err[0] and "--desc-from" in err[0]
-    rows = run_json(capsys, str(cut), "--desc-from", str(S1))
+    # a capture of another machine type is refused; its bare description (no machine) is taken
+    assert main(["sections", str(cut), "--desc-from", str(S1)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "machine type pc-i440fx-7.2, the stream is zz-unknown-99" in err[0]
+    desc = tmp_path / "desc.json"
+    desc.write_bytes(S1.read_bytes()[0x15FA78 + 5:])
+    rows = run_json(capsys, str(cut), "--desc-from", str(desc))
     assert_tiles(rows, 0, 0x15FA78)
 
 

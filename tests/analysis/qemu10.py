@@ -33,6 +33,10 @@ CAPTURES: dict[str, tuple[list[str], str]] = {
     "pc-10.0-novmdesc": (["-machine", "pc,suppress-vmdesc=on", *_BASE, "-nodefaults", "-S", *_VMEM],
                          "precopy"),
     "pc-10.0-postcopy": (["-machine", "pc", *_BASE, "-nodefaults", "-S", *_VMEM], "postcopy"),
+    "q35-10.0-novmdesc": (["-machine", "q35,suppress-vmdesc=on", *_BASE, "-smp", "2", "-S", *_VMEM],
+                          "precopy"),
+    "pc-9.2-novmdesc": (["-machine", "pc-i440fx-9.2,suppress-vmdesc=on", *_BASE, "-nodefaults", "-S",
+                         *_VMEM], "precopy"),
     # a 1 GiB virtio-mem device with nothing plugged: its blocks are never scanned by QEMU
     "pc-10.0-mapped-ram-unplugged": (
         ["-machine", "pc", "-accel", "tcg", "-m", "64M,maxmem=2G", "-display", "none", "-nodefaults",
@@ -124,11 +128,13 @@ def _capture(name: str) -> tuple[Path, dict[str, Any]]:
                 Qemu(args, workdir=dst_wd, chroot=root, incoming=f"tcp:127.0.0.1:{dport}") as dst:
             caps = {"postcopy-ram": True}
             dst.set_migration(caps)
-            src.set_migration(caps, {"max-bandwidth": 8 * MiB})
+            # precopy throttled so that it cannot finish before the switchover
+            src.set_migration(caps, {"max-bandwidth": 256 << 10})
             relay = _Relay(dport, out)
             try:
                 src.qmp("migrate", {"uri": f"tcp:127.0.0.1:{relay.port}"})
-                time.sleep(0.5)
+                src.wait_migration(60, until=frozenset({"active", "failed", "completed"}))
+                time.sleep(0.3)
                 src.qmp("migrate-start-postcopy")
                 info = src.wait_migration(300)
                 dst.wait_migration(300)

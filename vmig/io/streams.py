@@ -289,10 +289,11 @@ def check_desc_from(events: Iterable[Event], desc: VmDescription, path: str) -> 
         elif isinstance(ev, SectionHeader) and ev.type in (SectionType.SECTION_START,
                                                            SectionType.SECTION_FULL):
             entry = desc.device(ev.idstr, ev.instance_id)
-            if entry is not None and entry.get("version") != ev.version_id:
+            version = entry.get("version") if entry is not None else None
+            if isinstance(version, int) and version != ev.version_id:  # None: no vmsd (slirp)
                 raise SchemaError(
                     f"--desc-from {where} is from another QEMU version: it describes version "
-                    f"{entry.get('version')} of this section, the stream has version {ev.version_id}",
+                    f"{version} of this section, the stream has version {ev.version_id}",
                     offset=ev.offset, section=f"{ev.idstr} instance {ev.instance_id}", path=path)
         elif isinstance(ev, VmDescriptionEvent):
             own = VmDescription(ev.raw, source="stream trailer")

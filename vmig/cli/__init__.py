@@ -41,6 +41,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmig",
         description="Read, check, analyze and rewrite QEMU migration streams; model virtio-mem.",
+        epilog="Run vmig COMMAND --help for what a command does, with examples.",
     )
     from vmig import __version__
 

@@ -124,3 +124,33 @@ def test_extract_flag_writes_the_script_files(tmp_path: Path, monkeypatch) -> No
     assert main(["analyze", "-f", str(path), "-x"]) == 0
     assert (out / "state.json").exists() and (out / "desc.json").exists()
     assert (out / "pc.ram").stat().st_size == 512 << 20
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+@pytest.mark.peer
+@pytest.mark.parametrize("name", ["pc-10.0-paused", "q35-10.0-smp2"])
+def test_extract_flag_equals_qemu_10_script(peer10, tmp_path: Path, monkeypatch, name: str) -> None:
+    """-x --format qemu-10.0 writes the files QEMU 10.0's script writes (-x), byte for byte."""
+    import subprocess
+    import sys
+
+    path, _ = capture(name)
+    theirs, mine = tmp_path / "script", tmp_path / "vmig"
+    theirs.mkdir()
+    mine.mkdir()
+    script = peer10.fetch_analyze_migration("10.0")
+    res = subprocess.run([sys.executable, str(script), "-f", str(path), "-x"], cwd=theirs,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    monkeypatch.chdir(mine)
+    assert main(["analyze", "-f", str(path), "-x", "--format", "qemu-10.0"]) == 0
+    want, got = _tree(theirs), _tree(mine)
+    assert {"desc.json", "state.json", "pc.ram"} <= set(want)
+    assert got.keys() == want.keys()
+    for name_ in want:
+        assert got[name_] == want[name_], name_

@@ -57,7 +57,8 @@ def register(subparsers: Any) -> None:
                    help="also print every RAM page (as analyze-migration.py -m; implies a qemu format)")
     p.add_argument("-x", "--extract", action="store_true",
                    help="write desc.json, state.json and one file per RAM block into the current "
-                        "folder, as analyze-migration.py -x (same as vmig extract -o . --format qemu)")
+                        "folder, as analyze-migration.py -x (same as vmig extract -o . --format qemu; "
+                        "with --format qemu-10.0, as QEMU 10.0's script)")
     add_desc_from_argument(p)
     p.set_defaults(handler=handle)
 
@@ -82,9 +83,8 @@ def handle(args: argparse.Namespace) -> int:
     if args.extract:
         from vmig.analysis.extract import extract
 
-        if args.format not in ("vmig", "qemu", "qemu-7.2"):
-            raise UsageError("-x writes analyze-migration.py 7.2's files; no --format qemu-10.0")
-        extract(iter_events(path, desc_from=desc_from, schema_sets=True), os.getcwd(), fmt="qemu")
+        fmt = "qemu-10.0" if args.format == "qemu-10.0" else "qemu"
+        extract(iter_events(path, desc_from=desc_from, schema_sets=True), os.getcwd(), fmt=fmt)
         return 0
     if args.dump == "desc":
         try:

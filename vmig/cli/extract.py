@@ -50,8 +50,9 @@ def register(subparsers: Any) -> None:
     )
     add_stream_argument(p)
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory")
-    p.add_argument("--format", choices=("vmig", "qemu"), default="vmig",
-                   help="vmig (default) or analyze-migration.py -x compatible output")
+    p.add_argument("--format", choices=("vmig", "qemu", "qemu-10.0"), default="vmig",
+                   help="vmig (default), or the files of QEMU 7.2's (qemu) or 10.0's (qemu-10.0) "
+                        "analyze-migration.py -x")
     p.add_argument("--physical", metavar="FILE", help="also write a guest-physical image")
     p.add_argument("--elf", action="store_true", help="write --physical as an ELF core")
     add_desc_from_argument(p)

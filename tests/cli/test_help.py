@@ -45,3 +45,12 @@ def test_check_on_a_return_path_points_to_rp(capsys) -> None:
     assert main(["rp", rp]) == 0  # and that command reads it
     capsys.readouterr()
     assert main(["check", str(fixtures.path("pc-paused"))]) == 0
+
+
+def test_info_id_of_an_unknown_path_is_refused(capsys) -> None:
+    stream = str(fixtures.path("pc-paused"))
+    assert main(["info", "memory-devices", stream, "--id", "0000:00:03.0=vm0"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--id 0000:00:03.0" in line and "0000:00:02.0" in line
+    assert main(["info", "memory-devices", stream, "--id", "0000:00:02.0=vm0"]) == 0
+    assert capsys.readouterr().out.startswith('Memory device [virtio-mem]: "vm0"')

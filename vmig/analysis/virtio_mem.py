@@ -337,16 +337,24 @@ def iter_stream_events(path: str, desc_from: str | None = None) -> Iterable[Any]
             found = find_trailer(src.mapped)
             if found is not None:
                 layout.add_description(found[1])
-        if desc_from is not None:
-            layout.add_description(sio.load_description(desc_from))
+        other = sio.load_description(desc_from) if desc_from is not None else None
+        if other is not None:
+            layout.add_description(other)
         dec = StreamDecoder(path=src.name, layout=layout)
         layout.bind(dec)
-        try:
+
+        def decoded() -> Iterable[Any]:
             for chunk in src.chunks():
                 dec.receive_data(chunk)
                 yield from dec.events()
             dec.receive_data(b"")
             yield from dec.events()
+
+        try:
+            if other is None:
+                yield from decoded()
+            else:  # a description of another VM or QEMU is refused
+                yield from sio.check_desc_from(decoded(), other, src.name)
         except StreamError as e:
             if layout.failures:
                 e.message += "; vmig's schema set could not walk: " + "; ".join(layout.failures[:2])

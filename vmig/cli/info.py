@@ -66,6 +66,10 @@ def handle_memory_devices(args: argparse.Namespace) -> int:
             f"{args.stream}: the stream has only part of the state of {', '.join(incomplete)} "
             "(early section without the device section: a cut stream?)"
         )
+    unknown = [p for p in ids if p not in {d.path for d in devices}]
+    if unknown:
+        raise UsageError(f"{args.stream}: --id {unknown[0]}: no virtio-mem device at that path in the "
+                         f"stream (its devices: {', '.join(d.path for d in devices) or 'none'})")
     out = sys.stdout
     if args.json:
         out.write(json.dumps(qmp_list(devices, ids), indent=2) + "\n")

@@ -23,11 +23,13 @@ _BASE = ["-accel", "tcg", "-m", "256M,maxmem=4G", "-display", "none"]
 _VMEM = ["-object", "memory-backend-ram,id=mem0,size=1G",
          "-device", "virtio-mem-pci,id=vm0,memdev=mem0,requested-size=128M"]
 
-# name -> (QEMU arguments, how: "precopy" | "running" | "postcopy" | "mapped-ram")
+# name -> (QEMU arguments, how: "precopy" | "running" | "guest" | "postcopy" | "mapped-ram")
 CAPTURES: dict[str, tuple[list[str], str]] = {
     "pc-10.0-paused": (["-machine", "pc", *_BASE, "-nodefaults", "-S", *_VMEM], "precopy"),
     "q35-10.0-smp2": (["-machine", "q35", *_BASE, "-smp", "2", "-S", *_VMEM], "precopy"),
     "pc-10.0-running": (["-machine", "pc", *_BASE, *_VMEM], "running"),
+    # Linux booted, 256 MiB plugged by its driver, 2 vCPUs (modern CPU hotplug state)
+    "pc-10.0-guest": (["-machine", "pc", *_BASE, "-smp", "2", "-nodefaults", *_VMEM], "guest"),
     "pc-7.2-on-10.0": (["-machine", "pc-i440fx-7.2", *_BASE, "-nodefaults", "-S", *_VMEM], "precopy"),
     "pc-9.2-paused": (["-machine", "pc-i440fx-9.2", *_BASE, "-nodefaults", "-S", *_VMEM], "precopy"),
     "pc-10.0-novmdesc": (["-machine", "pc,suppress-vmdesc=on", *_BASE, "-nodefaults", "-S", *_VMEM],
@@ -144,9 +146,18 @@ def _capture(name: str) -> tuple[Path, dict[str, Any]]:
                 relay.close()
         assert info["status"] == "completed", info
         return out, info
-    with Qemu(args, workdir=wd, chroot=root) as q:
+    if how == "guest":
+        from vmig.testing.qemu import GUEST_DIR, GUEST_READY, guest_args, wait_for_text
+
+        serial = wd / "serial.log"
+        args = args + guest_args(serial)
+    binds = [GUEST_DIR] if how == "guest" else None
+    with Qemu(args, workdir=wd, chroot=root, extra_binds=binds) as q:
         if how == "running":
             time.sleep(1.0)
+        if how == "guest":
+            wait_for_text(serial, GUEST_READY, timeout=300, proc=q)
+            q.resize_virtio_mem("vm0", 256 * MiB, timeout=180)
         if how == "mapped-ram":
             q.set_migration({"mapped-ram": True})
             q.qmp("migrate", {"uri": f"file:{out}"})

@@ -18,7 +18,8 @@ from qemu10 import capture
 from vmig.cli import main
 from vmig.testing import fixtures
 
-Q10_PRECOPY = ["pc-10.0-paused", "q35-10.0-smp2", "pc-10.0-running", "pc-7.2-on-10.0", "pc-9.2-paused"]
+Q10_PRECOPY = ["pc-10.0-paused", "q35-10.0-smp2", "pc-10.0-running", "pc-10.0-guest", "pc-7.2-on-10.0",
+               "pc-9.2-paused"]
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ def test_mapped_ram_with_unplugged_virtio_mem_equals_query_migrate(capsys) -> No
 
 @pytest.mark.qemu
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["pc-10.0-running", "pc-10.0-postcopy"])
+@pytest.mark.parametrize("name", ["pc-10.0-running", "pc-10.0-postcopy", "pc-10.0-guest"])
 def test_qemu_10_rounds_at_most_dirty_syncs(capsys, name: str) -> None:
     path, info = capture(name)
     doc = ram_json(capsys, path)

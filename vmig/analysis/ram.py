@@ -452,8 +452,8 @@ class RamView:
         out: dict[str, np.ndarray] = {}
         for dev in self._vmem.result():
             bv = self.blocks.get(dev.ramblock or "")
-            if bv is None or not dev.complete and dev.early is None:
-                continue
+            if bv is None or not (dev.complete or dev.early is not None):
+                continue  # no bitmap in the stream for this device (cut stream)
             try:
                 plugged = np.asarray(dev.bitmap, dtype=np.bool_)
                 per_block = dev.block_size // bv.target_page_size

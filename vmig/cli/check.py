@@ -130,8 +130,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _return_path_file(path: str) -> bool:
-    """A file (not stdin) that starts with postcopy return-path messages, not a QEVM header."""
-    if path == "-":
+    """A regular file that starts with postcopy return-path messages, not a QEVM header (a pipe
+    is not peeked at: its bytes would be gone for the check)."""
+    import os
+
+    if path == "-" or not os.path.isfile(path):
         return False
     from vmig.errors import VmigError
     from vmig.io.streams import open_source

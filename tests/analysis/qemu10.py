@@ -7,8 +7,10 @@ an unplugged virtio-mem device. ``capture(name)`` returns ``(path, query-migrate
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -61,7 +63,9 @@ def trixie_or_fail() -> Path:
 
 @functools.cache
 def _workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="vmig-q10-")).resolve()
+    path = Path(tempfile.mkdtemp(prefix="vmig-q10-")).resolve()
+    atexit.register(shutil.rmtree, path, ignore_errors=True)  # the captures live for one process
+    return path
 
 
 class _Relay:

@@ -461,7 +461,8 @@ def extract(
         events: the decoder's events (``vmig.io.streams.iter_events``).
         out_dir: DIR (created if missing). Nothing is written outside it, except ``physical``.
         fmt: ``"vmig"`` (vmig's JSON, raw trailer bytes, destination page semantics) or
-            ``"qemu"`` (analyze-migration.py -x files).
+            ``"qemu"`` (QEMU 7.2's analyze-migration.py -x files) or ``"qemu-10.0"`` (QEMU
+            10.0's: its ``state.json`` groups fields as :mod:`vmig.vmstate.qemu_json` says).
         physical: also write a guest-physical image to this path (written atomically).
         elf: the physical image as an ELF core instead of raw.
         progress: called with the absolute offset reached, now and then.
@@ -470,13 +471,13 @@ def extract(
         UsageError: DIR cannot be used; a target entry exists as a directory.
         StreamError: the stream is invalid (from the decoder or a bad page payload).
     """
-    if fmt not in ("vmig", "qemu"):
+    if fmt not in ("vmig", "qemu", "qemu-10.0"):
         raise UsageError(f"unknown extract format {fmt!r}")
     kept: list[Any] = []
     machine: str | None = None
     trailer: bytes | None = None
     vm_devices: list[tuple[str, Any]] = []
-    with _staged(out_dir, qemu_compat=(fmt == "qemu")) as (tmp, images):
+    with _staged(out_dir, qemu_compat=fmt.startswith("qemu")) as (tmp, images):
         for ev in events:
             if isinstance(ev, RamRecords):
                 images.add_batch(ev.batch)
@@ -520,14 +521,14 @@ def _virtio_mem_state(ev: Any) -> tuple[str, Any] | None:
 
 
 def _write_json(tmp: str, kept: list[Any], trailer: bytes | None, fmt: str) -> None:
-    if fmt == "qemu":
+    if fmt.startswith("qemu"):
         from vmig.vmstate import qemu_json
 
         if trailer is None:
             raise StreamError("the stream has no vmdesc trailer; analyze-migration.py -x needs one "
                               "(use --format vmig)")
         desc = qemu_json.desc_dict(trailer)
-        state = qemu_json.state_dict(kept)
+        state = qemu_json.state_dict(kept, dialect="10.0" if fmt == "qemu-10.0" else "7.2")
         enc = json.JSONEncoder(indent=4, separators=(",", ": "))
         _write_new(tmp, "desc.json", enc.encode(desc).encode())
         _write_new(tmp, "state.json", enc.encode(state).encode())

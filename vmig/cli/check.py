@@ -16,9 +16,23 @@ from vmig.cli._common import add_desc_from_argument, add_stream_argument, descri
 __all__ = ["register", "handler"]
 
 
+HELP = """\
+Read a migration stream to its last byte and run vmig's checks on it (virtio-mem: size equals
+the plugged blocks, no page of an unplugged block, plugged blocks inside the usable region).
+With --dest or --dest-capture, also predict whether a destination QEMU would load it, with the
+lines QEMU would print. Exit status 0: ok; 1: the first problem is printed (file, offset,
+section, what was expected).
+
+Examples:
+  vmig check guest.bin
+  vmig check guest.bin --dest-capture destination-vm.bin
+A postcopy return path (the destination's answers) is read with vmig rp instead.
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("check", help="check that a stream parses to the last byte",
-                              description=__doc__)
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_argument(p)
     add_desc_from_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no output, exit code only")
@@ -31,7 +45,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
+def _return_path_file(path: str) -> bool:
+    """A regular file that starts with postcopy return-path messages, not a QEVM header (a pipe
+    is not peeked at: its bytes would be gone for the check)."""
+    import os
+
+    if path == "-" or not os.path.isfile(path):
+        return False
+    from vmig.errors import VmigError
+    from vmig.io.streams import open_source
+    from vmig.stream.return_path import looks_like_return_path
+
+    try:
+        with open_source(path, use_mmap=False) as src:
+            head = next(iter(src.chunks()), b"")
+    except VmigError:
+        return False
+    return looks_like_return_path(bytes(head[:4096]))
+
+
 def handler(args: argparse.Namespace) -> int:
+    if _return_path_file(args.stream):
+        if not args.quiet:
+            print(f"{args.stream}: a postcopy return path (destination to source), not a migration "
+                  f"stream: read it with vmig rp {args.stream}", file=sys.stderr)
+        return 1
     from vmig.checks.registry import run_checks
 
     problems = run_checks(args.stream, description_from_args(args),

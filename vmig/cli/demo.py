@@ -69,7 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="run a virtio-mem model walkthrough (no QEMU needed)",
-        description="Run a virtio-mem device-model walkthrough and print the monitor transcript.",
+        description="Run a virtio-mem device-model walkthrough and print the monitor transcript "
+                    "(no QEMU, no guest needed).\n\nExample:\n  vmig demo seed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scenario", choices=["seed"], help="seed: QEMU's original virtio-mem example")
     p.add_argument("--machine", default="pc", help="machine type (default pc)")

@@ -27,19 +27,32 @@ from vmig.cli._common import add_desc_from_argument, add_stream_argument
 from vmig.cli.progress import Progress
 from vmig.cli.ram import input_size
 
+HELP = """\
+Write the guest RAM a stream carries as one sparse file per RAM block (zero pages stay holes),
+with state.json (the decoded device state) and desc.json (the stream's description) beside
+them. --format qemu writes the same files as QEMU's analyze-migration.py -x. --physical FILE
+also writes the guest-physical memory image (pc/q35 layout, plugged virtio-mem blocks at their
+addresses), with --elf as an ELF core. Files are written only inside DIR.
+
+Examples:
+  vmig extract guest.bin -o out/
+  vmig extract guest.bin -o out/ --physical memory.elf --elf
+"""
+
 
 def register(subparsers: Any) -> None:
     """Add the ``extract`` subcommand."""
     p = subparsers.add_parser(
         "extract",
         help="write each RAMBlock as a sparse file (and state.json, desc.json)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_stream_argument(p)
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory")
-    p.add_argument("--format", choices=("vmig", "qemu"), default="vmig",
-                   help="vmig (default) or analyze-migration.py -x compatible output")
+    p.add_argument("--format", choices=("vmig", "qemu", "qemu-10.0"), default="vmig",
+                   help="vmig (default), or the files of QEMU 7.2's (qemu) or 10.0's (qemu-10.0) "
+                        "analyze-migration.py -x")
     p.add_argument("--physical", metavar="FILE", help="also write a guest-physical image")
     p.add_argument("--elf", action="store_true", help="write --physical as an ELF core")
     add_desc_from_argument(p)

@@ -17,15 +17,29 @@ import sys
 from vmig.cli._common import add_desc_from_argument, add_stream_argument, stream_events
 from vmig.errors import UsageError
 
+HELP = """\
+Show the virtio-mem devices a stream carries as QEMU's monitor shows them on the destination
+after loading it: the text of "info memory-devices", or with --json the list of
+query-memory-devices, or with --map a picture of the plugged blocks. The device id given with
+-device ...,id=ID is not in the stream: the device's PCI address stands in for it unless
+--id PCI-ADDRESS=ID names it.
+
+Examples:
+  vmig info memory-devices guest.bin
+  vmig info memory-devices guest.bin --id 0000:00:02.0=vm0 --json
+"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``info`` and its topics to the CLI."""
-    p = subparsers.add_parser("info", help="show device information carried by a stream")
+    p = subparsers.add_parser("info", help="show device information carried by a stream",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     topics = p.add_subparsers(dest="topic", metavar="TOPIC")
     topics.required = True
     m = topics.add_parser(
         "memory-devices",
         help="virtio-mem devices as QEMU's 'info memory-devices' / query-memory-devices shows them",
+        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_stream_argument(m)
     m.add_argument("--json", action="store_true", help="query-memory-devices JSON instead of HMP text")

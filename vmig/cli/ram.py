@@ -1,26 +1,22 @@
-"""``vmig ram``: what the RAM section of a stream carries, per RAMBlock, kind and pass.
+"""``vmig ram``: what the RAM part of a stream carries, per RAM block, kind, round and section.
 
-``vmig ram STREAM [--json] [--desc-from OTHER]``
+Per RAM block: size, page size, pages by kind (zero, normal, xbzrle, compressed), bytes, pages
+sent again, pages of unplugged virtio-mem blocks, ranges never sent. Per round (one walk of
+QEMU's dirty bitmap: a round begins where the page sequence starts again from an earlier page,
+at most one per bitmap sync): pages by kind, pages sent again. Per RAM section of the stream:
+pages by kind. Totals count every re-send, as QEMU's query-migrate counts "normal" (full pages)
+and "duplicate" (zero pages); pages of unplugged virtio-mem blocks are neither.
 
-Per block: size, page size, records by kind (zero, normal, xbzrle, compressed), bytes, pages
-re-sent, byte ranges never sent; per pass (one PART/END section of ``ram``): records by kind;
-totals. Page counts cover the whole stream and count every re-send, as QEMU's
-``query-migrate`` counts ``ram.normal`` (PAGE records) and ``ram.duplicate`` (ZERO records).
+Examples:
+  vmig ram running.bin
+  vmig ram running.bin --json | jq '.rounds | length'
 
-JSON (``--json``; see vmig.analysis.ram.RamView.to_json)::
-
-    {"page_size": 4096,
-     "blocks": [{"idstr", "length", "page_size", "mr_addr", "pages", "zero", "normal",
-                 "xbzrle", "compressed", "bytes", "bytes_by_kind": {...}, "pages_sent",
-                 "resent", "final": {kind: pages whose last write was that kind},
-                 "never_sent": [[start, end], ...], "target_page_size"}],
-     "passes": [{"index", "section": "part"|"end"|"start", "offset",
-                 "totals": {kind: n, "bytes": n}, "blocks": {idstr: {kind: n, "bytes": n}}}],
-     "totals": {"normal", "zero", "xbzrle", "compressed", "bytes", "resent", "pages_sent",
-                "multifd_flush", "hook"}}
-
-``bytes`` are whole record bytes (record word, idstr, payload headers and payload).
-STREAM is a path, ``-`` for stdin (streamed: memory stays bounded), or a ``.lz4`` frame file.
+--json keys: page_size; blocks (idstr, length, page_size, mr_addr, pages, zero, normal, xbzrle,
+compressed, bytes, bytes_by_kind, pages_sent, resent, final, never_sent, unplugged,
+target_page_size); rounds (index, offset, section, zero, normal, xbzrle, compressed, bytes,
+resent, jumps, postcopy); sections (index, section, offset, totals, blocks); totals (normal,
+zero, xbzrle, compressed, bytes, resent, pages_sent, multifd_flush, hook, unplugged). bytes are
+whole record bytes. STREAM is a path, - for stdin (memory stays bounded), or an .lz4 file.
 """
 
 from __future__ import annotations
@@ -43,7 +39,7 @@ def register(subparsers: Any) -> None:
     """Add the ``ram`` subcommand."""
     p = subparsers.add_parser(
         "ram",
-        help="RAM pages carried by the stream: per block, kind and pass",
+        help="RAM pages carried by the stream: per block, kind, round and section",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -98,8 +94,17 @@ def render_text(doc: dict[str, Any]) -> str:
         + f" {t['bytes']:>12} {t['resent']:>8}"
     )
     lines.append("")
-    lines.append(f"passes: {len(doc['passes'])}")
-    for p in doc["passes"]:
+    lines.append(f"rounds: {len(doc['rounds'])}")
+    for r in doc["rounds"]:
+        kinds = ", ".join(f"{k} {r[k]}" for k in KINDS if r[k])
+        extra = (f", {r['resent']} sent again" if r["resent"] else "") + \
+            (f", {r['jumps']} jumps" if r["jumps"] else "") + (" (postcopy)" if r["postcopy"] else "")
+        lines.append(f"  #{r['index']:<4} @{r['offset']:#x}: {kinds or 'nothing'}{extra}")
+    if t.get("unplugged"):
+        lines.append(f"unplugged virtio-mem pages (not sent, not counted as zero): {t['unplugged']}")
+    lines.append("")
+    lines.append(f"RAM sections: {len(doc['sections'])}")
+    for p in doc["sections"]:
         pt = p["totals"]
         kinds = ", ".join(f"{k} {pt[k]}" for k in KINDS if pt[k])
         lines.append(f"  #{p['index']:<4} {p['section']:5} @{p['offset']:#x}: {kinds or 'nothing'}"

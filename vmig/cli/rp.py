@@ -25,8 +25,22 @@ from vmig.stream.return_path import RpMessage, iter_rp
 __all__ = ["register", "handler", "message_json", "summarize", "format_row"]
 
 
+HELP = """\
+List the messages a postcopy destination sent back to its source (the return path): one row
+per message (offset, length, type and values: PONG value, page requests with block, start and
+length, received-bitmap counts, SHUT status), then the PONGs in order, the page requests per RAM
+block and the final status. Match PONG values with the PING values vmig sections prints for the
+stream. --json prints {"messages": [...], "summary": {...}}. A complete return path ends with
+SHUT; --partial accepts one cut short.
+
+Example:
+  vmig rp return-path.bin
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("rp", help="decode a postcopy return-path capture", description=__doc__)
+    p = subparsers.add_parser("rp", help="decode a postcopy return-path capture", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_argument(p, "file", help="return-path capture ('-' = stdin; *.lz4 is decompressed)",
                         early_map=False)
     p.add_argument("--json", action="store_true", help="print JSON {messages, summary}")

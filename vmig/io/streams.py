@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
-from vmig.errors import StreamError, UsageError
+from vmig.errors import SchemaError, StreamError, UsageError
 from vmig.io.decoding import explain, new_decoder
 from vmig.io.mapping import MappedFile, adopt
 from vmig.stream.constants import SectionType
+from vmig.stream.decoder import StreamDecoder
 from vmig.stream.events import (
     Command,
     Configuration,
@@ -244,11 +245,13 @@ def load_description(path: str) -> VmDescription:
     Raises:
         SchemaError/UsageError: no trailer found (message names the path).
     """
+    head = b""
     with open_source(path) as src:
         if src.mapped is not None:
             mv = src.mapped
             if len(mv) and mv[0] == ord("{"):
                 return VmDescription(bytes(mv), source=path)
+            head = bytes(mv[:_HEAD_BYTES])
             found = find_trailer(mv, source=path)
         else:
             tail = bytearray()
@@ -257,6 +260,8 @@ def load_description(path: str) -> VmDescription:
                 if first and len(chunk) and chunk[0] == ord("{"):
                     rest = bytes(chunk) + b"".join(bytes(c) for c in src.chunks())
                     return VmDescription(rest, source=path)
+                if len(head) < _HEAD_BYTES:
+                    head += bytes(chunk[: _HEAD_BYTES - len(head)])
                 first = False
                 tail += chunk
                 if len(tail) > 2 * TAIL_KEEP:
@@ -264,7 +269,62 @@ def load_description(path: str) -> VmDescription:
             found = find_trailer(tail, source=path)
     if found is None:
         raise UsageError(f"{path}: no vmdesc trailer found (is it a precopy capture with a trailer?)")
-    return found[1]
+    desc = found[1]
+    desc.source = path
+    desc.machine = configuration_name(head)
+    return desc
+
+
+_HEAD_BYTES = 4096
+
+
+def configuration_name(head: bytes) -> str | None:
+    """The machine type named by the CONFIGURATION record at the start of a stream (its first
+    bytes), or None (no such record)."""
+    dec = StreamDecoder()
+    dec.receive_data(head)
+    try:
+        for _ in range(2):
+            ev = dec.next_event()
+            if isinstance(ev, Configuration):
+                return ev.name
+    except StreamError:
+        return None
+    return None
+
+
+def check_desc_from(events: Iterable[Event], desc: VmDescription, path: str) -> Iterator[Event]:
+    """Pass ``events`` through, refusing a ``--desc-from`` description of another VM or QEMU.
+
+    Refused (a one-line :class:`~vmig.errors.SchemaError`): a description captured on another
+    machine type than the stream's CONFIGURATION names; a section the description lists with
+    another version than the stream's header; a description and a stream trailer of different
+    QEMU generations (newer QEMU adds a ``configuration`` entry to the description).
+    """
+    where = desc.source
+    for ev in events:
+        if isinstance(ev, Configuration) and desc.machine is not None and ev.name != desc.machine:
+            raise SchemaError(
+                f"--desc-from {where} describes machine type {desc.machine}, the stream is "
+                f"{ev.name}: use a capture of the same VM configuration", offset=ev.offset, path=path)
+        elif isinstance(ev, SectionHeader) and ev.type in (SectionType.SECTION_START,
+                                                           SectionType.SECTION_FULL):
+            entry = desc.device(ev.idstr, ev.instance_id)
+            version = entry.get("version") if entry is not None else None
+            if isinstance(version, int) and version != ev.version_id:  # None: no vmsd (slirp)
+                raise SchemaError(
+                    f"--desc-from {where} is from another QEMU version: it describes version "
+                    f"{version} of this section, the stream has version {ev.version_id}",
+                    offset=ev.offset, section=f"{ev.idstr} instance {ev.instance_id}", path=path)
+        elif isinstance(ev, VmDescriptionEvent):
+            own = VmDescription(ev.raw, source="stream trailer")
+            if (own.configuration is None) != (desc.configuration is None):
+                newer, older = (where, "the stream") if own.configuration is None else ("the stream", where)
+                raise SchemaError(
+                    f"--desc-from {where} is from another QEMU version: {newer} has a "
+                    f"'configuration' entry in its description (newer QEMU), {older} has none",
+                    offset=ev.offset, path=path)
+        yield ev
 
 
 def iter_events(
@@ -295,7 +355,15 @@ def iter_events(
     if description is not None:
         extra.append(description)
     if desc_from is not None:
-        extra.append(desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from))
+        other = desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from)
+        extra.append(other)
+        yield from check_desc_from(_iter_events(path, extra, fast, schema_sets, resident_lag), other, path)
+        return
+    yield from _iter_events(path, extra, fast, schema_sets, resident_lag)
+
+
+def _iter_events(path: str, extra: list[VmDescription], fast: bool, schema_sets: bool,
+                 resident_lag: int) -> Iterator[Event]:
     with open_source(path) as src:
         src.drop_lag = resident_lag
         dec = new_decoder(whole=src.mapped, descriptions=extra, schema_sets=schema_sets,
@@ -351,17 +419,30 @@ class Record:
     events: tuple[Event, ...] = ()
     footer: bool | None = None
     ram_records: int | None = None
+    #: a command's arguments (``vmig.stream.framing.parse_command_args``; DISCARD ranges as
+    #: ``[start, length]`` byte pairs)
+    args: dict | None = None
 
     def to_json(self) -> dict:
         """JSON-ready dict with the keys that apply."""
         d: dict = {"offset": self.offset, "length": self.length, "type": self.type}
-        for k in ("section_id", "idstr", "instance_id", "version_id", "command"):
+        for k in ("section_id", "idstr", "instance_id", "version_id", "command", "args"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
         if self.type == "command" and self.command == "PACKAGED":
             d["children"] = [c.to_json() for c in self.children]
         return d
+
+
+def command_args(ev: Command) -> dict:
+    """A COMMAND record's decoded arguments, JSON-ready (ranges as ``[start, length]`` lists)."""
+    from vmig.stream.framing import COMMAND_HEADER, parse_command_args
+
+    args = parse_command_args(ev.cmd, bytes(ev.data), ev.offset + COMMAND_HEADER.size)
+    if "ranges" in args:
+        args["ranges"] = [list(r) for r in args["ranges"]]
+    return args
 
 
 def records(events: Iterable[Event], keep_events: bool = True) -> Iterator[Record]:
@@ -398,6 +479,7 @@ def records(events: Iterable[Event], keep_events: bool = True) -> Iterator[Recor
             yield Record(ev.offset, ev.length, "configuration", events=(ev,) if keep_events else ())
         elif isinstance(ev, Command):
             yield Record(ev.offset, ev.length, "command", command=ev.cmd.name,
+                         args=command_args(ev),
                          children=tuple(records(ev.children, keep_events)),
                          events=(ev,) if keep_events else ())
         elif isinstance(ev, EndOfStream):

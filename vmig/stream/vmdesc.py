@@ -115,6 +115,8 @@ class VmDescription:
     def __init__(self, raw: bytes | bytearray | memoryview, source: str = "trailer") -> None:
         self.raw: bytes = bytes(raw)
         self.source = source
+        #: machine type of the capture the description was taken from, when known
+        self.machine: str | None = None
         try:
             root = parse_json(self.raw)
         except ValueError as e:

@@ -25,7 +25,7 @@ __all__ = ["PEER_DIR", "peer_script_path", "fetch_analyze_migration", "run_peer"
 PEER_DIR = CACHE_DIR / "peer"
 _SCRIPT = "scripts/analyze-migration.py"
 # Debian suite shipping each QEMU version we compare against.
-_SUITES = {"7.2": ["bookworm", "bookworm-updates"]}
+_SUITES = {"7.2": ["bookworm", "bookworm-updates"], "10.0": ["trixie", "trixie-updates"]}
 
 
 def peer_script_path(version: str = "7.2") -> Path:

@@ -210,7 +210,9 @@ def measure_section(
     reasons: list[str] = []
     need_more = False
     for v in variants:
-        if v.get("version") != version_id:
+        # version None: a handler without a vmsd (QEMU's old-style save_state, e.g. slirp),
+        # whose description is one opaque buffer; any section version
+        if v.get("version") not in (version_id, None):
             reasons.append(f"variant version {v.get('version')} != {version_id}")
             continue
         ends, more, why = walk_ends(v, buf, 0)

@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for dest in getattr(args, "_early_map", ()):
         mapping.open_early(getattr(args, dest))  # warm while the handler imports the codec
     try:
+        from vmig.cli._common import apply_input_options
+
+        apply_input_options(args)
         return int(args.handler(args) or 0)
     except VmigError as e:
         print(f"vmig {args.command}: {e.one_line()}", file=sys.stderr)

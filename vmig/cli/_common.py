@@ -16,9 +16,13 @@ if TYPE_CHECKING:  # the codec (numpy, construct) is imported when a command run
 
 #: parser default naming the STREAM arguments ``vmig.cli.main`` maps early (see add_stream_argument)
 EARLY_MAP = "_early_map"
+#: parser default naming the STREAM arguments ``--snapshot`` applies to (see apply_input_options)
+INPUT_ARGS = "_input_args"
 
 __all__ = [
     "add_stream_argument",
+    "add_snapshot_argument",
+    "apply_input_options",
     "add_desc_from_argument",
     "description_from_args",
     "stream_events",
@@ -39,6 +43,31 @@ def add_stream_argument(parser: argparse.ArgumentParser, name: str = "stream",
     )
     if early_map:
         parser.set_defaults(**{EARLY_MAP: (*(parser.get_default(EARLY_MAP) or ()), name)})
+    add_snapshot_argument(parser, name)
+
+
+def add_snapshot_argument(parser: argparse.ArgumentParser, name: str = "stream") -> None:
+    """Add ``--snapshot NAME|ID`` (once per parser) for the STREAM argument ``name``: the qcow2
+    internal snapshot whose VM state is read (:mod:`vmig.io.containers`)."""
+    if "--snapshot" not in parser._option_string_actions:
+        parser.add_argument("--snapshot", metavar="NAME|ID", default=None,
+                            help="qcow2 image: read the VM state of this internal snapshot (name or ID; "
+                                 "default: the only one)")
+    parser.set_defaults(**{INPUT_ARGS: (*(parser.get_default(INPUT_ARGS) or ()), name)})
+
+
+def apply_input_options(args: argparse.Namespace) -> None:
+    """Attach ``--snapshot`` to the STREAM arguments it applies to (as
+    :class:`vmig.io.containers.InputPath`, which every reader passes down as a path)."""
+    snapshot = getattr(args, "snapshot", None)
+    if snapshot is None:
+        return
+    from vmig.io.containers import InputPath
+
+    for dest in getattr(args, INPUT_ARGS, ()):
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            setattr(args, dest, InputPath(value, snapshot))
 
 
 def add_desc_from_argument(parser: argparse.ArgumentParser) -> None:

@@ -14,14 +14,19 @@ import argparse
 import json
 import sys
 
+from vmig.cli._common import add_snapshot_argument
 from vmig.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``info`` and its topics to the CLI."""
-    p = subparsers.add_parser("info", help="show device information carried by a stream")
-    topics = p.add_subparsers(dest="topic", metavar="TOPIC")
+    """Add ``info`` and its topics to the CLI (``vmig info STREAM`` = the ``summary`` topic)."""
+    from vmig.cli.summary import TopicOrStream, register_summary
+
+    p = subparsers.add_parser("info", help="summarise a stream or its container (vmig info STREAM [--json|--xml]), "
+                                           "or show one topic (memory-devices)")
+    topics = p.add_subparsers(dest="topic", metavar="TOPIC|STREAM", action=TopicOrStream)
     topics.required = True
+    register_summary(topics)
     m = topics.add_parser(
         "memory-devices",
         help="virtio-mem devices as QEMU's 'info memory-devices' / query-memory-devices shows them",
@@ -35,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--desc-from", metavar="FILE",
                    help="take section descriptions from FILE (a capture with a trailer, or its JSON)")
     m.set_defaults(handler=handle_memory_devices)
+    add_snapshot_argument(m, "stream")
 
 
 def handle_memory_devices(args: argparse.Namespace) -> int:

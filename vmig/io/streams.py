@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
@@ -239,6 +239,7 @@ def iter_events(
     fast: bool = True,
     schema_sets: bool = False,
     resident_lag: int = 0,
+    on_open: Callable[[Source], None] | None = None,
 ) -> Iterator[Event]:
     """Decode the stream at ``path`` ('-' = stdin, .lz4 transparent), yielding events.
 
@@ -261,6 +262,8 @@ def iter_events(
         extra.append(desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from))
     with open_source(path) as src:
         src.drop_lag = resident_lag
+        if on_open is not None:
+            on_open(src)  # e.g. to read the container layers the source unwraps (Source.layers)
         dec = _decoder(src.name, src.mapped, extra, schema_sets, fast)
         try:
             for chunk in src.chunks():

@@ -24,7 +24,7 @@ from vmig.errors import StreamError, UsageError
 from vmig.io.containers import compression, libvirt, qcow2
 from vmig.io.containers.compression import CHUNK_SIZE, ChunkReader, decompress_chunks, file_chunks
 
-__all__ = ["InputPath", "Layer", "Opened", "sniff_kind", "open_container", "unwrap_chunks", "QEVM_MAGIC"]
+__all__ = ["InputPath", "Layer", "Opened", "sniff_kind", "open_container", "unwrap_chunks", "inspect", "QEVM_MAGIC"]
 
 QEVM_MAGIC = b"QEVM"
 MAX_DEPTH = 4  # containers nested deeper than this are refused (a compression bomb of layers)
@@ -221,3 +221,35 @@ def open_container(fd: int, size: int, name: str, snapshot: str | None, *,
 def _chain(first: list, rest: Iterator) -> Iterator:
     yield from first
     yield from rest
+
+
+def inspect(path: str) -> list[Layer]:
+    """The outer container of the file ``path`` without reading its stream: the qcow2 header and
+    snapshot table (no snapshot chosen), or the libvirt header and domain XML, or the compression;
+    ``[]`` for a plain stream.
+
+    Raises:
+        UsageError: the file cannot be opened. StreamError: a hostile header.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot open: {e.strerror}") from e
+    try:
+        size = os.fstat(fd).st_size
+
+        def pread(off: int, n: int) -> bytes:
+            return os.pread(fd, n, off)
+
+        head = pread(0, HEAD)
+        kind = sniff_kind(head)
+        if kind is None:
+            return []
+        if kind == "qcow2":
+            return [Layer("qcow2", 0, qcow2.parse(pread, size, path).to_json())]
+        if kind == "libvirt":
+            hdr = libvirt.parse_header(head, path, file_size=size)
+            return [_libvirt_layer(hdr, pread(HEAD, min(hdr.data_len, libvirt.MAX_XML_FROM_PIPE)), 0)]
+        return [Layer(kind)]
+    finally:
+        os.close(fd)

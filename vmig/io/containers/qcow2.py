@@ -106,7 +106,7 @@ class Qcow2Image:
         return {"format": "qcow2", "version": self.version, "cluster_size": self.cluster_size,
                 "virtual_size": self.size, "backing_file": self.backing_file,
                 "extended_l2": self.extended_l2,
-                "snapshots": [s.to_json() for s in self.snapshots]}
+                "snapshots": [s.to_json() for s in self.snapshots], "listing": snapshot_listing(self)}
 
 
 def _err(msg: str, name: str, offset: int | None = None, **kw) -> StreamError:

@@ -4,7 +4,7 @@ the QEMU stream starts.
 Layout (libvirt ``src/qemu/qemu_saveimage.h`` ``virQEMUSaveHeader``, host byte order; libvirt
 also accepts a byte-swapped header, and so does this module): ``magic[16]`` =
 ``LibvirtQemudSave`` (``LibvirtQemudPart`` while the save has not completed), then u32
-``version`` (1 or 2), ``data_len``, ``was_running``, ``compressed``, ``cookieOffset`` and 15
+``version`` (1 or 2), ``data_len``, ``was_running``, ``compressed``, ``cookieOffset`` and 14
 unused u32 — 92 bytes. The domain XML (NUL-terminated, padded so libvirt can edit it in place)
 fills the next ``data_len`` bytes; a ``<cookie>`` document starts ``cookieOffset`` bytes into
 that area when non-zero. The QEMU stream follows at ``92 + data_len``, raw or compressed by an

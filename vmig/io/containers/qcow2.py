@@ -146,6 +146,9 @@ def parse(pread: Pread, file_size: int, name: str) -> Qcow2Image:
                        found=header_length)
     if not 9 <= cluster_bits <= 21:
         raise _err("cluster_bits out of range", name, 20, expected="9..21", found=cluster_bits)
+    if incompat & INCOMPAT_EXTENDED_L2 and cluster_bits < 14:
+        raise _err("extended L2 entries need clusters of at least 16 KiB", name, 20, expected="cluster_bits >= 14",
+                   found=cluster_bits)
     if incompat & ~INCOMPAT_KNOWN:
         raise _err("unknown incompatible feature bits", name, 72, expected=f"only bits of {INCOMPAT_KNOWN:#x}",
                    found=f"{incompat:#x}")
@@ -257,10 +260,7 @@ def vm_state_extents(img: Qcow2Image, snap: Snapshot, pread: Pread) -> Iterator[
         l1e = struct.unpack_from(">Q", l1, 8 * k)[0]
         l2_off = l1e & OFFSET_MASK
         l1_pos = snap.l1_table_offset + 8 * (first + k)
-        start_in = 0
-        if k == 0:
-            start_in = 0  # the VM state starts at an L1 boundary
-        n_here = min(remaining, span - start_in)
+        n_here = min(remaining, span)  # the VM state starts at an L1 boundary
         pieces: list[tuple[int | None, int]]
         if l2_off == 0:
             pieces = [(None, n_here)]
@@ -286,12 +286,12 @@ def vm_state_extents(img: Qcow2Image, snap: Snapshot, pread: Pread) -> Iterator[
                     raise _err(f"{where}: compressed cluster in the VM state (savevm writes none)", name, pos)
                 host = e & OFFSET_MASK
                 if img.extended_l2:
-                    bitmap = struct.unpack_from(">Q", l2, j * 16 + 8)[0]
-                    alloc = bitmap & 0xFFFF_FFFF
+                    alloc = struct.unpack_from(">Q", l2, j * 16 + 8)[0] & 0xFFFF_FFFF
+                    if alloc:
+                        _check_data(host, take, meta, img, where, pos)
                     for s_i in range(-(-take // sub)):
                         t = min(sub, take - s_i * sub)
-                        pieces.append((_check_data(host + s_i * sub, t, meta, img, where, pos)
-                                       if alloc >> s_i & 1 else None, t))
+                        pieces.append((host + s_i * sub if alloc >> s_i & 1 else None, t))
                     continue
                 if host == 0 or e & L2_ZERO:
                     pieces.append((None, take))
@@ -312,7 +312,7 @@ def vm_state_extents(img: Qcow2Image, snap: Snapshot, pread: Pread) -> Iterator[
 
 def _check_data(host: int, take: int, meta: dict[int, str], img: Qcow2Image, where: str, pos: int) -> int:
     cs = img.cluster_size
-    if host % min(cs, 512) or host + take > img.file_size:
+    if host % cs or host + take > img.file_size:
         raise _err(f"{where}: L2 entry points outside the file", img.name, pos,
                    expected=f"a data cluster below {img.file_size:#x}", found=f"{host:#x}")
     held = meta.get(host // cs)

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 from vmig.errors import StreamError, UsageError
 
-__all__ = ["MAGIC", "Qcow2Image", "Snapshot", "parse", "select_snapshot", "vm_state_extents",
+__all__ = ["MAGIC", "Qcow2Image", "Snapshot", "parse", "select_snapshot", "vm_state_extents", "refcount",
+           "writable_vm_state", "VmStateWriter",
            "snapshot_listing"]
 
 MAGIC = b"QFI\xfb"
@@ -342,3 +343,92 @@ def snapshot_listing(img: Qcow2Image) -> str:
         icount = "" if s.icount is None or s.icount < 0 else str(s.icount)
         lines.append(f"{s.id:<9} {s.name:<16} {_size_text(s.vm_state_size):>8}{date:>20}{clock:>13}{icount:>11}")
     return "\n".join(lines) + "\n"
+
+
+def refcount(img: Qcow2Image, pread: Pread, host: int) -> int:
+    """The reference count of the host cluster holding byte ``host`` (refcount table, then block).
+
+    Raises:
+        StreamError: the refcount table or block lies outside the file.
+    """
+    head = _need(pread, 48, 12, img.file_size, img.name, "qcow2 header")
+    rt_off, rt_clusters = struct.unpack(">QI", head)
+    order = 4
+    if img.version == 3:
+        order = struct.unpack(">I", _need(pread, 96, 4, img.file_size, img.name, "qcow2 header"))[0]
+        if order > 6:
+            raise _err("refcount_order out of range", img.name, 96, expected="<= 6", found=order)
+    bits = 1 << order
+    per_block = img.cluster_size * 8 // bits
+    cluster = host >> img.cluster_bits
+    idx = cluster // per_block
+    if idx >= rt_clusters * img.cluster_size // 8:
+        return 0
+    block = struct.unpack(">Q", _need(pread, rt_off + 8 * idx, 8, img.file_size, img.name, "refcount table"))[0]
+    block &= OFFSET_MASK
+    if block == 0:
+        return 0
+    i = cluster % per_block
+    if bits >= 8:
+        raw = _need(pread, block + i * bits // 8, bits // 8, img.file_size, img.name, "refcount block")
+        return int.from_bytes(raw, "big")
+    byte = _need(pread, block + i * bits // 8, 1, img.file_size, img.name, "refcount block")[0]
+    return (byte >> (i * bits % 8)) & ((1 << bits) - 1)
+
+
+def writable_vm_state(img: Qcow2Image, snap: Snapshot, pread: Pread) -> list[tuple[int, int]]:
+    """The host runs ``(offset, length)`` of the snapshot's VM state, checked for being written in
+    place: every cluster allocated and referenced once (so no other snapshot or the active image
+    shares it).
+
+    Raises:
+        UsageError: a cluster is unallocated/zero or shared (the image would need new clusters).
+    """
+    runs: list[tuple[int, int]] = []
+    cs = img.cluster_size
+    for host, n in vm_state_extents(img, snap, pread):
+        if host is None:
+            raise UsageError(f"{img.name}: snapshot {snap.id} {snap.name!r}: its VM state has unallocated or zero "
+                             "clusters; vmig writes a VM state in place only")
+        for c in range(host // cs, -(-(host + n) // cs)):
+            rc = refcount(img, pread, c * cs)
+            if rc != 1:
+                raise UsageError(f"{img.name}: snapshot {snap.id} {snap.name!r}: VM state cluster at {c * cs:#x} has "
+                                 f"refcount {rc} (shared); vmig writes unshared clusters in place only")
+        runs.append((host, n))
+    return runs
+
+
+class VmStateWriter:
+    """Writes a new VM state of exactly the old length over ``runs`` (from
+    :func:`writable_vm_state`) through ``pwrite(offset, data)``."""
+
+    def __init__(self, runs: list[tuple[int, int]], pwrite: Callable[[int, bytes], None], name: str) -> None:
+        self._runs = list(runs)
+        self._pwrite = pwrite
+        self._i = 0
+        self._used = 0
+        self.name = name
+        self.total = sum(n for _, n in runs)
+        self.written = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        mv = memoryview(data)
+        while len(mv):
+            if self._i >= len(self._runs):
+                raise UsageError(f"{self.name}: the new VM state is longer than the snapshot's ({self.total} bytes); "
+                                 "vmig keeps the VM state length (edits must keep payload lengths)")
+            host, n = self._runs[self._i]
+            k = min(len(mv), n - self._used)
+            self._pwrite(host + self._used, bytes(mv[:k]))
+            self._used += k
+            self.written += k
+            mv = mv[k:]
+            if self._used == n:
+                self._i += 1
+                self._used = 0
+
+    def finish(self) -> None:
+        if self.written != self.total:
+            raise UsageError(f"{self.name}: the new VM state has {self.written} bytes, the snapshot's has "
+                             f"{self.total}; vmig keeps the VM state length")

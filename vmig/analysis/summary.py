@@ -1,5 +1,5 @@
 """A one-screen summary of an input: the containers around the stream, then the stream itself —
-machine type, the sections it carries, its devices and RAM totals.
+machine type, the sections it carries (counted when complete), its devices and RAM totals.
 
 Sans-I/O: :class:`Summary` is fed decoder events (and given the container layers the input layer
 found, :class:`vmig.io.containers.Layer`); :func:`render_text` turns its JSON document into the
@@ -44,18 +44,20 @@ class Summary:
         self.trailer = False
         self.eof = False
         self.end = 0
+        self._open: SectionHeader | None = None
 
     def feed(self, ev: Any) -> None:
         self.ram.feed(ev)
         if isinstance(ev, SectionHeader):
-            self.kinds[ev.type.name] += 1
-            if ev.idstr is not None and ev.type == SectionType.SECTION_FULL:
-                self.devices[(ev.idstr, ev.instance_id)] = {
-                    "idstr": ev.idstr, "instance_id": ev.instance_id, "version_id": ev.version_id}
-            elif ev.idstr is not None and ev.type == SectionType.SECTION_START:
-                self.iterative[ev.idstr] = ev.version_id
-        elif isinstance(ev, SectionEnd):
-            self.end = max(self.end, ev.offset + ev.length)
+            self._open = ev  # counted once complete (a cut input may end inside it)
+        elif isinstance(ev, SectionEnd) and self._open is not None:
+            h, self._open = self._open, None
+            self.kinds[h.type.name] += 1
+            if h.idstr is not None and h.type == SectionType.SECTION_FULL:
+                self.devices[(h.idstr, h.instance_id)] = {
+                    "idstr": h.idstr, "instance_id": h.instance_id, "version_id": h.version_id}
+            elif h.idstr is not None and h.type == SectionType.SECTION_START:
+                self.iterative[h.idstr] = h.version_id
         elif isinstance(ev, FileHeader):
             self.version = ev.version
         elif isinstance(ev, Configuration):

@@ -351,6 +351,11 @@ def iter_stream_events(path: str, desc_from: str | None = None) -> Iterable[Any]
             if layout.failures:
                 e.message += "; vmig's schema set could not walk: " + "; ".join(layout.failures[:2])
             e.with_path(src.name)
+            from vmig.io.containers import cut_short, drain_cut
+
+            if cut_short(path, e):  # --partial: the devices whose sections arrived
+                yield from drain_cut(dec)
+                return
             raise
 
 

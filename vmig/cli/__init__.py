@@ -62,10 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for dest in getattr(args, "_early_map", ()):
         mapping.open_early(getattr(args, dest))  # warm while the handler imports the codec
     try:
-        from vmig.cli._common import apply_input_options
+        from vmig.cli._common import apply_input_options, input_cuts
 
         apply_input_options(args)
-        return int(args.handler(args) or 0)
+        rc = int(args.handler(args) or 0)
+        cuts = input_cuts(args)
+        for line in cuts:
+            print(f"vmig {args.command}: {line}", file=sys.stderr)
+        return max(rc, 1) if cuts else rc
     except VmigError as e:
         print(f"vmig {args.command}: {e.one_line()}", file=sys.stderr)
         return 2

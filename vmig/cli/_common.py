@@ -53,21 +53,35 @@ def add_snapshot_argument(parser: argparse.ArgumentParser, name: str = "stream")
         parser.add_argument("--snapshot", metavar="NAME|ID", default=None,
                             help="qcow2 image: read the VM state of this internal snapshot (name or ID; "
                                  "default: the only one)")
+        parser.add_argument("--partial", action="store_true",
+                            help="a cut input (truncated capture): report what arrived, say where and how "
+                                 "it ends on stderr, exit 1")
     parser.set_defaults(**{INPUT_ARGS: (*(parser.get_default(INPUT_ARGS) or ()), name)})
 
 
 def apply_input_options(args: argparse.Namespace) -> None:
-    """Attach ``--snapshot`` to the STREAM arguments it applies to (as
+    """Attach ``--snapshot`` and ``--partial`` to the STREAM arguments they apply to (as
     :class:`vmig.io.containers.InputPath`, which every reader passes down as a path)."""
     snapshot = getattr(args, "snapshot", None)
-    if snapshot is None:
+    partial = bool(getattr(args, "partial", False))
+    if snapshot is None and not partial:
         return
     from vmig.io.containers import InputPath
 
     for dest in getattr(args, INPUT_ARGS, ()):
         value = getattr(args, dest, None)
         if isinstance(value, str):
-            setattr(args, dest, InputPath(value, snapshot))
+            setattr(args, dest, InputPath(value, snapshot, partial=partial))
+
+
+def input_cuts(args: argparse.Namespace) -> list[str]:
+    """One line per ``--partial`` input that was cut: where and how it ends."""
+    lines = []
+    for dest in getattr(args, INPUT_ARGS, ()):
+        cut = getattr(getattr(args, dest, None), "cut", None)
+        if cut is not None:
+            lines.append(f"partial input: {cut.one_line()}")
+    return lines
 
 
 def add_desc_from_argument(parser: argparse.ArgumentParser) -> None:

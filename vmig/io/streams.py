@@ -278,6 +278,11 @@ def iter_events(
             yield from dec.events()
         except StreamError as e:
             e.with_path(src.name)
+            from vmig.io.containers import cut_short, drain_cut
+
+            if cut_short(path, e):  # --partial: the events that arrived were the answer
+                yield from drain_cut(dec)
+                return
             raise
 
 

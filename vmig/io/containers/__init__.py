@@ -20,11 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmig.errors import StreamError, UsageError
+from vmig.errors import StreamError, TruncatedError, UsageError
 from vmig.io.containers import compression, libvirt, qcow2
 from vmig.io.containers.compression import CHUNK_SIZE, ChunkReader, decompress_chunks, file_chunks
 
-__all__ = ["InputPath", "Layer", "Opened", "sniff_kind", "open_container", "unwrap_chunks", "inspect", "QEVM_MAGIC"]
+__all__ = ["InputPath", "cut_short", "drain_cut", "Layer", "Opened", "sniff_kind", "open_container",
+           "unwrap_chunks", "inspect", "QEVM_MAGIC"]
 
 QEVM_MAGIC = b"QEVM"
 MAX_DEPTH = 4  # containers nested deeper than this are refused (a compression bomb of layers)
@@ -32,18 +33,44 @@ HEAD = libvirt.HEADER_SIZE
 
 
 class InputPath(str):
-    """A STREAM path that carries container choices (``--snapshot``) to the input layer.
+    """A STREAM path that carries the reading options (``--snapshot``, ``--partial``) to the
+    input layer, and brings back where a partial input was cut.
 
     A ``str`` (so every command passes it where a path goes); :func:`vmig.io.streams.open_source`
-    reads ``snapshot`` from it.
+    reads ``snapshot``; the decoding loops call :func:`cut_short` when the input ends early.
     """
 
     snapshot: str | None
+    partial: bool
+    cut: StreamError | None
 
-    def __new__(cls, path: str, snapshot: str | None = None) -> InputPath:
+    def __new__(cls, path: str, snapshot: str | None = None, *, partial: bool = False) -> InputPath:
         obj = super().__new__(cls, path)
         obj.snapshot = snapshot
+        obj.partial = partial
+        obj.cut = None
         return obj
+
+
+def drain_cut(dec: Any) -> Iterator[Any]:
+    """After :func:`cut_short`: the events a decoder still holds for the bytes that arrived before
+    the cut (the input ended in the source, e.g. inside a compressed frame, before the decoder
+    was told). Its own truncation error, met again, ends them."""
+    try:
+        dec.receive_data(b"")
+        yield from dec.events()
+    except (StreamError, UsageError):
+        return
+
+
+def cut_short(path: str, error: StreamError) -> bool:
+    """Whether decoding ``path`` may stop quietly at ``error``: True for a truncation
+    (:class:`vmig.errors.TruncatedError`) of an :class:`InputPath` read with ``partial``, which
+    then keeps the error as ``path.cut`` (where and how the input ends); else False (re-raise)."""
+    if isinstance(error, TruncatedError) and getattr(path, "partial", False):
+        path.cut = error  # type: ignore[attr-defined]
+        return True
+    return False
 
 
 @dataclass
@@ -134,7 +161,7 @@ def unwrap_chunks(chunks: Iterator[bytes | memoryview], name: str, layers: list[
             while len(area) < hdr.data_len:
                 more = reader.read(hdr.data_len - len(area))
                 if not more:
-                    raise StreamError("libvirt save image ends inside the domain XML area", path=name,
+                    raise TruncatedError("libvirt save image ends inside the domain XML area", path=name,
                                       offset=reader.pos, expected=f"{hdr.data_len} bytes of XML area",
                                       found=len(area))
                 area += more

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from typing import IO
 
-from vmig.errors import StreamError, UsageError
+from vmig.errors import StreamError, TruncatedError, UsageError
 
 __all__ = ["MAGICS", "sniff", "decompress_chunks", "ChunkReader", "CHUNK_SIZE"]
 
@@ -178,7 +178,7 @@ def decompress_chunks(kind: str, raw: ChunkReader, name: str, *, what: str = "")
             try:
                 b = f.read(CHUNK_SIZE)
             except EOFError as e:
-                raise StreamError(f"{label} ends early (truncated input: {e})", path=name,
+                raise TruncatedError(f"{label} ends early (truncated input: {e})", path=name,
                                   offset=raw.pos) from e
             except errs as e:
                 raise StreamError(f"{label} is corrupt ({e or type(e).__name__})", path=name,
@@ -227,7 +227,7 @@ def _zstd_chunks(raw: ChunkReader, name: str, label: str) -> Iterator[bytes]:
     if out:
         yield b"".join(out)
     if started and not d.eof:
-        raise StreamError(f"{label} ends early (the last zstd frame is incomplete)", path=name, offset=raw.pos)
+        raise TruncatedError(f"{label} ends early (the last zstd frame is incomplete)", path=name, offset=raw.pos)
 
 
 def _lzop_chunks(raw: ChunkReader, name: str, label: str) -> Iterator[bytes]:
@@ -275,7 +275,7 @@ def _lzop_chunks(raw: ChunkReader, name: str, label: str) -> Iterator[bytes]:
     if feed_error:
         raise feed_error[0]
     if rc != 0:
-        raise StreamError(f"{label} is corrupt or ends early (lzop: {err.splitlines()[-1] if err else rc})",
+        raise TruncatedError(f"{label} is corrupt or ends early (lzop: {err.splitlines()[-1] if err else rc})",
                           path=name, offset=raw.pos)
 
 

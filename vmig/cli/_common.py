@@ -30,7 +30,8 @@ __all__ = [
 
 
 def add_stream_argument(parser: argparse.ArgumentParser, name: str = "stream",
-                        help: str | None = None, *, early_map: bool = True) -> None:
+                        help: str | None = None, *, early_map: bool = True,
+                        input_options: bool = True) -> None:
     """Add the positional STREAM argument (a path, '-' for stdin; .lz4 transparent).
 
     With ``early_map`` (for commands that decode the file through a mapping), ``vmig.cli.main``
@@ -43,12 +44,14 @@ def add_stream_argument(parser: argparse.ArgumentParser, name: str = "stream",
     )
     if early_map:
         parser.set_defaults(**{EARLY_MAP: (*(parser.get_default(EARLY_MAP) or ()), name)})
-    add_snapshot_argument(parser, name)
+    if input_options:  # --snapshot and --partial (off for inputs that are no migration stream)
+        add_snapshot_argument(parser, name)
 
 
 def add_snapshot_argument(parser: argparse.ArgumentParser, name: str = "stream") -> None:
-    """Add ``--snapshot NAME|ID`` (once per parser) for the STREAM argument ``name``: the qcow2
-    internal snapshot whose VM state is read (:mod:`vmig.io.containers`)."""
+    """Add ``--snapshot NAME|ID`` (the qcow2 internal snapshot whose VM state is read) and
+    ``--partial`` (a cut input) once per parser, for the STREAM argument ``name``
+    (:mod:`vmig.io.containers`, :func:`apply_input_options`)."""
     if "--snapshot" not in parser._option_string_actions:
         parser.add_argument("--snapshot", metavar="NAME|ID", default=None,
                             help="qcow2 image: read the VM state of this internal snapshot (name or ID; "

@@ -156,6 +156,10 @@ def test_huge_extra_data_and_vm_state_past_l1(tmp_path, capsys):
     img = qcow2(S1, version=3)
     struct.pack_into(">Q", img, CS + 40, 1 << 60)  # 64-bit VM state size far beyond the L1 table
     _fails(capsys, ["sections", _write(tmp_path, img, "d.img")], "extends past its L1 table")
+    img = qcow2(S1, version=3)
+    struct.pack_into(">I", img, CS + 8, 0xFFFF_FFFF)  # l1_size beyond QEMU's 32 MiB L1 limit
+    struct.pack_into(">Q", img, CS + 40, 1 << 62)
+    _fails(capsys, ["sections", _write(tmp_path, img, "e.img")], "L1 table too large")
 
 
 def test_l1_and_l2_entries_outside_the_file(tmp_path, capsys):

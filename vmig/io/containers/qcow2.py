@@ -36,6 +36,7 @@ __all__ = ["MAGIC", "Qcow2Image", "Snapshot", "parse", "select_snapshot", "vm_st
 MAGIC = b"QFI\xfb"
 MAX_SNAPSHOTS = 65536  # QEMU's QCOW_MAX_SNAPSHOTS
 MAX_SNAPSHOT_EXTRA = 1024  # QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA
+MAX_L1_BYTES = 32 << 20  # QEMU's QCOW_MAX_L1_SIZE
 SNAPSHOT_ENTRY_MIN = 40
 INCOMPAT_EXTERNAL_DATA = 1 << 2
 INCOMPAT_COMPRESSION_TYPE = 1 << 3
@@ -243,6 +244,9 @@ def vm_state_extents(img: Qcow2Image, snap: Snapshot, pread: Pread) -> Iterator[
     if snap.l1_table_offset % cs:
         raise _err(f"{where}: L1 table not cluster aligned", name, snap.entry_offset,
                    expected=f"a multiple of {cs}", found=f"{snap.l1_table_offset:#x}")
+    if snap.l1_size * 8 > MAX_L1_BYTES:
+        raise _err(f"{where}: L1 table too large", name, snap.entry_offset + 8,
+                   expected=f"<= {MAX_L1_BYTES // 8} entries", found=snap.l1_size)
     if last >= snap.l1_size:
         raise _err(f"{where}: VM state of {snap.vm_state_size} bytes extends past its L1 table", name,
                    snap.entry_offset + 8, expected=f"l1_size > {last}", found=snap.l1_size)

@@ -38,6 +38,12 @@ TOOLS = {"gzip": ["gzip", "-dc"], "bzip2": ["bzip2", "-dc"], "xz": ["xz", "-dc"]
          "zstd": ["zstd", "-dc"]}
 
 
+def _need_tool(name: str) -> None:
+    """The format's own command-line tool (installed by scripts/test): fail under CI, else skip."""
+    if shutil.which(name) is None:
+        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(f"{name} program missing")
+
+
 def _unlz4(name: str, dst: Path) -> Path:
     dst.write_bytes(lz4.frame.decompress((CDIR / name).read_bytes()))
     return dst
@@ -121,9 +127,7 @@ def test_savevm_several_snapshots_need_a_choice(qcow2_image, capsys):
 
 
 def test_qcow2_v2_image_reads_the_same(qcow2_image, tmp_path, capsys):
-    if shutil.which("qemu-img") is None:
-        pytest.fail("qemu-img missing (installed with qemu-utils by scripts/test)") if os.environ.get("CI") \
-            else pytest.skip("qemu-img missing")
+    _need_tool("qemu-img")
     v2 = tmp_path / "v2.qcow2"
     shutil.copy(qcow2_image, v2)
     subprocess.run(["qemu-img", "amend", "-f", "qcow2", "-o", "compat=0.10", str(v2)], check=True)
@@ -167,8 +171,8 @@ def test_libvirt_wrote_every_format_but_zstd():
 
 @pytest.mark.parametrize("fmt", WRITTEN)
 def test_libvirt_save_image_reads_like_the_stream_inside(fmt, tmp_path, capsys):
-    if fmt == "lzop" and shutil.which("lzop") is None:
-        pytest.skip("lzop program missing (the error without it is tested in test_containers_hostile)")
+    if fmt != "raw":
+        _need_tool(TOOLS[fmt][0])
     entry = LIBVIRT["images"][fmt]
     img = _unlz4(entry["file"], tmp_path / f"{fmt}.save")
     plain = _plain_from_libvirt(img, fmt, tmp_path / "plain.bin")
@@ -212,8 +216,7 @@ def test_compressed_capture_file_and_pipe(fmt, guest_stream, tmp_path, capsys):
     if COMPRESSORS[fmt] is None:
         comp = lz4.frame.compress(data)
     else:
-        if shutil.which(COMPRESSORS[fmt][0]) is None:
-            pytest.skip(f"{fmt} program missing")
+        _need_tool(COMPRESSORS[fmt][0])
         comp = subprocess.run(COMPRESSORS[fmt], input=data, capture_output=True, check=True).stdout
     f = tmp_path / "capture.any"
     f.write_bytes(comp)

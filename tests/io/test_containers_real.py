@@ -191,6 +191,7 @@ def test_libvirt_save_image_reads_like_the_stream_inside(fmt, tmp_path, capsys):
     doc = json.loads(out)
     lv = doc["containers"][0]
     assert lv["kind"] == "libvirt" and lv["domain"] == "vmig-save" and lv["compression"] == fmt
+    assert [c["kind"] for c in doc["containers"]] == ["libvirt"] + ([] if fmt == "raw" else [fmt])
     assert lv["data_len"] == struct.unpack_from("<I", img.read_bytes(), 20)[0]
     assert doc["stream"]["machine"] == "pc-i440fx-7.2"
     rc, out, _ = _run(capsys, "info", str(img), "--xml")
@@ -221,6 +222,8 @@ def test_compressed_capture_file_and_pipe(fmt, guest_stream, tmp_path, capsys):
     f = tmp_path / "capture.any"
     f.write_bytes(comp)
     assert _results(capsys, str(f)) == _results(capsys, str(guest_stream))
+    doc = json.loads(_run(capsys, "info", str(f), "--json")[1])
+    assert [c["kind"] for c in doc["containers"]] == [fmt]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     piped = subprocess.run([sys.executable, "-m", "vmig", "ram", "--json", "-"], input=comp,
                            capture_output=True, env=env)

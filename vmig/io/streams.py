@@ -168,9 +168,8 @@ def open_source(path: str, *, use_mmap: bool = True, snapshot: str | None = None
         mf = adopt(f.fileno()) if use_mmap else None
         opened = containers.open_container(f.fileno(), st.st_size, src.name, snapshot)
         if opened is not None:
-            src.layers.extend(opened.layers)
+            src.layers = opened.layers  # the same list: lazy unwrapping appends inner layers to it
             if opened.chunks is not None:
-                opened.layers = src.layers  # the lazy unwrapping appends inner layers here
                 src._chunks = opened.chunks
                 if mf is not None:
                     mf.close()

@@ -165,17 +165,17 @@ def open_source(path: str, *, use_mmap: bool = True, snapshot: str | None = None
             src._chunks = containers.unwrap_chunks(_read_chunks(f), src.name, src.layers, snapshot)
             yield src
             return
-        mf = adopt(f.fileno()) if use_mmap else None
+        src._file = adopt(f.fileno()) if use_mmap else None  # closed with src, also on errors
         opened = containers.open_container(f.fileno(), st.st_size, src.name, snapshot)
         if opened is not None:
             src.layers = opened.layers  # the same list: lazy unwrapping appends inner layers to it
             if opened.chunks is not None:
                 src._chunks = opened.chunks
-                if mf is not None:
-                    mf.close()
-                    mf = None
+                if src._file is not None:
+                    src._file.close()
+                    src._file = None
         if use_mmap and (opened is None or opened.chunks is None):
-            mf = mf or MappedFile(os.dup(f.fileno()), st, src.name)
+            mf = src._file or MappedFile(os.dup(f.fileno()), st, src.name)
             src._file = mf
             whole = memoryview(mf.mmap)
             if opened is None:

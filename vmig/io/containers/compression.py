@@ -52,44 +52,46 @@ class ChunkReader:
     """A read-only file object over an iterator of chunks, with :meth:`peek`.
 
     ``pos`` is the absolute input offset of the next byte :meth:`read` returns (``base`` plus
-    the bytes consumed), so errors can name where in the input they happened.
+    the bytes consumed), so errors can name where in the input they happened. Small reads (the
+    decompressors read a few KiB at a time) slice the current chunk without copying the rest.
     """
 
     def __init__(self, chunks: Iterator[bytes | memoryview], base: int = 0) -> None:
         self._it = iter(chunks)
         self._buf = b""
+        self._off = 0  # consumed part of _buf
         self.pos = base
 
     def readable(self) -> bool:
         return True
 
-    def _fill(self, n: int) -> None:
-        parts = [self._buf]
-        have = len(self._buf)
-        while have < n:
-            c = next(self._it, None)
-            if c is None:
-                break
-            c = bytes(c)
-            parts.append(c)
-            have += len(c)
-        self._buf = b"".join(parts)
+    def _left(self) -> int:
+        return len(self._buf) - self._off
 
     def peek(self, n: int) -> bytes:
         """Up to ``n`` bytes from the current position, not consumed (fewer only at the end)."""
-        if len(self._buf) < n:
-            self._fill(n)
-        return self._buf[:n]
+        if self._left() < n:
+            parts = [self._buf[self._off:]]
+            have = len(parts[0])
+            while have < n:
+                c = next(self._it, None)
+                if c is None:
+                    break
+                parts.append(bytes(c))
+                have += len(parts[-1])
+            self._buf, self._off = b"".join(parts), 0
+        return self._buf[self._off:self._off + n]
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
-            out = self._buf + b"".join(bytes(c) for c in self._it)
-            self._buf = b""
+            out = self._buf[self._off:] + b"".join(bytes(c) for c in self._it)
+            self._buf, self._off = b"", 0
         else:
-            if not self._buf:
+            if not self._left():
                 c = next(self._it, None)
-                self._buf = bytes(c) if c is not None else b""
-            out, self._buf = self._buf[:n], self._buf[n:]
+                self._buf, self._off = (bytes(c) if c is not None else b""), 0
+            out = self._buf[self._off:self._off + n]
+            self._off += len(out)
         self.pos += len(out)
         return out
 
@@ -98,20 +100,11 @@ class ChunkReader:
         b[: len(data)] = data
         return len(data)
 
-    def skip(self, n: int) -> int:
-        """Consume ``n`` bytes without keeping them; returns how many there were."""
-        left = n
-        while left:
-            got = len(self.read(min(left, CHUNK_SIZE)))
-            if not got:
-                break
-            left -= got
-        return n - left
-
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Iterator[bytes | memoryview]:
         """The rest of the input as chunks."""
-        if self._buf:
-            b, self._buf = self._buf, b""
+        if self._left():
+            b = self._buf[self._off:]
+            self._buf, self._off = b"", 0
             self.pos += len(b)
             yield b
         for c in self._it:
@@ -119,7 +112,7 @@ class ChunkReader:
             yield c
 
     def close(self) -> None:
-        self._buf = b""
+        self._buf, self._off = b"", 0
 
 
 def _opener(kind: str, raw: ChunkReader) -> IO[bytes]:

@@ -138,6 +138,18 @@ def test_qcow2_v2_image_reads_the_same(qcow2_image, tmp_path, capsys):
         assert json.loads(out) == snap["query-memory-devices"]
 
 
+@pytest.mark.parametrize("snap", QCOW2["qemu-img-info"]["snapshots"], ids=lambda s: s["name"])
+def test_snapshot_stream_has_qemu_img_size_and_reads_like_its_unwrapped_copy(snap, qcow2_image, tmp_path, capsys):
+    """The VM state vmig reads is as long as ``qemu-img info`` says, and every command gives on the
+    image what it gives on the stream ``vmig convert`` wrote out of it."""
+    plain = tmp_path / "plain.bin"
+    assert _run(capsys, "convert", str(qcow2_image), str(plain), "--snapshot", snap["id"])[0] == 0
+    assert plain.stat().st_size == snap["vm-state-size"]
+    inside = _results(capsys, str(qcow2_image), "--snapshot", snap["name"])
+    outside = _results(capsys, str(plain))
+    assert inside == outside
+
+
 def test_convert_unwraps_a_snapshot(qcow2_image, tmp_path, capsys):
     snap = QCOW2["snapshots"][0]
     for comp, magic in (("none", b"QEVM"), ("lz4", b"\x04\x22\x4d\x18"), ("zstd", b"\x28\xb5\x2f\xfd")):

@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo",
     "rp",
     "diff",
+    "convert",
 )
 
 
@@ -66,7 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, dest, None) is not None:  # optional STREAM given another way (-f)
             mapping.open_early(getattr(args, dest))  # warm while the handler imports the codec
     try:
-        return int(args.handler(args) or 0)
+        from vmig.cli._common import apply_input_options, input_cuts
+
+        apply_input_options(args)
+        rc = int(args.handler(args) or 0)
+        cuts = input_cuts(args)
+        for line in cuts:
+            print(f"vmig {args.command}: {line}", file=sys.stderr)
+        return max(rc, 1) if cuts else rc
     except VmigError as e:
         print(f"vmig {args.command}: {e.one_line()}", file=sys.stderr)
         return 2

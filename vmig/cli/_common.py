@@ -16,9 +16,13 @@ if TYPE_CHECKING:  # the codec (numpy, construct) is imported when a command run
 
 #: parser default naming the STREAM arguments ``vmig.cli.main`` maps early (see add_stream_argument)
 EARLY_MAP = "_early_map"
+#: parser default naming the STREAM arguments ``--snapshot`` applies to (see apply_input_options)
+INPUT_ARGS = "_input_args"
 
 __all__ = [
     "add_stream_argument",
+    "add_snapshot_argument",
+    "apply_input_options",
     "add_desc_from_argument",
     "description_from_args",
     "stream_events",
@@ -27,7 +31,7 @@ __all__ = [
 
 def add_stream_argument(parser: argparse.ArgumentParser, name: str = "stream",
                         help: str | None = None, *, early_map: bool = True,
-                        optional: bool = False) -> None:
+                        optional: bool = False, input_options: bool = True) -> None:
     """Add the positional STREAM argument (a path, '-' for stdin; .lz4 transparent).
 
     With ``early_map`` (for commands that decode the file through a mapping), ``vmig.cli.main``
@@ -40,6 +44,47 @@ def add_stream_argument(parser: argparse.ArgumentParser, name: str = "stream",
     )
     if early_map:
         parser.set_defaults(**{EARLY_MAP: (*(parser.get_default(EARLY_MAP) or ()), name)})
+    if input_options:  # --snapshot and --partial (off for inputs that are no migration stream)
+        add_snapshot_argument(parser, name)
+
+
+def add_snapshot_argument(parser: argparse.ArgumentParser, name: str = "stream") -> None:
+    """Add ``--snapshot NAME|ID`` (the qcow2 internal snapshot whose VM state is read) and
+    ``--partial`` (a cut input) once per parser, for the STREAM argument ``name``
+    (:mod:`vmig.io.containers`, :func:`apply_input_options`)."""
+    if "--snapshot" not in parser._option_string_actions:
+        parser.add_argument("--snapshot", metavar="NAME|ID", default=None,
+                            help="qcow2 image: read the VM state of this internal snapshot (name or ID; "
+                                 "default: the only one)")
+        parser.add_argument("--partial", action="store_true",
+                            help="a cut input (truncated capture): report what arrived, say where and how "
+                                 "it ends on stderr, exit 1")
+    parser.set_defaults(**{INPUT_ARGS: (*(parser.get_default(INPUT_ARGS) or ()), name)})
+
+
+def apply_input_options(args: argparse.Namespace) -> None:
+    """Attach ``--snapshot`` and ``--partial`` to the STREAM arguments they apply to (as
+    :class:`vmig.io.containers.InputPath`, which every reader passes down as a path)."""
+    snapshot = getattr(args, "snapshot", None)
+    partial = bool(getattr(args, "partial", False))
+    if snapshot is None and not partial:
+        return
+    from vmig.io.containers import InputPath
+
+    for dest in getattr(args, INPUT_ARGS, ()):
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            setattr(args, dest, InputPath(value, snapshot, partial=partial))
+
+
+def input_cuts(args: argparse.Namespace) -> list[str]:
+    """One line per ``--partial`` input that was cut: where and how it ends."""
+    lines = []
+    for dest in getattr(args, INPUT_ARGS, ()):
+        cut = getattr(getattr(args, dest, None), "cut", None)
+        if cut is not None:
+            lines.append(f"partial input: {cut.one_line()}")
+    return lines
 
 
 def add_desc_from_argument(parser: argparse.ArgumentParser) -> None:

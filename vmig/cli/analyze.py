@@ -28,6 +28,7 @@ from typing import Any
 from vmig.cli._common import (
     add_desc_from_argument,
     add_stream_argument,
+    apply_input_options,
     description_from_args,
     stream_events,
 )
@@ -66,11 +67,12 @@ def register(subparsers: Any) -> None:
 def _stream_path(args: argparse.Namespace) -> str:
     if args.file is not None and args.stream is not None:
         raise UsageError("give the stream once: STREAM or -f FILE")
-    path = args.file if args.file is not None else args.stream
-    if path is None:
+    if args.file is not None:
+        args.stream = args.file
+        apply_input_options(args)  # --snapshot / --partial apply to -f FILE too
+    if args.stream is None:
         raise UsageError("no stream: give STREAM or -f FILE")
-    args.stream = path
-    return str(path)
+    return args.stream  # a str, or the InputPath that carries --snapshot / --partial
 
 
 def handle(args: argparse.Namespace) -> int:

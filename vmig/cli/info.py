@@ -31,11 +31,15 @@ Examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``info`` and its topics to the CLI."""
-    p = subparsers.add_parser("info", help="show device information carried by a stream",
+    """Add ``info`` and its topics to the CLI (``vmig info STREAM`` = the ``summary`` topic)."""
+    from vmig.cli.summary import TopicOrStream, register_summary
+
+    p = subparsers.add_parser("info", help="summarise a stream or its container (vmig info STREAM [--json|--xml]), "
+                                           "or show one topic (memory-devices)",
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    topics = p.add_subparsers(dest="topic", metavar="TOPIC")
+    topics = p.add_subparsers(dest="topic", metavar="TOPIC|STREAM", action=TopicOrStream)
     topics.required = True
+    register_summary(topics)
     m = topics.add_parser(
         "memory-devices",
         help="virtio-mem devices as QEMU's 'info memory-devices' / query-memory-devices shows them",

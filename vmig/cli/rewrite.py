@@ -4,6 +4,14 @@ The output is built by the encoder (vmig.stream.encoder), so ``rewrite`` of a va
 byte-identical to its input; it is the end-to-end check of ``encode(decode(b)) == b`` and the
 base for tools that edit events. The write is atomic: a temporary file in OUT's directory,
 then ``os.replace``. OUT may be ``-`` (stdout); an OUT ending in ``.lz4`` is lz4-compressed.
+
+``vmig rewrite IMAGE.qcow2 OUT.qcow2 --snapshot NAME``: a copy of the qcow2 image whose snapshot
+VM state is the re-encoded stream (QEMU's ``loadvm`` restores it); the VM state is written in
+place over the snapshot's own clusters in the copy, so it must keep its length. IMAGE is never
+modified.
+
+Edits: ``--requested-size SIZE`` sets the virtio-mem ``requested-size`` (``[--device PATH]``
+when the stream has several devices); the payload keeps its length.
 """
 
 from __future__ import annotations
@@ -36,7 +44,90 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_stream_argument(p, "input")
     p.add_argument("output", metavar="OUT", help="output path ('-' = stdout; *.lz4 compresses)")
     add_desc_from_argument(p)
+    p.add_argument("--requested-size", type=_size, default=None, metavar="SIZE",
+                   help="edit: the virtio-mem device's requested-size (bytes, or with K/M/G suffix)")
+    p.add_argument("--device", default=None, metavar="PATH",
+                   help="the virtio-mem device to edit (e.g. 0000:00:02.0) when there are several")
     p.set_defaults(handler=handler, stream_attr="input")
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B")
+    try:
+        return int(t[:-1]) * units[t[-1]] if t and t[-1] in units else int(t, 0)
+    except (ValueError, KeyError) as e:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from e
+
+
+def _output_chunks(args: argparse.Namespace):
+    """The bytes to write: the re-encoded events, or with ``--requested-size`` the stream edited
+    in memory by :func:`vmig.analysis.virtio_mem.edit_virtio_mem_stream`."""
+    from vmig.stream.encoder import StreamEncoder
+
+    if args.requested_size is None:
+        enc = StreamEncoder()
+        for ev in stream_events(args, "input"):
+            yield enc.send_view(ev)
+        return
+    from vmig.analysis.virtio_mem import edit_virtio_mem_stream
+    from vmig.cli._common import description_from_args
+    from vmig.io.streams import read_all
+
+    def edit(state) -> None:  # noqa: ANN001
+        state.device.requested_size = args.requested_size
+
+    yield edit_virtio_mem_stream(read_all(args.input), edit, path=args.device,
+                                 desc_from=description_from_args(args))
+
+
+def _is_qcow2(path: str) -> bool:
+    from vmig.io.containers import inspect
+
+    return path != "-" and any(layer.kind == "qcow2" for layer in inspect(path))
+
+
+def _rewrite_image(args: argparse.Namespace) -> int:
+    """Copy IMAGE to a temporary file beside OUT, write the re-encoded VM state over the
+    snapshot's clusters in the copy, fsync, rename."""
+    import shutil
+
+    from vmig.io.containers import qcow2
+
+    src, dst = args.input, args.output
+    snapshot = getattr(src, "snapshot", None)
+    fd_in = os.open(src, os.O_RDONLY)
+    try:
+        size = os.fstat(fd_in).st_size
+
+        def pread(off: int, n: int) -> bytes:
+            return os.pread(fd_in, n, off)
+
+        img = qcow2.parse(pread, size, str(src))
+        snap = qcow2.select_snapshot(img, snapshot)
+        runs = qcow2.writable_vm_state(img, snap, pread)
+    finally:
+        os.close(fd_in)
+    directory = os.path.dirname(os.path.abspath(dst))
+    fd, tmp = tempfile.mkstemp(prefix=".vmig-rewrite-", dir=directory)
+    try:
+        with os.fdopen(fd, "r+b") as out:
+            with open(src, "rb") as inp:
+                shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            writer = qcow2.VmStateWriter(runs, lambda off, b: os.pwrite(out.fileno(), b, off), str(dst))
+            for chunk in _output_chunks(args):
+                writer.write(chunk)
+            writer.finish()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return 0
 
 
 def same_file(a: str, b: str) -> bool:
@@ -55,14 +146,13 @@ def handler(args: argparse.Namespace) -> int:
     src, dst = args.input, args.output
     if same_file(src, dst):
         raise UsageError(f"refusing to rewrite {src} onto itself; give another OUT")
-    from vmig.stream.encoder import StreamEncoder
-
-    enc = StreamEncoder()
-    events = stream_events(args, "input")
+    if dst.endswith(".qcow2") and _is_qcow2(src):
+        return _rewrite_image(args)
+    chunks = _output_chunks(args)
     if dst == "-":
         out = sys.stdout.buffer
-        for ev in events:
-            out.write(enc.send_view(ev))
+        for chunk in chunks:
+            out.write(chunk)
         out.flush()
         return 0
     directory = os.path.dirname(os.path.abspath(dst))
@@ -73,11 +163,11 @@ def handler(args: argparse.Namespace) -> int:
                 import lz4.frame
 
                 with lz4.frame.LZ4FrameFile(raw, mode="wb") as out:
-                    for ev in events:
-                        out.write(enc.send_view(ev))
+                    for chunk in chunks:
+                        out.write(chunk)
             else:
-                for ev in events:
-                    raw.write(enc.send_view(ev))
+                for chunk in chunks:
+                    raw.write(chunk)
         os.replace(tmp, dst)
     except BaseException:
         try:

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("rp", help="decode a postcopy return-path capture", description=HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_argument(p, "file", help="return-path capture ('-' = stdin; *.lz4 is decompressed)",
-                        early_map=False)
+                        early_map=False, input_options=False)
     p.add_argument("--json", action="store_true", help="print JSON {messages, summary}")
     p.add_argument("--partial", action="store_true",
                    help="accept a capture that stops at a message boundary before SHUT")

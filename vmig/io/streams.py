@@ -1,9 +1,10 @@
-"""I/O around the sans-I/O decoder: sources (mmap file, .lz4, stdin), trailer location, records.
+"""I/O around the sans-I/O decoder: sources (mmap file, stdin, and the containers and compressed
+files :mod:`vmig.io.containers` unwraps), trailer location, records.
 
 This module and :mod:`vmig.io.mapping` (the mapping itself) are the only ones of
 vmig.stream that touch files. A regular file is mmap'ed and its
 vmdesc trailer located (from the end) before decoding, so FULL sections can be measured at
-once and payloads are zero-copy views. A pipe or an ``.lz4`` file is read in chunks; the
+once and payloads are zero-copy views. A pipe or a compressed input is read in chunks; the
 decoder then buffers from the first FULL section it cannot measure until end of input and
 finds the trailer in that tail (see vmig.stream.decoder). Errors get the input's path
 attached (``StreamError.with_path``).
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
 from vmig.errors import SchemaError, StreamError, UsageError
+from vmig.io.containers.compression import CHUNK_SIZE
 from vmig.io.decoding import explain, new_decoder
 from vmig.io.mapping import MappedFile, adopt
 from vmig.stream.constants import SectionType
@@ -53,7 +55,6 @@ __all__ = [
     "records",
 ]
 
-CHUNK_SIZE = 1 << 20
 TAIL_KEEP = 64 << 20  # how much of a non-seekable input we keep to find a --desc-from trailer
 
 
@@ -66,6 +67,9 @@ class Source:
     _chunks: Iterator[bytes] | None = None
     _closers: list = field(default_factory=list)
     _file: MappedFile | None = None
+    #: containers unwrapped to reach the stream, outermost first (vmig.io.containers.Layer)
+    layers: list = field(default_factory=list)
+    _base: int = 0  # file offset of the stream in a mapped container
 
     @property
     def drop_lag(self) -> int:
@@ -86,7 +90,7 @@ class Source:
         resident set shrinks (a walk over a multi-GB stream stays bounded).
         """
         if self._file is not None:
-            self._file.consumed(offset)
+            self._file.consumed(self._base + offset)
 
     def chunks(self) -> Iterator[bytes | memoryview]:
         """The input as successive chunks (one chunk for a mapped file)."""
@@ -101,12 +105,15 @@ class Source:
         if self.mapped is not None:
             self.mapped.release()
             self.mapped = None
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()  # a decompressing generator ends its helpers (e.g. the lzop process)
+        for c in reversed(self._closers):  # views into the mapping go before it
+            c()
+        self._closers.clear()
         if self._file is not None:
             self._file.close()
             self._file = None
-        for c in reversed(self._closers):
-            c()
-        self._closers.clear()
 
 
 def _read_chunks(f: IO[bytes], size: int = CHUNK_SIZE) -> Iterator[bytes]:
@@ -118,99 +125,75 @@ def _read_chunks(f: IO[bytes], size: int = CHUNK_SIZE) -> Iterator[bytes]:
 
 
 @contextmanager
-def open_source(path: str, *, use_mmap: bool = True) -> Iterator[Source]:
-    """Open ``path`` for decoding: ``'-'`` = stdin (chunks), ``*.lz4`` = lz4 frame (chunks),
-    else a regular file (mmap; chunks if it cannot be mapped, e.g. a FIFO or an empty file).
+def open_source(path: str, *, use_mmap: bool = True, snapshot: str | None = None) -> Iterator[Source]:
+    """Open ``path`` for decoding: ``'-'`` = stdin (chunks), else a file.
+
+    Containers and compression are recognised by their magic, from a file or a pipe, and
+    unwrapped to the stream they hold (:mod:`vmig.io.containers`: gzip, xz, bzip2, zstd, lz4,
+    lzop, libvirt save images, qcow2 snapshots; ``Source.layers`` says what was unwrapped). A
+    plain stream, a raw libvirt image's stream and a qcow2 VM state stored in consecutive clusters
+    are mapped (``mapped``: a view of just the stream); everything else arrives in chunks.
+    ``snapshot`` (or ``path.snapshot`` of a :class:`vmig.io.containers.InputPath`) chooses a
+    qcow2 snapshot by name or ID.
 
     Raises:
-        UsageError: the file cannot be opened (message names the path).
+        UsageError: the file cannot be opened (message names the path), or a bad ``snapshot``.
+        StreamError: a hostile or corrupt container.
     """
+    from vmig.io import containers
+
+    if snapshot is None:
+        snapshot = getattr(path, "snapshot", None)
     if path == "-":
-        yield Source("<stdin>", _chunks=_sniff_lz4(_read_chunks(sys.stdin.buffer), "<stdin>"))
+        src = Source("<stdin>")
+        try:
+            src._chunks = containers.unwrap_chunks(_read_chunks(sys.stdin.buffer), "<stdin>", src.layers, snapshot)
+            yield src
+        finally:
+            src.close()
         return
     try:
         f = open(path, "rb")
     except OSError as e:
         raise UsageError(f"{path}: cannot open: {e.strerror}") from e
-    src = Source(path)
+    src = Source(str(path))
     src._closers.append(f.close)
     try:
-        if path.endswith(".lz4"):
-            import lz4.frame
+        import stat
 
-            lf = lz4.frame.LZ4FrameFile(f, mode="rb")
-            src._closers.append(lf.close)
-            src._chunks = _lz4_chunks(lf, path)
-        else:
-            st = os.fstat(f.fileno())
-            import stat
-
-            head = os.pread(f.fileno(), 4, 0) if stat.S_ISREG(st.st_mode) else b""
-            if head == LZ4_FRAME_MAGIC:
-                src._chunks = _sniff_lz4(_read_chunks(f), path)
-            elif use_mmap and stat.S_ISREG(st.st_mode) and st.st_size > 0:
-                mf = adopt(f.fileno()) or MappedFile(os.dup(f.fileno()), st, path)
-                src._file = mf
-                src.mapped = memoryview(mf.mmap)
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            src._chunks = containers.unwrap_chunks(_read_chunks(f), src.name, src.layers, snapshot)
+            yield src
+            return
+        src._file = adopt(f.fileno()) if use_mmap else None  # closed with src, also on errors
+        opened = containers.open_container(f.fileno(), st.st_size, src.name, snapshot)
+        if opened is not None:
+            src.layers = opened.layers  # the same list: lazy unwrapping appends inner layers to it
+            if opened.chunks is not None:
+                src._chunks = opened.chunks
+                if src._file is not None:
+                    src._file.close()
+                    src._file = None
+        if use_mmap and (opened is None or opened.chunks is None):
+            mf = src._file or MappedFile(os.dup(f.fileno()), st, src.name)
+            src._file = mf
+            whole = memoryview(mf.mmap)
+            if opened is None:
+                src.mapped = whole
             else:
-                src._chunks = _sniff_lz4(_read_chunks(f), path)
+                src._closers.append(whole.release)
+                src.mapped = whole[opened.start:opened.end]
+                src._base = opened.start
+        elif opened is None:
+            src._chunks = _read_chunks(f)
+        elif opened.chunks is None:
+            src._chunks = containers.file_chunks(f.fileno(), opened.start, opened.end)
+        if opened is not None and opened.label:
+            src.name = opened.label
         yield src
     finally:
         src.close()
-
-
-LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"  # lz4 frame magic 0x184D2204, little-endian
-
-
-def _sniff_lz4(chunks: Iterator[bytes], name: str) -> Iterator[bytes]:
-    """Pass chunks through, decompressing them if the input starts with the lz4 frame magic
-    (so ``cat x.bin.lz4 | vmig ... -`` works; a QEVM stream starts with "QEVM")."""
-    first = b""
-    for c in chunks:
-        first += c
-        if len(first) >= 4:
-            break
-    if not first.startswith(LZ4_FRAME_MAGIC):
-        if first:
-            yield first
-        yield from chunks
-        return
-    import lz4.frame
-
-    dec = lz4.frame.LZ4FrameDecompressor()
-    pending = first
-    while True:
-        try:
-            while pending:
-                out = dec.decompress(pending, max_length=CHUNK_SIZE)
-                pending = b""
-                if out:
-                    yield out
-                while not dec.needs_input and not dec.eof:
-                    out = dec.decompress(b"", max_length=CHUNK_SIZE)
-                    if out:
-                        yield out
-                if dec.eof:
-                    if dec.unused_data:
-                        raise StreamError("data after the end of the lz4 frame", path=name)
-                    return
-        except RuntimeError as e:
-            raise StreamError(f"lz4 decompression failed: {e}", path=name) from e
-        nxt = next(chunks, None)
-        if nxt is None:
-            raise StreamError("lz4 frame ends early (truncated .lz4 input)", path=name)
-        pending = nxt
-
-
-def _lz4_chunks(lf, path: str) -> Iterator[bytes]:
-    while True:
-        try:
-            b = lf.read(CHUNK_SIZE)
-        except (RuntimeError, OSError, EOFError) as e:
-            raise StreamError(f"lz4 decompression failed: {e}", path=path) from e
-        if not b:
-            return
-        yield b
 
 
 #: kinds of input :func:`input_kind` tells apart
@@ -335,6 +318,7 @@ def iter_events(
     fast: bool = True,
     schema_sets: bool = False,
     resident_lag: int = 0,
+    on_open: Callable[[Source], None] | None = None,
 ) -> Iterator[Event]:
     """Decode the stream at ``path`` ('-' = stdin, .lz4 transparent), yielding events.
 
@@ -357,15 +341,17 @@ def iter_events(
     if desc_from is not None:
         other = desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from)
         extra.append(other)
-        yield from check_desc_from(_iter_events(path, extra, fast, schema_sets, resident_lag), other, path)
+        yield from check_desc_from(_iter_events(path, extra, fast, schema_sets, resident_lag, on_open), other, path)
         return
-    yield from _iter_events(path, extra, fast, schema_sets, resident_lag)
+    yield from _iter_events(path, extra, fast, schema_sets, resident_lag, on_open)
 
 
 def _iter_events(path: str, extra: list[VmDescription], fast: bool, schema_sets: bool,
-                 resident_lag: int) -> Iterator[Event]:
+                 resident_lag: int, on_open: Callable[[Source], None] | None) -> Iterator[Event]:
     with open_source(path) as src:
         src.drop_lag = resident_lag
+        if on_open is not None:
+            on_open(src)  # e.g. to read the container layers the source unwraps (Source.layers)
         dec = new_decoder(whole=src.mapped, descriptions=extra, schema_sets=schema_sets,
                           fast=fast, name=src.name)
         try:
@@ -382,6 +368,11 @@ def _iter_events(path: str, extra: list[VmDescription], fast: bool, schema_sets:
         except StreamError as e:
             explain(e, dec)
             e.with_path(src.name)
+            from vmig.io.containers import cut_short, drain_cut
+
+            if cut_short(path, e):  # --partial: the events that arrived were the answer
+                yield from drain_cut(dec)
+                return
             raise
 
 

@@ -390,8 +390,14 @@ class StreamDecoder(BufferedInput):
     def _ram_body(self) -> Event | NeedData:
         assert self._open is not None
         w = self._walker
-        if not w.advance(self._buf, self._base, len(self._buf), self._eof):
-            return NEED_DATA
+        try:
+            if not w.advance(self._buf, self._base, len(self._buf), self._eof):
+                return NEED_DATA
+        except TruncatedError:
+            if w.pos == w.start:
+                raise
+            # a cut input: the complete records before the cut come out as a last batch; the
+            # next call meets the cut again with nothing before it and raises
         raw = self._take(w.start - self._base, w.pos - self._base)
         batch = w.finish(raw)
         self._pos = w.pos - self._base

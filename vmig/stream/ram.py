@@ -529,7 +529,8 @@ class RamWalker:
         Returns True when the batch is complete.
 
         Raises:
-            RamError: an invalid record. TruncatedError: input ended (``at_eof``) inside a record.
+            RamError: an invalid record. TruncatedError: input ended (``at_eof``) inside a record
+                (``pos`` is then the cut record's offset: the records before it are complete).
         """
         state = self.state
         p = self.pos - abs_base
@@ -566,6 +567,7 @@ class RamWalker:
                     break
         except NeedMoreInput:
             if at_eof:
+                self.pos = abs_base + p  # the complete records before the cut stay in the batch
                 raise TruncatedError(
                     "input ends inside a RAM record", offset=abs_base + p,
                     expected="a complete record", found=f"{end - p} bytes",

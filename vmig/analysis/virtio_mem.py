@@ -339,12 +339,18 @@ def iter_stream_events(path: str, desc_from: str | None = None) -> Iterable[Any]
                 layout.add_description(found[1])
         if desc_from is not None:
             layout.add_description(sio.load_description(desc_from))
-        dec = StreamDecoder(path=src.name, layout=layout)
+        # the collector reads RAM columns only of device blocks: batches build them on demand
+        dec = StreamDecoder(path=src.name, layout=layout, ram_columns=False)
         layout.bind(dec)
         try:
             for chunk in src.chunks():
                 dec.receive_data(chunk)
-                yield from dec.events()
+                if src.mapped is not None:
+                    for ev in dec.events():
+                        yield ev
+                        src.release_before(dec.offset)  # bounded resident set on multi-GB files
+                else:
+                    yield from dec.events()
             dec.receive_data(b"")
             yield from dec.events()
         except StreamError as e:

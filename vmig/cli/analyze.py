@@ -50,6 +50,7 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Run ``vmig analyze``; returns the exit code."""
+    from vmig.cli.progress import with_progress
     from vmig.io.streams import iter_events, load_description
     from vmig.vmstate import qemu_json, vmig_json
 
@@ -66,12 +67,13 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.format == "qemu":
         # analyze-migration.py needs the trailer: no bundled-schema fallback here
-        events = stream_events(args)
+        events = stream_events(args, ram_columns=False, progress="analyze")
         text = qemu_json.dumps(qemu_json.state_dict(events, None, fallback=desc_from))
     else:
         # vmig's view also walks sections nothing describes with the bundled schema set of
         # the stream's machine type (each section says which description decoded it)
-        events = iter_events(args.stream, desc_from=desc_from, schema_sets=True)
+        events = with_progress(iter_events(args.stream, desc_from=desc_from, schema_sets=True), args.stream,
+                               "analyze")
         text = json.dumps(vmig_json.analyze(events, desc_from=desc_from), indent=2) + "\n"
     sys.stdout.write(text)
     return 0

@@ -88,9 +88,12 @@ def run_checks(path: str, desc_from: VmDescription | None = None,
     checks = [(name, factory(ctx)) for name, factory in registered_checkers()]
     problems: list[str] = []
     try:
+        from vmig.cli.progress import with_progress
         from vmig.io.streams import iter_events
 
-        for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
+        # checkers read RAM columns only for device blocks: the walk validates and counts
+        events = iter_events(path, desc_from=desc_from, schema_sets=True, ram_columns=False)
+        for ev in with_progress(events, path, "check"):
             for name, fn in checks:
                 found = fn(ev)
                 if found:

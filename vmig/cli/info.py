@@ -39,12 +39,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle_memory_devices(args: argparse.Namespace) -> int:
     """Print the stream's virtio-mem devices; returns the exit code."""
-    from vmig.analysis.virtio_mem import block_map, collect_from_path, hmp_text, parse_id_map, qmp_list
+    from vmig.analysis.virtio_mem import (
+        MemoryDeviceCollector,
+        block_map,
+        hmp_text,
+        iter_stream_events,
+        parse_id_map,
+        qmp_list,
+    )
+    from vmig.cli.progress import with_progress
 
     if args.width < 8:
         raise UsageError("--width must be at least 8")
     ids = parse_id_map(args.id)
-    col = collect_from_path(args.stream, args.desc_from)
+    col = MemoryDeviceCollector(keep_pages=False)
+    col.feed(with_progress(iter_stream_events(args.stream, args.desc_from), args.stream, "info"))
     devices = col.result()
     incomplete = [d.path for d in devices if not d.complete]
     if incomplete:

@@ -47,7 +47,7 @@ def handler(args: argparse.Namespace) -> int:
     from vmig.stream.encoder import StreamEncoder
 
     enc = StreamEncoder()
-    events = stream_events(args, "input")
+    events = stream_events(args, "input", progress="rewrite")
     if dst == "-":
         out = sys.stdout.buffer
         for ev in events:

@@ -255,6 +255,7 @@ def iter_events(
     fast: bool = True,
     schema_sets: bool = False,
     resident_lag: int = 0,
+    ram_columns: bool = True,
 ) -> Iterator[Event]:
     """Decode the stream at ``path`` ('-' = stdin, .lz4 transparent), yielding events.
 
@@ -267,6 +268,9 @@ def iter_events(
     (:meth:`Source.release_before`; event payloads stay valid): ``resident_lag`` bytes behind
     the decoder stay mapped for consumers that lag behind the events they were given.
 
+    With ``ram_columns=False`` RAM batches are validated and counted but their columns are built
+    only when a consumer reads one (for consumers that skip RAM: checks, section lists).
+
     Raises:
         StreamError: the stream is invalid (with ``path`` set).
     """
@@ -277,7 +281,7 @@ def iter_events(
         extra.append(desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from))
     with open_source(path) as src:
         src.drop_lag = resident_lag
-        dec = _decoder(src.name, src.mapped, extra, schema_sets, fast)
+        dec = _decoder(src.name, src.mapped, extra, schema_sets, fast, ram_columns)
         try:
             for chunk in src.chunks():
                 dec.receive_data(chunk)
@@ -295,7 +299,7 @@ def iter_events(
 
 
 def _decoder(name: str, whole: bytes | memoryview | None, extra: list[VmDescription],
-             schema_sets: bool, fast: bool) -> StreamDecoder:
+             schema_sets: bool, fast: bool, ram_columns: bool = True) -> StreamDecoder:
     """A decoder whose layouts come from the stream's own trailer (when ``whole`` holds the
     whole stream), then ``extra``, then (``schema_sets``) vmig's bundled machine schemas."""
     layout = _default_layout() if schema_sets else LayoutResolver()
@@ -305,7 +309,7 @@ def _decoder(name: str, whole: bytes | memoryview | None, extra: list[VmDescript
             layout.add_description(found[1])
     for d in extra:
         layout.add_description(d)
-    dec = StreamDecoder(path=name, layout=layout, fast=fast)
+    dec = StreamDecoder(path=name, layout=layout, fast=fast, ram_columns=ram_columns)
     if hasattr(layout, "bind"):
         layout.bind(dec)  # schema sets are chosen from the CONFIGURATION machine name
     return dec

@@ -676,7 +676,11 @@ class RamWalker:
                                            used, names, flags, out, cap)
         if n:
             st.last_block = last
-            self._acc.add(None if out is None else dict(zip(_COLS, (a[:n] for a in out))), n)
+            cols = None
+            if out is not None:
+                # keep a mostly unused allocation alive no longer than this call
+                cols = dict(zip(_COLS, (a[:n].copy() if n < cap // 4 else a[:n] for a in out)))
+            self._acc.add(cols, n)
         return p2, status
 
     def advance(self, buf, abs_base: int, end: int, at_eof: bool) -> bool:

@@ -245,3 +245,17 @@ def test_captures_cover_the_record_kinds():
                 blocks = max(blocks, len(ev.batch.blocks))
     assert {int(RamFlag.XBZRLE), int(RamFlag.COMPRESS_PAGE), int(RamFlag.ZERO), int(RamFlag.PAGE)} <= seen
     assert blocks >= 5
+
+
+def test_damaged_page_size_is_left_to_the_python_step(compiled):
+    """A page size that is no power of two (a damaged description) gives the reference outcome."""
+    data = render([("page", 0, 0, 3, 7), ("zero", None, 5, 4, 0)])
+
+    def odd_state():
+        s = state()
+        s.page_size = 5096
+        return s
+
+    ref = _outcome(lambda: walk_scalar(data, odd_state()))
+    got = _outcome(lambda: RamWalker(odd_state(), compiled=compiled).advance(memoryview(data), 0, len(data), True))
+    assert ref[0] == got[0] == "error" and got == ref

@@ -666,6 +666,8 @@ class RamWalker:
     def _c_walk(self, buf, p: int, end: int, abs_base: int) -> tuple[int, int]:
         """Run the compiled walker from ``p``; returns (new p, status)."""
         st = self.state
+        if st.page_size <= 0 or st.page_size & (st.page_size - 1):
+            return p, 2  # a page size from a damaged description: the Python step handles it
         stop = self.start + self.batch_bytes - abs_base
         cap = min(_C_CAP, (min(end, stop) - p) // _C_MIN_BYTES + 1)
         used, names, flags = self._c_args()

@@ -240,4 +240,5 @@ def iter_stream_events(path: str, desc_from: str | None = None) -> Iterable[Any]
     """
     from vmig.io.streams import iter_events
 
-    return iter_events(path, desc_from=desc_from, schema_sets=True)
+    # the collector reads RAM columns only of device blocks: batches build them on demand
+    return iter_events(path, desc_from=desc_from, schema_sets=True, ram_columns=False)

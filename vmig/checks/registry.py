@@ -7,7 +7,7 @@ event (the last one is ``StreamEnd``) and returns an iterable of problem strings
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,10 +42,12 @@ CHECKERS: tuple[tuple[str, Checker], ...] = (
 
 
 def run_checks(path: str, desc_from: VmDescription | None = None,
-               notes: dict | None = None) -> list[str]:
+               notes: dict | None = None,
+               watch: Callable[[Iterator[Event]], Iterable[Event]] | None = None) -> list[str]:
     """Decode ``path`` feeding every checker of :data:`CHECKERS`; return the problems (first first).
 
-    A StreamError ends the run and is the last problem reported.
+    A StreamError ends the run and is the last problem reported. ``watch`` wraps the event
+    iterator (the command line draws its progress bar there).
     """
     from vmig.io.streams import iter_events
 
@@ -53,7 +55,10 @@ def run_checks(path: str, desc_from: VmDescription | None = None,
     checks = [(name, factory(ctx)) for name, factory in CHECKERS]
     problems: list[str] = []
     try:
-        for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
+        # checkers read RAM columns only for device blocks (built on demand): the walk
+        # validates and counts
+        events = iter_events(path, desc_from=desc_from, schema_sets=True, ram_columns=False)
+        for ev in (watch(events) if watch is not None else events):
             for name, fn in checks:
                 found = fn(ev)
                 if found:

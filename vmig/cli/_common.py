@@ -110,8 +110,21 @@ def description_from_args(args: argparse.Namespace) -> VmDescription | None:
     return cached
 
 
-def stream_events(args: argparse.Namespace, attr: str = "stream") -> Iterator[Event]:
-    """Decode the stream named by ``args.<attr>`` with ``--desc-from`` applied."""
+def stream_events(args: argparse.Namespace, attr: str = "stream", *, ram_columns: bool = True,
+                  progress: str | None = None) -> Iterator[Event]:
+    """Decode the stream named by ``args.<attr>`` with ``--desc-from`` applied.
+
+    Args:
+        ram_columns: False for commands that do not read the RAM batches' columns (the walk
+            then only validates and counts records; see ``vmig.stream.ram.RamWalker``).
+        progress: a label: draw a progress bar on a TTY stderr while decoding.
+    """
     from vmig.io.streams import iter_events
 
-    return iter_events(getattr(args, attr), desc_from=description_from_args(args), schema_sets=True)
+    path = getattr(args, attr)
+    events = iter_events(path, desc_from=description_from_args(args), schema_sets=True, ram_columns=ram_columns)
+    if progress is None:
+        return events
+    from vmig.cli.progress import with_progress
+
+    return with_progress(events, path, progress)

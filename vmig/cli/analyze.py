@@ -77,6 +77,7 @@ def _stream_path(args: argparse.Namespace) -> str:
 
 def handle(args: argparse.Namespace) -> int:
     """Run ``vmig analyze``; returns the exit code."""
+    from vmig.cli.progress import with_progress
     from vmig.io.streams import iter_events, load_description
     from vmig.vmstate import qemu_json, vmig_json
 
@@ -103,13 +104,13 @@ def handle(args: argparse.Namespace) -> int:
         fmt = "qemu"  # -m exists only in the script's output
     if fmt in QEMU_FORMATS:
         # analyze-migration.py needs the trailer: no bundled-schema fallback here
-        events = stream_events(args)
+        events = stream_events(args, ram_columns=args.memory, progress="analyze")
         text = qemu_json.dumps(qemu_json.state_dict(events, None, fallback=desc_from,
                                                     dialect=QEMU_FORMATS[fmt], memory=args.memory))
     else:
         # vmig's view also walks sections nothing describes with the bundled schema set of
         # the stream's machine type (each section says which description decoded it)
-        events = iter_events(path, desc_from=desc_from, schema_sets=True)
+        events = with_progress(iter_events(path, desc_from=desc_from, schema_sets=True), path, "analyze")
         text = json.dumps(vmig_json.analyze(events, desc_from=desc_from), indent=2) + "\n"
     sys.stdout.write(text)
     return 0

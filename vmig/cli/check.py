@@ -71,10 +71,12 @@ def handler(args: argparse.Namespace) -> int:
                   f"stream: read it with vmig rp {args.stream}", file=sys.stderr)
         return 1
     from vmig.checks.registry import run_checks
+    from vmig.cli.progress import with_progress
 
     problems = run_checks(args.stream, description_from_args(args),
                           {"virtio_mem_dest": list(getattr(args, "dest", []) or []),
-                           "dest_capture": getattr(args, "dest_capture", None)})
+                           "dest_capture": getattr(args, "dest_capture", None)},
+                          watch=lambda events: with_progress(events, args.stream, "check"))
     if problems:
         if not args.quiet:
             extra = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""

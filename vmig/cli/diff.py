@@ -48,10 +48,11 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from vmig.analysis.diff import diff_events
+    from vmig.cli.progress import with_progress
     from vmig.io.streams import iter_events
 
     desc = description_from_args(args)
-    res = diff_events(iter_events(args.a, desc_from=desc, schema_sets=True),
+    res = diff_events(with_progress(iter_events(args.a, desc_from=desc, schema_sets=True), args.a, "diff"),
                       iter_events(args.b, desc_from=desc, schema_sets=True), desc_from=desc,
                       ignore=args.ignore)
     sys.stdout.write(json.dumps(res.to_json(), indent=2) + "\n" if args.json else res.render(all=args.all))

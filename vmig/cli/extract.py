@@ -24,8 +24,7 @@ import argparse
 from typing import Any
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument
-from vmig.cli.progress import Progress
-from vmig.cli.ram import input_size
+from vmig.cli.progress import Progress, input_size
 
 HELP = """\
 Write the guest RAM a stream carries as one sparse file per RAM block (zero pages stay holes),

@@ -62,7 +62,7 @@ def handle_memory_devices(args: argparse.Namespace) -> int:
     if args.width < 8:
         raise UsageError("--width must be at least 8")
     col = MemoryDeviceCollector(keep_pages=False)
-    col.feed(stream_events(args))
+    col.feed(stream_events(args, ram_columns=False, progress="info"))
     devices = col.result()
     incomplete = [d.path for d in devices if not d.complete]
     if incomplete:

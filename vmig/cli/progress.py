@@ -7,11 +7,35 @@ seconds, so short commands and pipelines never see it.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from typing import TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "input_size", "with_progress", "DELAY"]
+
+DELAY = 1.0  # seconds of silence before a bar appears (default of Progress)
+
+
+def input_size(path: str) -> int | None:
+    """Size of a regular uncompressed input file (for the progress bar), else None."""
+    if path == "-" or path.endswith(".lz4"):
+        return None
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def with_progress(events: Iterable[Any], path: str, label: str) -> Iterator[Any]:
+    """Yield the decoder's ``events`` of the input ``path``, drawing how far the RAM records
+    reach (a :class:`Progress` bar: TTY only, after a second); the bar is cleared at the end."""
+    with Progress(input_size(path), label) as prog:
+        for ev in events:
+            if type(ev).__name__ == "RamRecords":
+                prog(ev.offset + ev.length)
+            yield ev
 
 
 class Progress:
@@ -26,7 +50,7 @@ class Progress:
     """
 
     def __init__(self, total: int | None, label: str = "", *, stream: TextIO | None = None,
-                 delay: float = 1.0, enabled: bool | None = None) -> None:
+                 delay: float | None = None, enabled: bool | None = None) -> None:
         self.total = total if total and total > 0 else None
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
@@ -35,7 +59,7 @@ class Progress:
             enabled = bool(isatty and isatty())
         self.enabled = enabled
         self.start = time.monotonic()
-        self.delay = delay
+        self.delay = DELAY if delay is None else delay
         self._last = 0.0
         self._drawn = False
 

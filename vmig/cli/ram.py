@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument
-from vmig.cli.progress import Progress
+from vmig.cli.progress import Progress, input_size
 from vmig.units import human_size
 
 if TYPE_CHECKING:
@@ -47,16 +46,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON document")
     add_desc_from_argument(p)
     p.set_defaults(handler=handle)
-
-
-def input_size(path: str) -> int | None:
-    """Size of a regular uncompressed input file (for the progress bar), else None."""
-    if path == "-" or path.endswith(".lz4"):
-        return None
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return None
 
 
 def build_view(path: str, desc_from: str | None = None) -> RamView:

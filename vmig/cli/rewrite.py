@@ -62,23 +62,23 @@ def _size(text: str) -> int:
 
 def _output_chunks(args: argparse.Namespace):
     """The bytes to write: the re-encoded events, or with ``--requested-size`` the stream edited
-    in memory by :func:`vmig.analysis.virtio_mem.edit_virtio_mem_stream`."""
+    in memory by :func:`vmig.analysis.edit.edit_virtio_mem`."""
     from vmig.stream.encoder import StreamEncoder
 
     if args.requested_size is None:
         enc = StreamEncoder()
-        for ev in stream_events(args, "input"):
+        for ev in stream_events(args, "input", progress="rewrite"):
             yield enc.send_view(ev)
         return
-    from vmig.analysis.virtio_mem import edit_virtio_mem_stream
+    from vmig.analysis.edit import edit_virtio_mem
     from vmig.cli._common import description_from_args
     from vmig.io.streams import read_all
 
     def edit(state) -> None:  # noqa: ANN001
         state.device.requested_size = args.requested_size
 
-    yield edit_virtio_mem_stream(read_all(args.input), edit, path=args.device,
-                                 desc_from=description_from_args(args))
+    yield edit_virtio_mem(read_all(args.input), edit, device=args.device,
+                          description=description_from_args(args))
 
 
 def _is_qcow2(path: str) -> bool:

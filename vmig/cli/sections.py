@@ -69,7 +69,7 @@ def _print_text(rows, out: TextIO, indent: int = 0) -> None:
 def handler(args: argparse.Namespace) -> int:
     from vmig.io.streams import records
 
-    rows = records(stream_events(args), keep_events=False)
+    rows = records(stream_events(args, ram_columns=False, progress="sections"), keep_events=False)
     out = sys.stdout
     if args.json:
         # Collected first so a decode error leaves no half-written JSON on stdout.

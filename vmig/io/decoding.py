@@ -63,11 +63,12 @@ def make_layout(*, whole: bytes | memoryview | None = None,
 
 def new_decoder(*, whole: bytes | memoryview | None = None,
                 descriptions: Iterable[VmDescription | None] = (), schema_sets: bool = True,
-                fast: bool = True, name: str | None = "<bytes>") -> StreamDecoder:
+                fast: bool = True, name: str | None = "<bytes>", ram_columns: bool = True) -> StreamDecoder:
     """A :class:`StreamDecoder` with the layouts of :func:`make_layout` (``name`` goes into
-    its errors). ``whole`` only locates the trailer: the caller still feeds the bytes."""
+    its errors). ``whole`` only locates the trailer: the caller still feeds the bytes.
+    ``ram_columns=False``: RAM batches are validated and counted, columns built on demand."""
     layout = make_layout(whole=whole, descriptions=descriptions, schema_sets=schema_sets)
-    dec = StreamDecoder(path=name, layout=layout, fast=fast)
+    dec = StreamDecoder(path=name, layout=layout, fast=fast, ram_columns=ram_columns)
     if isinstance(layout, MachineLayoutResolver):
         layout.bind(dec)  # the schema set is chosen from the CONFIGURATION record's machine name
     return dec

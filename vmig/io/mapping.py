@@ -161,7 +161,7 @@ class MappedFile:
                 end = pos - pos % mmap.PAGESIZE
                 libc.madvise(base + dropped, end - dropped, _DONTNEED)
                 dropped = end
-                ahead = max(ahead, dropped)
+            ahead = max(ahead, dropped, pos + self.lag)  # never populate what was consumed
             if ahead < size and ahead < pos + self.lag + AHEAD:
                 n = min(WINDOW, size - ahead)
                 if libc.madvise(base + ahead, n, _POPULATE_READ) != 0:

@@ -319,6 +319,7 @@ def iter_events(
     schema_sets: bool = False,
     resident_lag: int = 0,
     on_open: Callable[[Source], None] | None = None,
+    ram_columns: bool = True,
 ) -> Iterator[Event]:
     """Decode the stream at ``path`` ('-' = stdin, .lz4 transparent), yielding events.
 
@@ -332,6 +333,9 @@ def iter_events(
     (:meth:`Source.release_before`; event payloads stay valid): ``resident_lag`` bytes behind
     the decoder stay mapped for consumers that lag behind the events they were given.
 
+    With ``ram_columns=False`` RAM batches are validated and counted but their columns are built
+    only when a consumer reads one (for consumers that skip RAM: checks, section lists).
+
     Raises:
         StreamError: the stream is invalid (with ``path`` set).
     """
@@ -341,19 +345,20 @@ def iter_events(
     if desc_from is not None:
         other = desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from)
         extra.append(other)
-        yield from check_desc_from(_iter_events(path, extra, fast, schema_sets, resident_lag, on_open), other, path)
+        yield from check_desc_from(_iter_events(path, extra, fast, schema_sets, resident_lag, on_open, ram_columns), other, path)
         return
-    yield from _iter_events(path, extra, fast, schema_sets, resident_lag, on_open)
+    yield from _iter_events(path, extra, fast, schema_sets, resident_lag, on_open, ram_columns)
 
 
 def _iter_events(path: str, extra: list[VmDescription], fast: bool, schema_sets: bool,
-                 resident_lag: int, on_open: Callable[[Source], None] | None) -> Iterator[Event]:
+                 resident_lag: int, on_open: Callable[[Source], None] | None,
+                 ram_columns: bool) -> Iterator[Event]:
     with open_source(path) as src:
         src.drop_lag = resident_lag
         if on_open is not None:
             on_open(src)  # e.g. to read the container layers the source unwraps (Source.layers)
         dec = new_decoder(whole=src.mapped, descriptions=extra, schema_sets=schema_sets,
-                          fast=fast, name=src.name)
+                          fast=fast, name=src.name, ram_columns=ram_columns)
         try:
             for chunk in src.chunks():
                 dec.receive_data(chunk)

@@ -106,7 +106,11 @@ class StreamDecoder(BufferedInput):
         path: input name attached to errors.
         layout: a LayoutResolver to use (``description`` is added to it).
         batch_bytes: RAM batch cut size.
-        fast: use the numpy bulk RAM walker (False = scalar reference walker).
+        fast: use a bulk RAM walker (False = scalar reference walker).
+        compiled: with ``fast``, the compiled RAM walker (True), the numpy one (False), or the
+            compiled one when built and ``VMIG_PURE`` is unset (None); see :class:`RamWalker`.
+        ram_columns: build the RAM batches' columns while decoding (False: batches only know
+            their record count and build columns when asked; for consumers that skip RAM).
     """
 
     def __init__(
@@ -119,6 +123,8 @@ class StreamDecoder(BufferedInput):
         layout: LayoutResolver | None = None,
         batch_bytes: int = BATCH_BYTES,
         fast: bool = True,
+        compiled: bool | None = None,
+        ram_columns: bool = True,
         _depth: int = 0,
         _ram: RamState | None = None,
         _sections: dict[int, SectionHeader] | None = None,
@@ -140,9 +146,12 @@ class StreamDecoder(BufferedInput):
                 if d.page_size:
                     self._ram.page_size = d.page_size
                     break
-        self._walker = RamWalker(self._ram, batch_bytes=batch_bytes, fast=fast)
+        self._walker = RamWalker(self._ram, batch_bytes=batch_bytes, fast=fast, compiled=compiled,
+                                 keep_columns=ram_columns)
         self._batch_bytes = batch_bytes
         self._fast = fast
+        self._compiled = compiled
+        self._ram_columns = ram_columns
         self._open: _Open | None = None
         self._trailer_tried = False
         self._footers: bool | None = None  # seen on the sections so far (None = no section yet)
@@ -548,7 +557,8 @@ class StreamDecoder(BufferedInput):
     def _decode_package(self, blob: bytes | memoryview, base: int) -> tuple[Event, ...]:
         sub = StreamDecoder(
             nested=True, base_offset=base, path=self.path, layout=self.layout,
-            batch_bytes=self._batch_bytes, fast=self._fast, _depth=self._depth + 1,
+            batch_bytes=self._batch_bytes, fast=self._fast, compiled=self._compiled,
+            ram_columns=self._ram_columns, _depth=self._depth + 1,
             _ram=self._ram, _sections=self._sections,
         )
         sub._footers = self._footers

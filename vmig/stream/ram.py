@@ -16,24 +16,31 @@ Theory of operation
    deterministic points: a batch ends after the EOS record or at the first record boundary
    where it holds ``>= batch_bytes`` bytes. Batch boundaries therefore depend only on the
    record sizes, never on how input arrived.
-4. Fast path: at a ``PAGE|CONTINUE`` or ``ZERO|CONTINUE`` record the walker views the following
-   record words as one strided numpy array (stride ``8 + page_size`` or 9), checks flags and
-   addresses in bulk and appends whole columns. :func:`walk_scalar` is the plain one-record-at-a
-   -time reference; tests assert both give identical batches.
+4. Fast paths, each with cost proportional to the records it consumes. The compiled walker
+   (``vmig/stream/_ramwalk.c``, optional, built by ``setup.py``) walks every valid
+   page-carrying record in C and hands anything else (other record types, every error, an
+   incomplete record) to the Python step below, which words all errors. Without it (or with
+   ``VMIG_PURE=1``), at a ``PAGE|CONTINUE`` or ``ZERO|CONTINUE`` record followed by more of the
+   same, the walker views the following record words as strided numpy arrays (stride
+   ``8 + page_size`` or 9) in growing windows (galloping), checks flags and addresses in bulk and
+   appends whole columns. :func:`walk_scalar` is the plain one-record-at-a-time reference;
+   tests assert all paths give identical batches.
 5. A :class:`RamBatch` is columnar (numpy arrays) plus the raw bytes of the batch; no per-page
    Python objects.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from vmig.errors import RamError, TruncatedError
-from vmig.stream.constants import RamFlag
+from vmig.stream.constants import ENCODING_FLAG_XBZRLE, RamFlag
 from vmig.stream.inbuf import NeedMoreInput
 from vmig.stream.ramcodec import compress_bound
 
@@ -45,6 +52,7 @@ __all__ = [
     "BATCH_BYTES",
     "walk_scalar",
     "walk_fast",
+    "compiled_walker_available",
     "build_records",
     "mem_size_bytes",
     "mem_size_record",
@@ -152,9 +160,13 @@ class RamBatch:
         mem_size: the blocks listed by a MEM_SIZE record in this batch, else None.
         verbatim: True when ``raw`` is exactly what the columns describe (decoder output); the
             encoder then emits ``raw`` as is.
+
+    A walker that does not keep columns (``RamWalker(keep_columns=False)``) gives batches that
+    know only their record count (``len``); the first column asked for walks ``raw`` again
+    from the RAM state the batch started with, so every column reads the same either way.
     """
 
-    __slots__ = ("base", "raw", "blocks", "page_size", "mem_size", "verbatim") + _COLS
+    __slots__ = ("base", "raw", "blocks", "page_size", "mem_size", "verbatim", "_count", "_rewalk") + _COLS
 
     def __init__(
         self,
@@ -163,9 +175,11 @@ class RamBatch:
         raw: bytes | memoryview,
         blocks: tuple[RamBlock, ...],
         page_size: int,
-        columns: dict[str, np.ndarray],
+        columns: dict[str, np.ndarray] | None,
         mem_size: tuple[RamBlock, ...] | None = None,
         verbatim: bool = True,
+        count: int | None = None,
+        rewalk: RamState | None = None,
     ) -> None:
         self.base = base
         self.raw = raw
@@ -173,13 +187,40 @@ class RamBatch:
         self.page_size = page_size
         self.mem_size = mem_size
         self.verbatim = verbatim
+        # Without columns (a walk that only validated) the batch keeps the RAM state its first
+        # record was read with and walks ``raw`` again when a column is first asked for.
+        self._rewalk = rewalk
+        if columns is None:
+            if rewalk is None or count is None:
+                raise ValueError("a RamBatch without columns needs its record count and start state")
+            self._count = count
+            return
+        self._set_columns(columns)
+
+    def _set_columns(self, columns: dict[str, np.ndarray]) -> None:
         for name in _COLS:
             arr = np.ascontiguousarray(columns[name], dtype=_DTYPES[name])
             arr.flags.writeable = False
             setattr(self, name, arr)
+        self._count = len(self.offset)  # type: ignore[attr-defined]
+        self._rewalk = None
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # only reached for a column slot not filled yet (columns deferred by the walker)
+        if name not in _COLS or self._rewalk is None:
+            raise AttributeError(name)
+        state = replace(self._rewalk)
+        walker = RamWalker(state, batch_bytes=len(self.raw), keep_columns=True)
+        walker.begin(self.base)
+        mv = memoryview(self.raw).cast("B")
+        walker.advance(mv, self.base, len(mv), at_eof=True)
+        if walker.pos != self.base + len(mv) or walker._acc.total() != self._count:
+            raise RuntimeError("a deferred RamBatch walked to a different end")  # cannot happen: same bytes, same state
+        self._set_columns(walker._acc.columns())
+        return getattr(self, name)
 
     def __len__(self) -> int:
-        return len(self.offset)  # type: ignore[attr-defined]
+        return self._count
 
     @property
     def nbytes(self) -> int:
@@ -243,19 +284,36 @@ class RamBatch:
 
 
 class _Acc:
-    """Column accumulator: scalar rows in lists, bulk runs as arrays, concatenated at the end."""
+    """Column accumulator: scalar rows in lists, bulk runs as arrays, concatenated at the end.
 
-    __slots__ = ("chunks", "rows")
+    With ``keep=False`` rows are only counted (the batch's columns are built on demand).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("chunks", "rows", "count", "keep")
+
+    def __init__(self, keep: bool = True) -> None:
         self.chunks: list[dict[str, np.ndarray]] = []
         self.rows: list[tuple[int, int, int, int, int, int, bool]] = []
+        self.count = 0  # records in chunks (rows are counted when flushed)
+        self.keep = keep
+
+    def add(self, cols: dict[str, np.ndarray] | None, n: int) -> None:
+        """Append ``n`` records given as columns (None when not kept)."""
+        self.flush_rows()
+        self.count += n
+        if self.keep and cols is not None:
+            self.chunks.append(cols)
 
     def flush_rows(self) -> None:
         if self.rows:
-            cols = list(zip(*self.rows))
-            self.chunks.append({name: np.array(cols[i], dtype=_DTYPES[name]) for i, name in enumerate(_COLS)})
+            self.count += len(self.rows)
+            if self.keep:
+                cols = list(zip(*self.rows))
+                self.chunks.append({name: np.array(cols[i], dtype=_DTYPES[name]) for i, name in enumerate(_COLS)})
             self.rows = []
+
+    def total(self) -> int:
+        return self.count + len(self.rows)
 
     def columns(self) -> dict[str, np.ndarray]:
         self.flush_rows()
@@ -443,8 +501,19 @@ def _step(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc) -> t
     return nxt, typ, mem
 
 
+_GALLOP_FIRST = 16  # records in the first window of a bulk run
+_GALLOP_MAX = 1 << 16  # largest window: bounds the work past the run's end
+_PROBE = 8  # a bulk run is tried only if the record this far ahead has the same flags
+
+
 def _bulk(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc, limit_records: int) -> int:
-    """Try a bulk run of CONTINUE records at p; returns how many records were consumed (0 = none)."""
+    """Try a bulk run of CONTINUE records at p; returns how many bytes were consumed (0 = none).
+
+    The run's end is found by galloping: windows of 16, 32, 64, ... strided record words are
+    checked in bulk until one holds a record that does not continue the run, so the work is
+    proportional to the run (at most twice its length plus one small window), never to the
+    bytes that follow it.
+    """
     w0 = _W.unpack_from(buf, p)[0]
     mask = state.page_size - 1
     flags = w0 & mask
@@ -459,38 +528,69 @@ def _bulk(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc, limi
     blk = state.last_block
     if blk < 0:
         return 0  # the scalar step raises the error
-    k = min((end - p) // stride, limit_records)
+    kmax = min((end - p) // stride, limit_records)
+    if kmax < _BULK_MIN:
+        return 0
+    probe = min(kmax - 1, _PROBE)
+    if _W.unpack_from(buf, p + probe * stride)[0] & mask != flags:
+        return 0  # a short run: scalar steps are cheaper than a numpy round trip
+    used = np.uint64(state.blocks[blk].used_length)
+    m_flags = np.uint64(mask)
+    m_addr = np.uint64(~mask & 0xFFFFFFFFFFFFFFFF)
+    want = np.uint64(flags)
+    addrs: list[np.ndarray] = []
+    k = 0
+    win = _GALLOP_FIRST
+    while k < kmax:
+        n = min(win, kmax - k)
+        # one strided pass over the headers into a native-endian copy (for PAGE runs each header
+        # sits in its own 4 KiB page: cache and TLB misses dominate)
+        w = np.ndarray((n,), dtype=">u8", buffer=buf, offset=p + k * stride, strides=(stride,)).astype(np.uint64)
+        a = w & m_addr
+        bad = ((w & m_flags) != want) | (a >= used)
+        if bad.any():
+            n = int(np.argmax(bad))  # records before the first bad one are fine; the scalar step reports it
+            addrs.append(a[:n])
+            k += n
+            break
+        addrs.append(a)
+        k += n
+        win = min(win * 2, _GALLOP_MAX)
     if k < _BULK_MIN:
         return 0
-    # One pass over the strided headers (each in its own 4 KiB page for PAGE runs: the cache
-    # and TLB misses dominate) into a contiguous native-endian copy; the rest works on that.
-    w = np.ndarray((k,), dtype=">u8", buffer=buf, offset=p, strides=(stride,)).astype(np.uint64)
-    ok = (w & np.uint64(mask)) == np.uint64(flags)
-    if not ok.all():
-        k = int(np.argmin(ok))
-    if k < _BULK_MIN:
-        return 0
-    addrs = w[:k] & np.uint64(~mask & 0xFFFFFFFFFFFFFFFF)
-    used = state.blocks[blk].used_length
-    bad = addrs >= np.uint64(used)
-    if bad.any():
-        k = int(np.argmax(bad))  # records before the bad one are fine; scalar step reports it
-        if k < _BULK_MIN:
-            return 0
-        addrs = addrs[:k]
-    del w, ok
-    acc.flush_rows()
     offs = np.arange(k, dtype=np.int64) * stride + (abs_base + p)
-    acc.chunks.append({
+    acc.add({
         "offset": offs,
         "flags": np.full(k, flags, dtype=np.uint16),
         "block": np.full(k, blk, dtype=np.int32),
-        "addr": addrs.astype(np.uint64),
+        "addr": addrs[0] if len(addrs) == 1 else np.concatenate(addrs),
         "data_offset": offs + 8,
         "data_length": np.full(k, dlen, dtype=np.int64),
         "has_idstr": np.zeros(k, dtype=np.bool_),
-    })
+    }, k)
     return k * stride
+
+
+def _compiled():
+    """The compiled walker module, or None (not built, or ``VMIG_PURE`` set in the environment)."""
+    if os.environ.get("VMIG_PURE"):
+        return None
+    try:
+        from vmig.stream import _ramwalk
+    except ImportError:
+        return None
+    return _ramwalk
+
+
+def compiled_walker_available() -> bool:
+    """True when the compiled walker is built and importable (whatever ``VMIG_PURE`` says)."""
+    return importlib.util.find_spec("vmig.stream._ramwalk") is not None
+
+
+#: the flag values and limits the compiled walker checks (one definition: RamFlag)
+_C_FLAGS = (ZERO, PAGE, CONT, XBZRLE, COMPRESS, ENCODING_FLAG_XBZRLE)
+_C_CAP = 1 << 16  # records per compiled call: bounds the column arrays allocated ahead
+_C_MIN_BYTES = 9  # the smallest record (ZERO|CONTINUE): bounds how many records fit
 
 
 class RamWalker:
@@ -504,24 +604,81 @@ class RamWalker:
     Args:
         state: the channel's RAM state (shared across sections).
         batch_bytes: the cut size (a batch ends at the first record boundary >= this).
-        fast: use the numpy bulk path (False = scalar reference).
+        fast: use a bulk path (False = scalar reference).
+        compiled: with ``fast``, use the compiled walker (``vmig.stream._ramwalk``) when True,
+            the numpy bulk runs when False; None = compiled when built and ``VMIG_PURE`` is unset.
+        keep_columns: build the batch columns while walking (False: the walk only validates and
+            counts; a batch builds its columns when first asked, by walking its bytes again).
+
+    Raises:
+        ImportError: ``compiled=True`` but the compiled walker is not built.
     """
 
-    def __init__(self, state: RamState, batch_bytes: int = BATCH_BYTES, fast: bool = True) -> None:
+    def __init__(self, state: RamState, batch_bytes: int = BATCH_BYTES, fast: bool = True,
+                 compiled: bool | None = None, keep_columns: bool = True) -> None:
         self.state = state
         self.batch_bytes = batch_bytes
         self.fast = fast
+        self.keep_columns = keep_columns
+        if compiled is None:
+            self._c = _compiled() if fast else None
+        elif compiled:
+            from vmig.stream import _ramwalk
+
+            self._c = _ramwalk
+        else:
+            self._c = None
+        self._c_key: tuple[RamBlock, ...] | None = None
+        self._c_blocks: tuple[bytes, tuple[bytes, ...], tuple[int, ...]] = (b"", (), ())
         self.start = 0  # absolute offset of the batch
         self.pos = 0  # absolute offset of the next record
         self.eos = False
-        self._acc = _Acc()
+        self._acc = _Acc(keep_columns)
         self._mem: tuple[RamBlock, ...] | None = None
+        self._state0: RamState | None = None
+
+    @property
+    def compiled(self) -> bool:
+        """True when this walker uses the compiled walker."""
+        return self._c is not None
 
     def begin(self, abs_offset: int) -> None:
         self.start = self.pos = abs_offset
         self.eos = False
-        self._acc = _Acc()
+        self._acc = _Acc(self.keep_columns)
         self._mem = None
+        self._state0 = None if self.keep_columns else replace(self.state)
+
+    def _c_args(self) -> tuple[bytes, tuple[bytes, ...], tuple[int, ...]]:
+        st = self.state
+        if st.blocks is not self._c_key:
+            used = np.array([b.used_length for b in st.blocks], dtype=np.uint64).tobytes()
+            names = tuple(b.idstr.encode("latin-1") for b in st.blocks)
+            self._c_blocks = (used, names, (*_C_FLAGS, compress_bound(st.page_size)))
+            self._c_key = st.blocks
+        return self._c_blocks
+
+    def _c_walk(self, buf, p: int, end: int, abs_base: int) -> tuple[int, int]:
+        """Run the compiled walker from ``p``; returns (new p, status)."""
+        st = self.state
+        if st.page_size <= 0 or st.page_size & (st.page_size - 1):
+            return p, 2  # a page size from a damaged description: the Python step handles it
+        stop = self.start + self.batch_bytes - abs_base
+        cap = min(_C_CAP, (min(end, stop) - p) // _C_MIN_BYTES + 1)
+        used, names, flags = self._c_args()
+        out = None
+        if self.keep_columns:
+            out = tuple(np.empty(cap, dtype=_DTYPES[c]) for c in _COLS)
+        n, p2, last, status = self._c.walk(buf, p, end, stop, abs_base, st.page_size, st.last_block,
+                                           used, names, flags, out, cap)
+        if n:
+            st.last_block = last
+            cols = None
+            if out is not None:
+                # keep a mostly unused allocation alive no longer than this call
+                cols = dict(zip(_COLS, (a[:n].copy() if n < cap // 4 else a[:n] for a in out)))
+            self._acc.add(cols, n)
+        return p2, status
 
     def advance(self, buf, abs_base: int, end: int, at_eof: bool) -> bool:
         """Consume complete records from ``buf`` (``buf[0]`` is absolute ``abs_base``, valid up to index ``end``).
@@ -541,7 +698,11 @@ class RamWalker:
                 if used >= self.batch_bytes:
                     done = True
                     break
-                if self.fast:
+                if self._c is not None:
+                    p, status = self._c_walk(buf, p, end, abs_base)
+                    if status != 2:
+                        continue  # batch full, or more records than one call takes
+                elif self.fast:
                     remaining = self.batch_bytes - used
                     if p + 8 <= end:
                         w = _W.unpack_from(buf, p)[0]
@@ -577,15 +738,22 @@ class RamWalker:
 
     def finish(self, raw: bytes | memoryview) -> RamBatch:
         """Build the batch from the accumulated columns; ``raw`` must be the batch's bytes."""
+        if not self.keep_columns:
+            return RamBatch(
+                base=self.start, raw=raw, blocks=self.state.blocks, page_size=self.state.page_size,
+                columns=None, mem_size=self._mem, verbatim=True, count=self._acc.total(),
+                rewalk=self._state0,
+            )
         return RamBatch(
             base=self.start, raw=raw, blocks=self.state.blocks, page_size=self.state.page_size,
             columns=self._acc.columns(), mem_size=self._mem, verbatim=True,
         )
 
 
-def _walk(buf, state: RamState, base: int, batch_bytes: int, fast: bool) -> list[RamBatch]:
+def _walk(buf, state: RamState, base: int, batch_bytes: int, fast: bool, compiled: bool | None = False,
+          keep_columns: bool = True) -> list[RamBatch]:
     mv = memoryview(buf).cast("B")
-    walker = RamWalker(state, batch_bytes=batch_bytes, fast=fast)
+    walker = RamWalker(state, batch_bytes=batch_bytes, fast=fast, compiled=compiled, keep_columns=keep_columns)
     out: list[RamBatch] = []
     pos = 0
     end = len(mv)
@@ -607,9 +775,11 @@ def walk_scalar(buf, state: RamState, base: int = 0, batch_bytes: int = BATCH_BY
     return _walk(buf, state, base, batch_bytes, fast=False)
 
 
-def walk_fast(buf, state: RamState, base: int = 0, batch_bytes: int = BATCH_BYTES) -> list[RamBatch]:
-    """Same as :func:`walk_scalar` with the numpy bulk path for CONTINUE runs."""
-    return _walk(buf, state, base, batch_bytes, fast=True)
+def walk_fast(buf, state: RamState, base: int = 0, batch_bytes: int = BATCH_BYTES, *,
+              compiled: bool | None = False, keep_columns: bool = True) -> list[RamBatch]:
+    """Same as :func:`walk_scalar` with a bulk path: numpy galloping runs (``compiled=False``),
+    the compiled walker (True), or the compiled one when available (None)."""
+    return _walk(buf, state, base, batch_bytes, fast=True, compiled=compiled, keep_columns=keep_columns)
 
 
 def mem_size_bytes(blocks: Sequence[RamBlock]) -> bytes:

@@ -33,8 +33,8 @@ Everything returned is bytes for the caller to write; no I/O here.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -87,6 +87,11 @@ class StreamTemplate:
     footers: bool
     trailer: VmDescriptionEvent | None
     pre_commands: list[Command] = field(default_factory=list)  # before RAM START (postcopy)
+    #: FULL sections QEMU saves at setup, right after the RAM START section (8.0+: the
+    #: ``virtio-mem-device-early`` sections of the vmsds with ``early_setup``)
+    setup: list[_Full] = field(default_factory=list)
+    #: the capture has QEMU 10.0's SWITCHOVER_START command (machine types ≥ 10.0)
+    switchover_start: bool = False
 
     @property
     def advise(self) -> Command | None:
@@ -106,11 +111,14 @@ class StreamTemplate:
         early: list[_Full] = []
         devices: list[_Full] = []
         footers = False
+        setup: list[_Full] = []
+        ram_started = False  # a RAM PART/END section was seen: setup is over
+        switchover = False
         pending: dict[int, SectionHeader] = {}
         payloads: dict[int, bytes] = {}
 
         def walk(evs: Iterable[object]) -> None:
-            nonlocal header, configuration, ram, trailer, footers
+            nonlocal header, configuration, ram, trailer, footers, ram_started, switchover
             for ev in evs:
                 if isinstance(ev, FileHeader):
                     header = ev
@@ -119,6 +127,8 @@ class StreamTemplate:
                 elif isinstance(ev, SectionHeader):
                     if ev.type == SectionType.SECTION_START and ev.idstr == "ram":
                         ram = ev
+                    elif ev.idstr == "ram":
+                        ram_started = True
                     elif ev.type == SectionType.SECTION_FULL:
                         pending[ev.section_id] = ev
                 elif isinstance(ev, DeviceState) and ev.section_type == SectionType.SECTION_FULL:
@@ -127,19 +137,34 @@ class StreamTemplate:
                     footers = footers or ev.footer
                     h = pending.pop(ev.section_id, None)
                     if h is not None:
-                        (devices if ram is not None else early).append(
-                            _Full(h, payloads.pop(ev.section_id, b""), ev.footer))
+                        where = early if ram is None else setup if not ram_started else devices
+                        where.append(_Full(h, payloads.pop(ev.section_id, b""), ev.footer))
                 elif isinstance(ev, VmDescriptionEvent):
                     trailer = ev
                 elif isinstance(ev, Command):
                     if ram is None:
                         pre.append(ev)
+                    elif ev.cmd == MigCmd.SWITCHOVER_START:
+                        switchover = True
                     walk(ev.children)
 
         walk(events)
         if header is None or ram is None:
             raise UsageError("the template stream has no RAM START section")
-        return cls(header, configuration, ram, early, devices, footers, trailer, pre)
+        return cls(header, configuration, ram, early, devices, footers, trailer, pre, setup, switchover)
+
+
+def _with_postcopy_preamble(template: StreamTemplate, page_size: int) -> StreamTemplate:
+    """``template`` with the commands QEMU writes before RAM START when postcopy-ram is on
+    (OPEN_RETURN_PATH, PING 1, POSTCOPY_ADVISE with the OR of the RAMBlock page sizes and the
+    target page size), for a template captured without postcopy."""
+    def cmd(c: MigCmd, args: dict) -> Command:
+        return Command(0, 0, c, build_command_data(c, args), args=args)
+
+    advise = {"page_size_summary": page_size, "target_page_size": page_size}
+    pre = [cmd(MigCmd.OPEN_RETURN_PATH, {}), cmd(MigCmd.PING, {"value": 1}),
+           cmd(MigCmd.POSTCOPY_ADVISE, advise)]
+    return replace(template, pre_commands=pre)
 
 
 @dataclass
@@ -163,9 +188,14 @@ class PrecopySource:
         ram: guest RAM (its block list is the MEM_SIZE list; blocks should match the template VM).
         notifiers: precopy notifiers (e.g. :class:`~vmig.migration.notifiers.VirtioMemNotifier`).
         device_payloads: idstr -> payload replacing the template's FULL section of that idstr.
+        models: idstr -> a function returning the section's payload, called at the moment QEMU
+            saves that section (setup for early sections, stop-and-copy or the postcopy
+            package for the others): the sections of devices the engine models
+            (:func:`vmig.migration.models.model_sections`). They win over ``device_payloads``
+            and the template's bytes.
         migration: a device model's MigrationState to keep in step (``outgoing`` status).
-        postcopy: send POSTCOPY_ADVISE (the template must come from a postcopy capture, whose
-            ADVISE arguments are reused).
+        postcopy: send POSTCOPY_ADVISE (a postcopy capture's commands are reused; for another
+            template they are written as QEMU does with the RAMBlocks' page size).
         xbzrle: compress re-sent pages as QEMU 7.2 does with the ``xbzrle`` capability: from the
             second pass on, a page's first send fills the cache, later sends go as an XBZRLE
             delta against the cached copy (nothing when unchanged; a normal page when the delta
@@ -175,13 +205,15 @@ class PrecopySource:
     def __init__(self, template: StreamTemplate, ram: GuestRam, *,
                  notifiers: Sequence[PrecopyNotifier] = (),
                  device_payloads: Mapping[str, bytes] | None = None,
-                 migration: object | None = None, postcopy: bool = False, xbzrle: bool = False) -> None:
+                 migration: object | None = None, postcopy: bool = False, xbzrle: bool = False,
+                 models: Mapping[str, Callable[[], bytes]] | None = None) -> None:
         if postcopy and template.advise is None:
-            raise UsageError("postcopy needs a template captured with postcopy-ram (its ADVISE)")
+            template = _with_postcopy_preamble(template, ram.page_size)
         self.template = template
         self.ram = ram
         self.notifiers = list(notifiers)
         self.device_payloads = dict(device_payloads or {})
+        self.models = dict(models or {})
         self.migration = migration
         self.postcopy = postcopy
         self.stats = MigrationStats()
@@ -224,11 +256,19 @@ class PrecopySource:
         return bytes(self._enc.send(hdr)) + body + bytes(self._enc.send(end))
 
     def _full(self, f: _Full) -> bytes:
-        payload = self.device_payloads.get(f.header.idstr, f.payload)
+        model = self.models.get(f.header.idstr)
+        payload = model() if model is not None else self.device_payloads.get(f.header.idstr, f.payload)
         dev = DeviceState(0, len(payload), payload, f.header.idstr, f.header.instance_id,
                           f.header.version_id, SectionType.SECTION_FULL, f.header.section_id)
         end = SectionEnd(0, 0, f.header.section_id, f.footer, 0, 0)
         return b"".join(bytes(self._enc.send(e)) for e in (f.header, dev, end))
+
+    def _switchover_start(self) -> bytes:
+        """QEMU 10.0's SWITCHOVER_START command (machine types ≥ 10.0), when the template has it:
+        precopy writes it before the RAM END section, postcopy before the discards."""
+        if not self.template.switchover_start:
+            return b""
+        return bytes(self._enc.send(Command(0, 0, MigCmd.SWITCHOVER_START, b"")))
 
     def _ping(self, value: int) -> bytes:
         data = build_command_data(MigCmd.PING, {"value": value})
@@ -366,6 +406,8 @@ class PrecopySource:
         total = sum(b.used_length for b in self.ram)
         body = _W.pack(total | _MEM_SIZE) + mem_size_bytes(self.ram.ram_blocks()) + _W.pack(_EOS)
         out += self._section(SectionType.SECTION_START, body)
+        for f in t.setup:  # 8.0+: early-setup device sections right after RAM START
+            out += self._full(f)
         self._notify(PrecopyReason.SETUP)
         self.ram.start_tracking()
         self._sync()
@@ -389,7 +431,8 @@ class PrecopySource:
         self._expect("active")
         self._status("device")
         self._sync()
-        out = bytearray(self._section(SectionType.SECTION_END, self._pages(None) + _W.pack(_EOS)))
+        out = bytearray(self._switchover_start())
+        out += bytearray(self._section(SectionType.SECTION_END, self._pages(None) + _W.pack(_EOS)))
         self._notify(PrecopyReason.COMPLETE)
         for f in self.template.devices:
             out += self._full(f)
@@ -409,7 +452,7 @@ class PrecopySource:
             raise UsageError("switchover needs a source created with postcopy=True")
         self._status("postcopy-active")
         self._sync()
-        out = bytearray()
+        out = bytearray(self._switchover_start())
         for blk in self.ram:
             idx = np.flatnonzero(blk.bitmap)
             if len(idx) == 0:

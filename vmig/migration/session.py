@@ -38,6 +38,7 @@ from vmig.migration.ram import GuestRam
 from vmig.migration.source import PrecopySource, StreamTemplate
 from vmig.stream.constants import MigCmd
 from vmig.stream.events import Command, Configuration
+from vmig.stream.vmdesc import VmDescription
 
 __all__ = ["Session", "Plan", "Write", "Outcome", "open_capture", "run", "resolve_device"]
 
@@ -212,10 +213,12 @@ def _write(s: Session, rng: np.random.Generator, n: int, tag: int) -> list[Write
 
 
 def _apply_resizes(s: Session, resizes: Sequence[tuple[str, int]]) -> None:
+    """Each ``requested-size`` in turn, the device's guest driver following before the next
+    (attached to a running guest's plugged state, or booting when the device never had one)."""
     for ref, size in resizes:
         i = resolve_device(s.machine, ref)
         s.machine.devices[i].qom_set_requested_size(size)
-    for d in s.drivers:
+        d = s.drivers[i]
         d.attach() if not d.probed else d.run()
 
 
@@ -262,7 +265,9 @@ def run(s: Session, plan: Plan) -> Outcome:
         else:
             dest = Destination(machine=machine_from_argv(s.argv, qemu_version=s.qemu_version)
                                if s.argv else None)
-            dec = new_decoder()
+            trailer = s.template.trailer  # the layouts of the capture's sections (any machine type)
+            dec = new_decoder(description=VmDescription(trailer.raw, "template trailer")
+                              if trailer is not None else None)
             dec.receive_data(b"".join(parts))
             dest.load(dec.events())
             touched: dict[str, list[tuple[int, int]]] = {}

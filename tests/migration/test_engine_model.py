@@ -283,3 +283,15 @@ def test_vmig_migrate_bad_input_is_one_line(tmp_path, capsys):
     bare.write_bytes(b"QEVM")
     assert main(["migrate", "--template", str(bare), "-o", str(out)]) == 2
     assert "manifest" in capsys.readouterr().err
+
+
+def test_demo_reboot_during_postcopy_timeline(capsys):
+    """The model's timeline of the special case (the real-QEMU counterpart is
+    tests/device/test_vmem_qemu_guest.py::test_reboot_during_postcopy_like_qemu)."""
+    assert main(["demo", "reboot-during-postcopy"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "UNPLUG(64)=BUSY" in lines[1]  # a resize during the outgoing migration
+    assert "reset refused" in lines[3] and "size 512 MiB" in lines[3]
+    assert "UNPLUG_ALL required; answered BUSY 3 time(s)" in lines[4]
+    assert lines[6].startswith("retry timer fires: UNPLUG_ALL(0)=ACK, PLUG(64)=ACK")
+    assert lines[-1] == "replugged: size 512 MiB, requested 512 MiB (256 blocks)"

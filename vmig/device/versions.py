@@ -191,8 +191,9 @@ def capture_qemu_version(machine: str | None, *, recorded: str | None = None,
 
     ``recorded`` (a capture manifest's ``qemu_version``, ``"10.0.13"``) wins. Otherwise the
     capture's machine type decides: ``pc-i440fx-X.Y``/``pc-q35-X.Y`` exists from QEMU X.Y on, so
-    the machine's version is the oldest binary that can have written it; a SWITCHOVER_START
-    command in the stream means 10.0 at least. Without a versioned machine type: 7.2.
+    X.Y is the oldest binary that can have written it (7.2 at least: the oldest one modelled end
+    to end); a SWITCHOVER_START command in the stream means 10.0 at least (hw_compat_9_2 turns
+    it off for older machine types). Without a versioned machine type: 7.2.
 
     Raises:
         UsageError: ``recorded`` is not a version.

@@ -1,24 +1,28 @@
-"""The migration source: precopy passes and a postcopy switchover, written as QEMU 7.2 would.
+"""The migration source: precopy passes and a postcopy switchover, written as QEMU would.
 
 The device state the engine does not model (CPUs, chipset, ...) comes from a real capture: a
 :class:`StreamTemplate` keeps its header, configuration, RAM section ids, FULL device sections
-and trailer, in stream order. The source writes RAM from a :class:`~vmig.migration.ram.GuestRam`
-and can replace any device section's payload (e.g. virtio-mem re-encoded from the device model
-with :func:`vmig.device.sections.encode_section`).
+(before RAM START, at setup right after it, and at the end) and trailer, in stream order. The
+source writes RAM from a :class:`~vmig.migration.ram.GuestRam`; the sections of devices the
+engine models are serialized by their models when QEMU would save them (``models``,
+:func:`vmig.migration.models.model_sections`).
 
 Theory of operation (QEMU's migration.c / ram.c / savevm.c, precopy then optional postcopy):
 
 1. ``setup()``: header, configuration, the POSTCOPY_ADVISE command when postcopy is enabled,
-   early FULL sections, then the RAM START section (MEM_SIZE block list, EOS). The migration
+   early FULL sections, then the RAM START section (MEM_SIZE block list, EOS) and the setup
+   FULL sections (8.0+: ``virtio-mem-device-early``, right after RAM START). The migration
    bitmap is built: notifiers get SETUP, every page is set, one sync runs with
    BEFORE/AFTER_BITMAP_SYNC (virtio-mem drops its unplugged blocks there).
 2. ``iterate(max_pages)``: one RAM PART section with up to ``max_pages`` pages from the bitmap,
    in block then address order; when the bitmap is empty it syncs first (a new pass). All-zero
    pages go as ZERO records (fill byte 0), others as PAGE; the first record of a block in each
    section names the block, the next ones have CONTINUE. Each section ends with EOS.
-3. ``complete()`` (precopy): a final sync, a RAM END section with everything left, the device
-   FULL sections, EOF, the trailer.
-4. ``switchover()`` (postcopy): a final sync; every page still to send is first discarded on the
+3. ``complete()`` (precopy): a final sync, SWITCHOVER_START (QEMU 10.0 machine types, when the
+   template has it), a RAM END section with everything left, the device FULL sections, EOF,
+   the trailer.
+4. ``switchover()`` (postcopy): a final sync, SWITCHOVER_START as in 3; every page still to send
+   is first discarded on the
    destination (POSTCOPY_RAM_DISCARD, at most 12 ranges per command, per block), then PING 2,
    one PACKAGED command carrying LISTEN, the device FULL sections, PING 3 and RUN, and PING 4. ``postcopy_pages``
    then sends pages (requested ones first, see ``request``) in PART sections and

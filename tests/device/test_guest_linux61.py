@@ -79,3 +79,40 @@ def test_linux61_subblocks_and_attach_like_qemu(qemu_bin, lab_dir):
         q.migrate_to_file(second)
         assert np.array_equal(_bitmap(second), sdev.bitmap)
         assert q.memory_devices() == s.machine.query_memory_devices()
+
+
+def test_refused_reset_during_migration_then_firmware_resets_unplug(qemu_bin, lab_dir):
+    """A system_reset while a migration runs is refused by virtio-mem (memory stays), but the
+    guest reboots anyway: once the VM runs after the migration, the firmware's own resets unplug
+    everything, without an UNPLUG_ALL from the guest; the model's ``cont`` does the same."""
+    from vmig.testing.qemu import GUEST_READY, Qemu, guest_args, wait_for_text
+
+    serial = lab_dir / "serial.log"
+    args = BASE_ARGS + guest_args(serial)
+    model = machine_from_argv(args)
+    model.system_reset()
+    driver = GuestDriver(model.devices[0])
+    driver.probe()
+    with Qemu(args, workdir=lab_dir, binary=qemu_bin) as q:
+        wait_for_text(serial, GUEST_READY, timeout=120, proc=q)
+        deadline = time.monotonic() + 60
+        while q.memory_devices()[0]["data"]["size"] != 256 * MiB:
+            assert time.monotonic() < deadline, q.memory_devices()
+            time.sleep(0.2)
+        q.hold_migration_before_switchover(lab_dir / "held.bin")
+        model.migration.set_outgoing("pre-switchover")
+        q.qmp("system_reset")
+        assert model.system_reset() == {"/machine/peripheral/vm0": False}
+        assert q.memory_devices() == model.query_memory_devices()
+        q.qmp("migrate-continue", {"state": "pre-switchover"})
+        assert q.wait_migration()["status"] == "completed"
+        model.migration.set_outgoing("completed")
+        assert q.memory_devices() == model.query_memory_devices()  # still plugged while stopped
+        q.qmp("cont")
+        model.qmp("cont")
+        deadline = time.monotonic() + 30
+        while q.memory_devices()[0]["data"]["size"] != 0:
+            assert time.monotonic() < deadline, q.memory_devices()
+            time.sleep(0.2)
+        assert q.memory_devices() == model.query_memory_devices()
+    assert not any(r.type == 2 for r, _ in driver.log)  # no UNPLUG_ALL was ever sent

@@ -132,3 +132,26 @@ def test_capture_qemu_version_rules():
     assert capture_qemu_version("pc-q35-10.0") == "10.0"
     assert capture_qemu_version("pc-i440fx-9.2", recorded="10.0.13") == "10.0"
     assert capture_qemu_version(None) == "7.2"
+
+
+@pytest.mark.qemu
+def test_vmig_migrate_postcopy_from_a_qemu10_capture_loads_into_qemu10(captures, trixie, lab_dir, tmp_path,
+                                                                       capsys):
+    import json
+
+    from vmig.cli import main
+    from vmig.testing.qemu import load_stream
+
+    machine = "pc-i440fx-10.0"
+    man = tmp_path / "cap.json"
+    man.write_text(json.dumps({"argv": _args(machine), "qemu_version": "10.0.13"}))
+    out = tmp_path / "post.bin"
+    assert main(["migrate", "--template", str(captures[machine]), "--manifest", str(man), "-o", str(out),
+                 "--postcopy", "--writes", "3", "--virtio-mem", "0000:00:02.0:requested-size=260M"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("QEMU 10.0, postcopy")
+    res = load_stream(_args(machine), out, workdir=lab_dir, chroot=trixie, postcopy=True)
+    assert res.ok, res.stderr
+    got = res.memory_devices[0]["data"]
+    assert (got["size"], got["requested-size"]) == (260 * MiB, 260 * MiB)
+    assert f"vm0: size {260 * MiB} requested-size {260 * MiB}" in printed

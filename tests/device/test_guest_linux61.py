@@ -4,8 +4,8 @@ attached driver of a captured running guest.
 * 2 MiB sub-blocks with 2 MiB device blocks: requested 258M → 129 blocks, 902M → 451,
   298M → 149; grow fills memory blocks from the lowest, shrink empties from the highest; the
   plugged bitmap the real driver leaves (read from QEMU's own migration stream) is the model's.
-* A capture of the running guest, taken over with :meth:`GuestDriver.attach` (``vmig migrate``'s
-  session): a further resize on the real guest and in the model gives the same bitmap.
+* A capture of the running guest, taken over with :meth:`GuestDriver.attach` (as ``vmig migrate``
+  does): a further resize on the real guest and in the model gives the same bitmap.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from vmig.device.cmdline import machine_from_argv
 from vmig.device.guest import DriverState, GuestDriver
 from vmig.device.sections import virtio_mem_sections
 from vmig.io.streams import iter_events
-from vmig.migration.session import open_capture
+from vmig.migration.vm import open_capture
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -64,7 +64,7 @@ def test_linux61_subblocks_and_attach_like_qemu(qemu_bin, lab_dir):
         q.migrate_to_file(first)
         assert np.array_equal(_bitmap(first), dev.bitmap)  # the real driver's plugged blocks
 
-        # a capture of the running guest, taken over by the session's attached driver
+        # a capture of the running guest, taken over by the attached driver of open_capture
         s = open_capture(first, args, qemu_version="7.2")
         (att,) = s.drivers
         sdev = s.machine.devices[0]

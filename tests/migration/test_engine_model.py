@@ -22,7 +22,7 @@ from vmig.cli import main
 from vmig.device.sections import virtio_mem_sections
 from vmig.io.streams import decode_bytes, iter_events
 from vmig.migration.destination import Destination
-from vmig.migration.session import Plan, open_capture, run
+from vmig.migration.vm import Plan, open_capture, run
 from vmig.stream.constants import MigCmd
 from vmig.stream.events import Command, RamRecords
 from vmig.testing import fixtures
@@ -31,7 +31,7 @@ MiB = 1 << 20
 VMEM = "0000:00:02.0/mem0"
 
 
-def _session(name: str, **kw):
+def _vm(name: str, **kw):
     man = fixtures.manifest(name)
     return open_capture(fixtures.path(name), man["argv"], qemu_version=man["qemu_version"], **kw)
 
@@ -67,7 +67,7 @@ def _load(name: str, data: bytes, lab_dir: Path, reads: list[tuple[int, int]], *
 
 @pytest.mark.qemu
 def test_model_shrink_704_to_628_is_what_qemu_72_loads(qemu_bin, lab_dir):
-    s = _session("pc-guest")
+    s = _vm("pc-guest")
     out = run(s, Plan(writes=6, seed=3, resizes=[("vm0", 704 * MiB), ("vm0", 628 * MiB)]))
     dev = s.machine.devices[0]
     assert dev.size == dev.requested_size == 628 * MiB
@@ -85,7 +85,7 @@ def test_model_shrink_704_to_628_is_what_qemu_72_loads(qemu_bin, lab_dir):
 
 @pytest.mark.qemu
 def test_model_grow_0_to_920_keeps_every_write_into_new_blocks(qemu_bin, lab_dir):
-    s = _session("pc-paused")  # never started: the guest boots (probe) and plugs
+    s = _vm("pc-paused")  # never started: the guest boots (probe) and plugs
     assert s.machine.devices[0].size == 0
     out = run(s, Plan(writes=11, passes=1, seed=5, resizes=[("0000:00:02.0", 920 * MiB)]))
     dev = s.machine.devices[0]
@@ -100,7 +100,7 @@ def test_model_grow_0_to_920_keeps_every_write_into_new_blocks(qemu_bin, lab_dir
 
 @pytest.mark.qemu
 def test_postcopy_package_carries_the_model_state_and_qemu_72_loads_it(qemu_bin, lab_dir):
-    s = _session("postcopy-main", postcopy=True)
+    s = _vm("postcopy-main", postcopy=True)
     out = run(s, Plan(postcopy=True, writes=4, seed=1, resizes=[("vm0", 300 * MiB)]))
     dev = s.machine.devices[0]
     assert dev.size == 300 * MiB
@@ -122,7 +122,7 @@ def test_postcopy_package_carries_the_model_state_and_qemu_72_loads_it(qemu_bin,
 
 @pytest.mark.qemu
 def test_page_of_an_unplugged_block_is_discarded_on_load_like_qemu_72(qemu_bin, lab_dir, tmp_path):
-    s = _session("pc-guest")
+    s = _vm("pc-guest")
     dev = s.machine.devices[0]
     stray = 1000 * MiB  # unplugged in the capture
     assert not dev.bitmap[stray // dev.block_size]

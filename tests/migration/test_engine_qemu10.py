@@ -22,7 +22,7 @@ import pytest
 
 from vmig.device.versions import capture_qemu_version
 from vmig.io.streams import decode_bytes, iter_events
-from vmig.migration.session import Plan, open_capture, run
+from vmig.migration.vm import Plan, open_capture, run
 from vmig.stream.events import Command, SectionHeader
 from vmig.testing import fixtures
 

@@ -8,7 +8,7 @@ CAPTURE is a real capture (its device sections and RAM are the VM's); its QEMU c
 comes from the capture's manifest (``--manifest``, default: CAPTURE with ``.bin[.lz4]`` replaced
 by ``.json``), whose ``qemu_version`` is used unless ``--qemu-version`` says otherwise. DEV is a
 virtio-mem device as ``vmig info memory-devices`` shows it (PCI path ``0000:00:02.0``), its qdev
-id or its index. The work is :func:`vmig.migration.session.run`; this module parses, reads the
+id or its index. The work is :func:`vmig.migration.vm.run`; this module parses, reads the
 inputs, writes OUT atomically (a temporary file beside it, then a rename) and prints what moved.
 """
 
@@ -95,7 +95,7 @@ def _resize(text: str) -> tuple[str, int]:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from vmig.migration.session import Plan, open_capture, run
+    from vmig.migration.vm import Plan, open_capture, run
 
     man = manifest_for(args.template, args.manifest)
     resizes = [_resize(t) for t in args.virtio_mem]
@@ -107,11 +107,11 @@ def handler(args: argparse.Namespace) -> int:
             rp = Path(args.return_path).read_bytes()
         except OSError as e:
             raise UsageError(f"{args.return_path}: {e.strerror}") from None
-    session = open_capture(args.template, man["argv"], postcopy=args.postcopy, xbzrle=args.xbzrle,
+    vm = open_capture(args.template, man["argv"], postcopy=args.postcopy, xbzrle=args.xbzrle,
                            qemu_version=args.qemu_version or man.get("qemu_version"))
     plan = Plan(postcopy=args.postcopy, passes=args.passes, seed=args.seed, writes=args.writes,
                 resizes=resizes, resize_during=args.resize_during, return_path=rp)
-    out = run(session, plan)
+    out = run(vm, plan)
     dst = Path(args.output)
     fd, tmp = tempfile.mkstemp(prefix=".vmig-migrate-", dir=dst.resolve().parent)
     try:
@@ -122,7 +122,7 @@ def handler(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    sys.stdout.write(f"QEMU {session.qemu_version}, {'postcopy' if args.postcopy else 'precopy'}\n")
+    sys.stdout.write(f"QEMU {vm.qemu_version}, {'postcopy' if args.postcopy else 'precopy'}\n")
     for line in out.summary():
         sys.stdout.write(line + "\n")
     return 0

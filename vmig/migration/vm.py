@@ -40,13 +40,13 @@ from vmig.stream.constants import MigCmd
 from vmig.stream.events import Command, Configuration
 from vmig.stream.vmdesc import VmDescription
 
-__all__ = ["Session", "Plan", "Write", "Outcome", "open_capture", "run", "resolve_device"]
+__all__ = ["CapturedVm", "Plan", "Write", "Outcome", "open_capture", "run", "resolve_device"]
 
 VIRTIO_STATUS_DRIVER_OK = 4
 
 
 @dataclass
-class Session:
+class CapturedVm:
     """The source side of a captured VM (see :func:`open_capture`)."""
 
     events: list[Any]
@@ -66,7 +66,7 @@ def _has_switchover_start(events: Sequence[Any]) -> bool:
 
 def open_capture(path: str | Path, argv: Sequence[str] | None = None, *, postcopy: bool = False,
                  style: str = "discard-manager", qemu_version: str | None = None,
-                 **source_kw: Any) -> Session:
+                 **source_kw: Any) -> CapturedVm:
     """A source over the RAM and device state of the capture at ``path``.
 
     Args:
@@ -101,7 +101,7 @@ def open_capture(path: str | Path, argv: Sequence[str] | None = None, *, postcop
     template = StreamTemplate.from_events(events)
     source = PrecopySource(template, ram, notifiers=notifiers, postcopy=postcopy, models=models,
                            migration=machine.migration if machine is not None else None, **source_kw)
-    return Session(events, template, ram, machine, notifiers, source, version, drivers,
+    return CapturedVm(events, template, ram, machine, notifiers, source, version, drivers,
                    list(argv) if argv is not None else [])
 
 
@@ -180,7 +180,7 @@ class Outcome:
         return out
 
 
-def _targets(s: Session) -> list[tuple[str, int, int, int]]:
+def _targets(s: CapturedVm) -> list[tuple[str, int, int, int]]:
     """(RAMBlock, offset, guest-physical address, length) of every plugged virtio-mem block;
     without plugged memory, ``pc.ram`` from 1 MiB to 16 MiB (guest-physical from 0)."""
     out: list[tuple[str, int, int, int]] = []
@@ -196,7 +196,7 @@ def _targets(s: Session) -> list[tuple[str, int, int, int]]:
     return out
 
 
-def _write(s: Session, rng: np.random.Generator, n: int, tag: int) -> list[Write]:
+def _write(s: CapturedVm, rng: np.random.Generator, n: int, tag: int) -> list[Write]:
     """``n`` guest writes of 512 bytes at page starts of plugged memory (seeded)."""
     ps = s.ram.page_size
     targets = _targets(s)
@@ -212,7 +212,7 @@ def _write(s: Session, rng: np.random.Generator, n: int, tag: int) -> list[Write
     return out
 
 
-def _apply_resizes(s: Session, resizes: Sequence[tuple[str, int]]) -> None:
+def _apply_resizes(s: CapturedVm, resizes: Sequence[tuple[str, int]]) -> None:
     """Each ``requested-size`` in turn, the device's guest driver following before the next
     (attached to a running guest's plugged state, or booting when the device never had one)."""
     for ref, size in resizes:
@@ -222,8 +222,8 @@ def _apply_resizes(s: Session, resizes: Sequence[tuple[str, int]]) -> None:
         d.attach() if not d.probed else d.run()
 
 
-def run(s: Session, plan: Plan) -> Outcome:
-    """Run the migration ``plan`` on session ``s``; returns the stream and what moved.
+def run(s: CapturedVm, plan: Plan) -> Outcome:
+    """Run the migration ``plan`` on ``s``; returns the stream and what moved.
 
     Raises:
         UsageError: a bad plan (no such device, postcopy without a postcopy template...).
@@ -232,7 +232,7 @@ def run(s: Session, plan: Plan) -> Outcome:
     if plan.passes < 1:
         raise UsageError("--passes must be at least 1")
     if plan.postcopy != s.source.postcopy:
-        raise UsageError("the plan and the session disagree on postcopy (open_capture(postcopy=...))")
+        raise UsageError("the plan and the captured VM disagree on postcopy (open_capture(postcopy=...))")
     if (plan.resizes or plan.writes) and s.machine is None:
         raise UsageError("resizes and writes need the VM's command line")
     rng = np.random.default_rng(plan.seed)

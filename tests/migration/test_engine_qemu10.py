@@ -155,3 +155,83 @@ def test_vmig_migrate_postcopy_from_a_qemu10_capture_loads_into_qemu10(captures,
     got = res.memory_devices[0]["data"]
     assert (got["size"], got["requested-size"]) == (260 * MiB, 260 * MiB)
     assert f"vm0: size {260 * MiB} requested-size {260 * MiB}" in printed
+
+
+def _relay_class():
+    """fixtures/capture.py's recording TCP relay (postcopy needs a return path)."""
+    import importlib.util
+    import sys
+
+    if "vmig_fixture_capture" in sys.modules:
+        mod = sys.modules["vmig_fixture_capture"]
+        return mod.Relay, mod._free_port
+    path = Path(__file__).resolve().parents[2] / "fixtures" / "capture.py"
+    spec = importlib.util.spec_from_file_location("vmig_fixture_capture", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(mod)
+    return mod.Relay, mod._free_port
+
+
+def _postcopy_framing(events) -> list[str]:
+    """:func:`_framing`, descending into PACKAGED, with runs of discards as one entry."""
+    out: list[str] = []
+
+    def walk(evs, ind: str) -> None:
+        for ev in evs:
+            if isinstance(ev, SectionHeader):
+                s = f"{ind}{ev.type.name}:{ev.idstr}"
+            elif isinstance(ev, Command):
+                s = f"{ind}CMD:{ev.cmd.name}"
+            else:
+                continue
+            if not (out and out[-1] == s and s.endswith(("SECTION_PART:ram", "POSTCOPY_RAM_DISCARD"))):
+                out.append(s)
+            if isinstance(ev, Command) and ev.children:
+                walk(ev.children, ind + "  ")
+
+    walk(events, "")
+    return out
+
+
+@pytest.mark.qemu
+def test_engine_postcopy_framing_is_qemu10s(captures, trixie, tmp_path):
+    """A real QEMU 10.0 postcopy (paused pc-i440fx-10.0 VM to a destination, through a recording
+    relay) and the engine's postcopy stream have the same framing: SWITCHOVER_START right before
+    the discards, the early section after RAM START, the late virtio-mem section in the package."""
+    import time
+
+    from vmig.io.streams import load_description
+    from vmig.testing.qemu import Qemu
+
+    relay_cls, free_port = _relay_class()
+    machine = "pc-i440fx-10.0"
+    args = _args(machine)
+    port = free_port()
+    main_f, rp_f = tmp_path / "main.bin", tmp_path / "rp.bin"
+    with Qemu(args, workdir=tmp_path, chroot=trixie) as src, \
+            Qemu([a for a in args if a != "-S"], workdir=tmp_path, chroot=trixie,
+                 incoming=f"tcp:127.0.0.1:{port}") as dst:
+        dst.set_migration({"postcopy-ram": True})
+        src.set_migration({"postcopy-ram": True}, {"max-bandwidth": 100_000})
+        relay = relay_cls(port, main_f, rp_f)
+        try:
+            src.qmp("migrate", {"uri": f"tcp:127.0.0.1:{relay.port}"})
+            src.wait_migration(30, until=frozenset({"active", "failed", "completed"}))
+            time.sleep(0.3)
+            src.qmp("migrate-start-postcopy")
+            assert src.wait_migration(120)["status"] == "completed"
+            assert dst.wait_migration(120)["status"] == "completed"
+        finally:
+            src.stop()
+            dst.stop()
+            relay.close()
+    desc = load_description(str(captures[machine]))
+    real = _postcopy_framing(iter_events(str(main_f), desc_from=desc))
+    assert "CMD:SWITCHOVER_START" in real and "  CMD:POSTCOPY_LISTEN" in real
+
+    s = open_capture(captures[machine], args, qemu_version="10.0", postcopy=True)
+    out = run(s, Plan(postcopy=True, passes=2, writes=3))
+    ours = _postcopy_framing(decode_bytes(out.stream, description=desc))
+    assert ours == real, (ours, real)

@@ -19,13 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from vmig.device.requests import RequestType, build_request
 from vmig.device.virtio_mem import (
-    GiB,
     MemoryBackend,
-    MiB,
     VirtioMem,
     VirtioMemProperties,
-    bitmap_to_words,
 )
+from vmig.units import GiB, MiB
+from vmig.vmstate.virtio_mem import bool_to_words
 
 TiB = 1 << 40
 
@@ -69,7 +68,7 @@ def main() -> None:
     print(f"STATE 1 GiB:                       {t_state:8.1f} us")
     dev.bitmap[::3] = True
     dev.size = int(dev.bitmap.sum()) * dev.block_size
-    t_words = best(lambda: bitmap_to_words(dev.bitmap), 50)
+    t_words = best(lambda: bool_to_words(dev.bitmap), 50)
     print(f"pack 524288-block bitmap to words: {t_words:8.1f} us")
     t_all = best(lambda: (dev.unplug_all(), dev.bitmap.__setitem__(slice(0, None, 3), True),
                           setattr(dev, "size", 1)), 50)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+from vmig.analysis.edit import set_virtio_mem_plugged
 from vmig.cli import main
 from vmig.io.streams import iter_events
 from vmig.migration.destination import Destination
 from vmig.migration.ram import GuestRam
 from vmig.migration.source import PrecopySource, StreamTemplate
 from vmig.testing import fixtures
-from vmig.testing.roundtrip import set_virtio_mem_plugged
 
 
 def _run(capsys, *argv):
@@ -34,11 +34,16 @@ def test_edited_virtio_mem_state_is_the_only_difference(tmp_path, capsys):
     rc, out, _ = _run(capsys, str(a), str(b), "--json")
     doc = json.loads(out)
     assert rc == 1 and not doc["same"]
-    assert list(doc["devices"]) == ["0000:00:02.0/virtio-mem[0]"]
-    fields = "\n".join(doc["devices"]["0000:00:02.0/virtio-mem[0]"])
-    assert f"virtio.decoded.device.size: 0 -> {10 << 20}" in fields  # paused VM: nothing plugged
-    assert "bitmap" in fields
-    assert doc["ram"] == {} and doc["only_in_a"] == doc["only_in_b"] == [] and doc["configuration"] == []
+    diffs = doc["differences"]
+    assert {d["kind"] for d in diffs} == {"field"}
+    assert all(d["path"].startswith("0000:00:02.0/virtio-mem[0].") for d in diffs)
+    by_path = {d["path"][len("0000:00:02.0/virtio-mem[0]."):]: (d["a"], d["b"]) for d in diffs}
+    dev = "virtio.decoded.device."
+    assert by_path[dev + "size"] == (0, 10 << 20)  # paused VM: nothing plugged
+    assert by_path[dev + "bitmap"] == ([], [[0, 4], [100, 101]])  # the plugged blocks as ranges
+    rc, out, _ = _run(capsys, str(a), str(b))
+    assert f"{dev}size: 0x0 -> {10 << 20:#x}" in out
+    assert f"{dev}bitmap: [] (none set) -> [[0, 4), [100, 101)]" in out
 
 
 def test_a_page_written_by_the_engine_is_found(tmp_path, capsys):
@@ -53,7 +58,15 @@ def test_a_page_written_by_the_engine_is_found(tmp_path, capsys):
     b.write_bytes(data)
     rc, out, _ = _run(capsys, str(fixtures.path("pc-paused")), str(b))
     assert rc == 1
-    assert out.splitlines() == ["ram pc.ram: 3 page(s) differ: [0x200000, 0x201000), [0x300000, 0x302000)"]
+    assert out.splitlines() == [
+        "ram pc.ram[0x200000, 0x201000): contents differ (non-zero pages: A 0, B 1)",
+        "ram pc.ram[0x300000, 0x302000): contents differ (non-zero pages: A 0, B 2)"]
+    rc, out, _ = _run(capsys, str(fixtures.path("pc-paused")), str(b), "--json")
+    assert json.loads(out)["differences"] == [
+        {"kind": "ram", "path": "pc.ram[0x200000, 0x201000)", "a": 0, "b": 1},
+        {"kind": "ram", "path": "pc.ram[0x300000, 0x302000)", "a": 0, "b": 2}]
+    rc, out, _ = _run(capsys, str(fixtures.path("pc-paused")), str(b), "--ignore", "pc.ram")
+    assert rc == 0 and out.startswith("same: ")
     rc, out, _ = _run(capsys, str(b), str(b))
     assert rc == 0
 
@@ -62,10 +75,16 @@ def test_different_machines_list_their_sections_and_configuration(capsys):
     rc, out, _ = _run(capsys, str(fixtures.path("pc-paused")), str(fixtures.path("q35-numa")), "--json")
     doc = json.loads(out)
     assert rc == 1
-    assert doc["configuration"] == ["name: pc-i440fx-7.2 -> pc-q35-7.2"]
-    assert {"0000:00:00.0/I440FX[0]", "0000:00:01.0/PIIX3[0]", "RAMBlock pc.ram"} <= set(doc["only_in_a"])
-    assert {"0000:00:1f.0/ICH9LPC[0]", "cpu[1]", "RAMBlock ram0", "RAMBlock ram1"} <= set(doc["only_in_b"])
-    assert "timer[0]" not in doc["only_in_a"] + doc["only_in_b"]
+    diffs = doc["differences"]
+    assert [d for d in diffs if d["kind"] == "config"] == [
+        {"kind": "config", "path": "configuration.name", "a": "pc-i440fx-7.2", "b": "pc-q35-7.2"}]
+    only_a = {d["path"] for d in diffs if d["kind"] == "section" and d["b"] is None}
+    only_b = {d["path"] for d in diffs if d["kind"] == "section" and d["a"] is None}
+    assert {"0000:00:00.0/I440FX[0]", "0000:00:01.0/PIIX3[0]", "RAMBlock pc.ram"} <= only_a
+    assert {"0000:00:1f.0/ICH9LPC[0]", "cpu[1]", "RAMBlock ram0", "RAMBlock ram1"} <= only_b
+    assert "timer[0]" not in only_a | only_b
+    i440fx = next(d for d in diffs if d["path"] == "0000:00:00.0/I440FX[0]")
+    assert i440fx["a"] == 3  # the section's version in A; absent (null) in B
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

@@ -72,7 +72,13 @@ def test_no_trailer_needs_desc_from(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert str(cut) in err[0] and "timer instance 0" in err[0] and "--desc-from" in err[0]
-    rows = run_json(capsys, str(cut), "--desc-from", str(S1))
+    # a capture of another machine type is refused; its bare description (no machine) is taken
+    assert main(["sections", str(cut), "--desc-from", str(S1)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "machine type pc-i440fx-7.2, the stream is zz-unknown-99" in err[0]
+    desc = tmp_path / "desc.json"
+    desc.write_bytes(S1.read_bytes()[0x15FA78 + 5:])
+    rows = run_json(capsys, str(cut), "--desc-from", str(desc))
     assert_tiles(rows, 0, 0x15FA78)
 
 
@@ -95,3 +101,52 @@ def test_postcopy_packaged_children(capsys):
     end = rows[-1]["offset"] + rows[-1]["length"]
     assert_tiles(rows, 0, end)
     assert rows[-1]["type"] == "eof"
+
+
+def _commands(rows):
+    for r in rows:
+        if r["type"] == "command":
+            yield r
+            yield from _commands(r.get("children", ()))
+
+
+def test_command_arguments_json(capsys):
+    """postcopy-main (real QEMU 7.2 postcopy): every command's arguments, checked against facts
+    of the same capture: its return path answered each PING with a PONG of the same value, the
+    ADVISE sizes are x86's 4 KiB pages, each DISCARD range lies inside its block's used length
+    (from the RAM section's MEM_SIZE record), PACKAGED's blob length is its record minus 9 bytes."""
+    from vmig.io.streams import iter_events
+    from vmig.stream.events import RamRecords
+
+    main_f = FIXTURES / "postcopy-main.bin.lz4"
+    rows = run_json(capsys, str(main_f))
+    cmds = list(_commands(rows))
+    pings = [c["args"]["value"] for c in cmds if c["command"] == "PING"]
+    assert main(["rp", str(FIXTURES / "postcopy-rp.bin.lz4"), "--json"]) == 0
+    pongs = [m["args"]["value"] for m in json.loads(capsys.readouterr().out)["messages"] if m["type"] == "PONG"]
+    assert sorted(pings) == sorted(pongs) == [1, 2, 3, 4]
+    (advise,) = [c for c in cmds if c["command"] == "POSTCOPY_ADVISE"]
+    assert advise["args"] == {"page_size_summary": 4096, "target_page_size": 4096}
+    sizes = {}
+    for ev in iter_events(str(main_f)):
+        if isinstance(ev, RamRecords) and ev.batch.mem_size:
+            sizes.update({b.idstr: b.used_length for b in ev.batch.mem_size})
+            break
+    discards = [c for c in cmds if c["command"] == "POSTCOPY_RAM_DISCARD"]
+    assert {d["args"]["idstr"] for d in discards} <= set(sizes) and len(discards) >= 2
+    for d in discards:
+        assert d["args"]["version"] == 0 and d["args"]["ranges"]
+        for start, length in d["args"]["ranges"]:
+            assert length > 0 and start % 4096 == 0 and start + length <= sizes[d["args"]["idstr"]]
+    (pk,) = [c for c in cmds if c["command"] == "PACKAGED"]
+    assert pk["args"] == {"blob_length": pk["length"] - 9}
+    assert [c for c in cmds if c["command"] == "POSTCOPY_RUN"][0]["args"] == {}
+
+
+def test_command_arguments_text(capsys):
+    assert main(["sections", str(FIXTURES / "postcopy-main.bin.lz4")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[-1] == "value=1" and " PING " in line for line in lines)
+    assert any("POSTCOPY_ADVISE page_size_summary=0x1000 target_page_size=0x1000" in line for line in lines)
+    assert any("POSTCOPY_RAM_DISCARD version=0 idstr=pc.ram ranges=[0x" in line for line in lines)
+    assert any("PACKAGED blob_length=0x" in line for line in lines)

@@ -38,7 +38,8 @@ def _bitmap(path) -> np.ndarray:
 
 
 def test_linux61_subblocks_and_attach_like_qemu(qemu_bin, lab_dir):
-    from vmig.testing.qemu import GUEST_READY, Qemu, guest_args, wait_for_text
+    from vmig.testing.guest import GUEST_READY, guest_args
+    from vmig.testing.qemu import Qemu, wait_for_text
 
     serial = lab_dir / "serial.log"
     args = BASE_ARGS + guest_args(serial)
@@ -85,7 +86,8 @@ def test_refused_reset_during_migration_then_firmware_resets_unplug(qemu_bin, la
     """A system_reset while a migration runs is refused by virtio-mem (memory stays), but the
     guest reboots anyway: once the VM runs after the migration, the firmware's own resets unplug
     everything, without an UNPLUG_ALL from the guest; the model's ``cont`` does the same."""
-    from vmig.testing.qemu import GUEST_READY, Qemu, guest_args, wait_for_text
+    from vmig.testing.guest import GUEST_READY, guest_args
+    from vmig.testing.qemu import Qemu, wait_for_text
 
     serial = lab_dir / "serial.log"
     args = BASE_ARGS + guest_args(serial)

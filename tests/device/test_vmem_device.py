@@ -18,23 +18,21 @@ from vmig.device.requests import (
     VirtioMemResponse,
     build_request,
 )
+from vmig.device.state import MigrationState
 from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
     ConfigChange,
     DeviceBroken,
-    GiB,
     HostInfo,
     MemoryBackend,
-    MiB,
-    MigrationState,
     SizeChange,
     VirtioMem,
     VirtioMemProperties,
-    bitmap_to_words,
     post_load,
-    words_to_bitmap,
 )
 from vmig.errors import DeviceError, MigrationError
+from vmig.units import GiB, MiB
+from vmig.vmstate.virtio_mem import bitmap_to_bool, bool_to_words
 
 BASE = 0x100000000  # -m 512M,maxmem=4G on pc/q35 (s1.bin's tmp.addr)
 
@@ -528,14 +526,14 @@ def test_bitmap_words_match_lab_capture():
     bits = np.zeros(512, dtype=bool)
     for s, e in [(0, 160), (192, 256), (320, 448)]:
         bits[s:e] = True
-    words = [int(w) for w in bitmap_to_words(bits)]
+    words = [int(w) for w in bool_to_words(bits)]
     assert [f"{w:016x}" for w in words] == [
         "ffffffffffffffff", "ffffffffffffffff", "00000000ffffffff", "ffffffffffffffff",
         "0000000000000000", "ffffffffffffffff", "ffffffffffffffff", "0000000000000000",
     ]
-    assert (words_to_bitmap(words, 512) == bits).all()
+    assert (bitmap_to_bool(words, 512) == bits).all()
     # proof 2: word 0 = 1, word 1 = 2 → blocks 0 and 65
-    assert list(np.flatnonzero(words_to_bitmap([1, 2] + [0] * 6, 512))) == [0, 65]
+    assert list(np.flatnonzero(bitmap_to_bool([1, 2] + [0] * 6, 512))) == [0, 65]
 
 
 def test_early_migration_split():

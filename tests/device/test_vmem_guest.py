@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from vmig.device.guest import RETRY_TIMER_MIN_MS, DriverState, GuestDriver
 from vmig.device.requests import RequestType, ResponseType
+from vmig.device.state import MigrationState
 from vmig.device.virtio_mem import (
-    GiB,
     MemoryBackend,
-    MiB,
-    MigrationState,
     VirtioMem,
     VirtioMemProperties,
 )
+from vmig.units import GiB, MiB
 
 BASE = 0x100000000
 

@@ -11,9 +11,9 @@ import pytest
 
 from vmig.cli import main
 from vmig.cli.demo import seed_transcript
-from vmig.device.machine import Machine, QmpError, parse_size
-from vmig.device.virtio_mem import GiB, MiB
+from vmig.device.machine import Machine, QmpError
 from vmig.errors import DeviceError
+from vmig.units import GiB, MiB, parse_size
 
 SEED_BLOCK_1 = """\
 Memory device [virtio-mem]: "vm0"

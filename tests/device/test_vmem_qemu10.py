@@ -36,7 +36,7 @@ PROPS = ["size", "requested-size", "block-size", "memaddr", "unplugged-inaccessi
 
 @pytest.fixture(scope="module")
 def trixie():
-    from vmig.testing.qemu import ensure_trixie_chroot
+    from vmig.testing.trixie import ensure_trixie_chroot
 
     return ensure_trixie_chroot()
 

@@ -38,7 +38,8 @@ def _data(devs: list) -> dict:
 
 
 def test_guest_scenario_like_qemu(qemu_bin, lab_dir):
-    from vmig.testing.qemu import GUEST_READY, Qemu, guest_args, wait_for_text
+    from vmig.testing.guest import GUEST_READY, guest_args
+    from vmig.testing.qemu import Qemu, wait_for_text
 
     serial = lab_dir / "serial.log"
     args = BASE_ARGS + guest_args(serial)
@@ -93,7 +94,8 @@ def _free_port() -> int:
 def test_reboot_during_postcopy_like_qemu(qemu_bin, lab_dir):
     """§5.1 the one case where memory stays plugged after a reboot: a system_reset on the
     postcopy destination while postcopy runs is refused, by QEMU and by the model."""
-    from vmig.testing.qemu import GUEST_READY, Qemu, guest_args, wait_for_text
+    from vmig.testing.guest import GUEST_READY, guest_args
+    from vmig.testing.qemu import Qemu, wait_for_text
 
     args = BASE_ARGS + guest_args(lab_dir / "serial.log")
     src_model = machine_from_argv(args)

@@ -20,15 +20,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from vmig.device.requests import RequestType, ResponseType, VirtioMemResponse, build_request
+from vmig.device.state import MigrationState
 from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
     MemoryBackend,
-    MiB,
-    MigrationState,
     VirtioMem,
     VirtioMemProperties,
 )
 from vmig.errors import DeviceError
+from vmig.units import MiB
 
 EXTENT = 256 * MiB
 OUTGOING = ["none", "setup", "active", "pre-switchover", "device", "postcopy-active",
@@ -345,7 +345,8 @@ TestVirtioMemStateMachine = VirtioMemMachine.TestCase
 # --------------------------------------------------------------------------------------------
 from hypothesis import given  # noqa: E402
 
-from vmig.device.virtio_mem import GiB, HostInfo  # noqa: E402
+from vmig.device.virtio_mem import HostInfo  # noqa: E402
+from vmig.units import GiB  # noqa: E402
 
 
 @settings(max_examples=300, deadline=None)

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from vmig.testing.qemu import dirty_guest_image, guest_kernel_initrd
+from vmig.testing.guest import dirty_guest_image, guest_kernel_initrd
 
 MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
            "virtio_pci", "virtio_mem"]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from vmig.testing import fixtures
-from vmig.testing.qemu import Qemu, ensure_trixie_chroot, load_stream, qemu_version, trixie_qemu_available
+from vmig.testing.qemu import Qemu, load_stream, qemu_version
+from vmig.testing.trixie import ensure_trixie_chroot, trixie_qemu_available
 
 pytestmark = pytest.mark.qemu
 

@@ -17,7 +17,7 @@ from vmig.analysis.ram import RamView
 from vmig.device.cmdline import machine_from_argv
 from vmig.device.requests import ResponseType
 from vmig.errors import MigrationError, UsageError
-from vmig.io.streams import decode_bytes as decode
+from vmig.io.decoding import decode_bytes as decode
 from vmig.io.streams import iter_events
 from vmig.migration.destination import Destination
 from vmig.migration.notifiers import VirtioMemNotifier
@@ -335,7 +335,7 @@ def test_postcopy_loop_over_return_path_bytes():
     """Destination and source talk in bytes both ways: the destination's PONGs and page requests
     (REQ_PAGES_ID when the block changes, else REQ_PAGES, as in the real postcopy-rp capture)
     reach the source, which serves the requested pages first; the return path ends with SHUT 0."""
-    from vmig.io.streams import new_decoder
+    from vmig.io.decoding import new_decoder
     from vmig.stream.return_path import decode_rp
 
     src, ram, _, _, _ = _source("postcopy-main", postcopy=True)

@@ -20,7 +20,8 @@ import pytest
 
 from vmig.cli import main
 from vmig.device.sections import virtio_mem_sections
-from vmig.io.streams import decode_bytes, iter_events
+from vmig.io.decoding import decode_bytes
+from vmig.io.streams import iter_events
 from vmig.migration.destination import Destination
 from vmig.migration.vm import Plan, open_capture, run
 from vmig.stream.constants import MigCmd

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from vmig.device.cmdline import machine_from_argv
 from vmig.device.guest import GuestDriver
-from vmig.io.streams import iter_events, new_decoder
+from vmig.io.decoding import new_decoder
+from vmig.io.streams import iter_events
 from vmig.migration.destination import Destination
 from vmig.migration.models import model_sections
 from vmig.migration.notifiers import VirtioMemNotifier

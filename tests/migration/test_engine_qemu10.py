@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from vmig.device.versions import capture_qemu_version
-from vmig.io.streams import decode_bytes, iter_events
+from vmig.io.decoding import decode_bytes
+from vmig.io.streams import iter_events
 from vmig.migration.vm import Plan, open_capture, run
 from vmig.stream.events import Command, SectionHeader
 from vmig.testing import fixtures
@@ -32,7 +33,7 @@ MACHINES = ("pc-i440fx-10.0", "pc-q35-10.0", "pc-i440fx-9.2")
 
 @pytest.fixture(scope="module")
 def trixie() -> Path:
-    from vmig.testing.qemu import ensure_trixie_chroot, trixie_qemu_available
+    from vmig.testing.trixie import ensure_trixie_chroot, trixie_qemu_available
 
     if not trixie_qemu_available() and os.environ.get("VMIG_TRIXIE") != "1":
         pytest.skip("trixie chroot absent (set VMIG_TRIXIE=1 to build it)")

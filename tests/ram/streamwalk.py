@@ -1,5 +1,8 @@
 """A minimal top-level walker for tests/ram: the RAM sections of a precopy stream as events.
 
+:func:`apply_page_record` is the loader's effect of one page record, record at a time: the
+oracle the batch applier (``vmig.stream.ramcodec.apply_batch``) and extract are checked against.
+
 Walks the header, CONFIGURATION (without subsections) and the ``ram`` START/PART/END sections
 with vmig.stream.ram's walkers, stopping at the first non-RAM section (in QEMU 7.2 precopy every
 RAM section precedes the device sections). Independent of the full decoder so that the RAM tests
@@ -11,8 +14,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from vmig.stream import ram
-from vmig.stream.constants import SectionType
+from vmig.errors import RamError
+from vmig.stream import ram, ramcodec, xbzrle
+from vmig.stream.constants import RamFlag, SectionType
 from vmig.stream.events import RamRecords, SectionEnd, SectionHeader
 
 
@@ -53,3 +57,22 @@ def ram_events(buf: bytes | memoryview, fast: bool = True, batch_bytes: int = ra
         flen = 5 if footer else 0
         yield SectionEnd(pos, flen, sid, footer, start, pos + flen - start)
         pos += flen
+
+
+def apply_page_record(flags: int, payload: bytes | memoryview, page: bytearray, *, offset: int | None = None) -> None:
+    """Apply one page record's payload to ``page`` (the page's current content) in place.
+
+    ``flags`` may include CONTINUE. ZERO: ``payload`` is the one fill byte; PAGE: the page;
+    XBZRLE: the encoded bytes; COMPRESS_PAGE: the zlib bytes.
+    """
+    typ = flags & ~int(RamFlag.CONTINUE)
+    if typ == RamFlag.ZERO:
+        page[:] = bytes((payload[0],)) * len(page)
+    elif typ == RamFlag.PAGE:
+        page[:] = payload
+    elif typ == RamFlag.XBZRLE:
+        xbzrle.apply(payload, page, offset=offset)
+    elif typ == RamFlag.COMPRESS_PAGE:
+        ramcodec.inflate_into(payload, page, offset=offset)
+    else:
+        raise RamError(f"not a page record: flags {flags:#x}", offset=offset)

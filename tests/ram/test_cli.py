@@ -22,7 +22,7 @@ def test_ram_json_on_s1(capsys, tmp_path: Path) -> None:
     assert {k: doc["totals"][k] for k in ("normal", "zero", "xbzrle", "compressed")} == {
         "normal": 49, "zero": 131153, "xbzrle": 0, "compressed": 0}
     assert doc["totals"]["bytes"] == sum(b["bytes"] for b in doc["blocks"])
-    assert len(doc["passes"]) == 2
+    assert len(doc["sections"]) == 2
 
 
 def test_ram_text_and_lz4_and_stdin(capsys, monkeypatch, tmp_path: Path) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import streamwalk
 import synth
 from test_ramview import qevm_fixtures
 
 from vmig.analysis.extract import extract, machine_layout, safe_relpath
 from vmig.cli import main
-from vmig.stream import ramcodec
 from vmig.stream.decoder import iter_decode
 from vmig.stream.ram import COMPRESS, PAGE, XBZRLE, ZERO
 from vmig.stream.vmdesc import find_trailer
@@ -117,7 +117,7 @@ def _replay(buf: bytes) -> dict[tuple[str, int], bytes]:
         for i in np.flatnonzero(np.isin(types, [ZERO, PAGE, XBZRLE, COMPRESS])).tolist():
             key = (b.blocks[int(b.block[i])].idstr, int(b.addr[i]))
             page = bytearray(content.get(key, bytes(PS)))
-            ramcodec.apply_record(int(b.flags[i]), b.data(i), page)
+            streamwalk.apply_page_record(int(b.flags[i]), b.data(i), page)
             content[key] = bytes(page)
     return content
 

@@ -97,7 +97,7 @@ def test_extract_mapped_ram_file(capture, tmp_path) -> None:
 
 # ---------------------------------------------------------------- the main decoder and commands
 def _events(buf: bytes, chunk: int | None = None) -> list:
-    from vmig.io.streams import new_decoder
+    from vmig.io.decoding import new_decoder
 
     dec = new_decoder()
     if chunk is None:

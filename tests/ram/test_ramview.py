@@ -1,4 +1,4 @@
-"""The RAM view: counts against QEMU's own query-migrate numbers, passes, re-sends, never-sent
+"""The RAM view: counts against QEMU's own query-migrate numbers, sections, re-sends, never-sent
 ranges, last-write map; the fast walker and the scalar walker give the same view."""
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def test_s1_view_matches_the_spec() -> None:
     blocks = {b["idstr"]: b for b in doc["blocks"]}
     assert blocks["pc.ram"]["zero"] == 131072 and blocks["pc.ram"]["never_sent"] == []
     assert blocks["0000:00:02.0/mem0"]["never_sent"] == [[0, 1 << 30]]
-    assert [p["section"] for p in doc["passes"]] == ["part", "end"]
-    assert doc["passes"][0]["totals"]["zero"] == 131153 and doc["passes"][1]["totals"]["bytes"] == 0
+    assert [p["section"] for p in doc["sections"]] == ["part", "end"]
+    assert doc["sections"][0]["totals"]["zero"] == 131153 and doc["sections"][1]["totals"]["bytes"] == 0
     assert list(doc["blocks"][0]) [:3] == ["idstr", "length", "page_size"]
     assert set(KINDS) | {"bytes"} <= set(doc["totals"])
 
@@ -91,7 +91,7 @@ def test_xbzrle_capture_counts_and_resends(xbzrle_capture) -> None:
     assert tot["xbzrle"] > 0
     # every XBZRLE record re-sends a page that was sent before
     assert tot["resent"] >= tot["xbzrle"]
-    assert len(view.passes) >= 3
+    assert len(view.sections) >= 3
     pc = view.blocks["pc.ram"]
     assert np.count_nonzero(pc.last_kind == KINDS.index("xbzrle")) > 0
 

@@ -134,8 +134,6 @@ def test_encode_matches_reference_and_roundtrips(pair: tuple[bytes, bytes]) -> N
 def _replay(buf: bytes):
     """Yield (type, previous content, new content, payload) per page record, as the destination
     applies them."""
-    from vmig.stream import ramcodec
-
     content: dict[tuple[int, int], bytes] = {}
     for ev in streamwalk.ram_events(buf):
         if type(ev).__name__ != "RamRecords":
@@ -146,7 +144,7 @@ def _replay(buf: bytes):
             key = (int(b.block[i]), int(b.addr[i]))
             prev = content.get(key, bytes(PS))
             page = bytearray(prev)
-            ramcodec.apply_record(int(b.flags[i]), b.data(i), page, offset=int(b.data_offset[i]))
+            streamwalk.apply_page_record(int(b.flags[i]), b.data(i), page, offset=int(b.data_offset[i]))
             content[key] = bytes(page)
             yield int(types[i]), prev, bytes(page), bytes(b.data(i))
 

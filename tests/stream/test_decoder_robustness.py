@@ -198,20 +198,18 @@ def test_odd_idstr_bytes_roundtrip():
 
     def measure(view, version):
         if len(view) < 4:
-            raise TruncatedError("short")
+            raise NeedMoreInput("short")
         return 4
 
-    from vmig.stream.layout import _LAYOUTS, LayoutResolver, register_layout
+    from vmig.stream.inbuf import NeedMoreInput
+    from vmig.stream.layout import LayoutResolver
 
-    register_layout(idstr.decode("latin-1").rsplit("/", 1)[-1], measure)
-    try:
-        evs = decode(data)
-        assert encode(evs) == data
-        assert evs[2].idstr == idstr.decode("latin-1")
-    finally:
-        _LAYOUTS.pop(idstr.decode("latin-1").rsplit("/", 1)[-1])
+    table = {idstr.decode("latin-1").rsplit("/", 1)[-1]: measure}
+    evs = decode(data, layout=LayoutResolver(layouts=table))
+    assert encode(evs) == data
+    assert evs[2].idstr == idstr.decode("latin-1")
     with pytest.raises(StreamError, match="no description"):
-        decode(data, layout=LayoutResolver(builtins=False))
+        decode(data, layout=LayoutResolver(layouts={}))
 
 
 def test_unknown_record_type_and_stray_bytes():

@@ -8,8 +8,9 @@ import struct
 import pytest
 import streambuild as sb
 
-from vmig.errors import StreamError, TruncatedError
+from vmig.errors import StreamError
 from vmig.stream import DeviceState, decode, encode
+from vmig.stream.inbuf import NeedMoreInput
 from vmig.stream.layout import measure_block, measure_dirty_bitmap
 
 BLK = (struct.pack(">Q", (0 << 9) | 0x01) + sb.counted(b"drive0") + b"\xaa" * (1 << 20)
@@ -33,9 +34,9 @@ def test_block_and_dirty_bitmap_sections_roundtrip():
 
 
 def test_measures_need_data_and_reject_garbage():
-    with pytest.raises(TruncatedError):
+    with pytest.raises(NeedMoreInput):
         measure_block(memoryview(BLK[:100]), 1)
-    with pytest.raises(TruncatedError):
+    with pytest.raises(NeedMoreInput):
         measure_dirty_bitmap(memoryview(DBM_PART[:-1]), 1)
     with pytest.raises(StreamError, match="unknown block migration flags"):
         measure_block(memoryview(struct.pack(">Q", 0x10)), 1)

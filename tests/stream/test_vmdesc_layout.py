@@ -8,9 +8,10 @@ import struct
 import pytest
 import streambuild as sb
 
-from vmig.errors import SchemaError, TruncatedError
+from vmig.errors import SchemaError
 from vmig.stream import DeviceState, VmDescription, decode, encode, find_trailer
-from vmig.stream.layout import _LAYOUTS, LayoutResolver, register_layout
+from vmig.stream.inbuf import NeedMoreInput
+from vmig.stream.layout import LayoutResolver
 from vmig.stream.vmdesc import JsonObject, parse_json
 
 S1 = sb.s1()
@@ -85,24 +86,21 @@ def test_desc_from_wrong_size_is_rejected_by_next_byte_check():
     assert "bad.json says 23 bytes" in str(ei.value)
 
 
-def test_registered_layout_used_after_descriptions():
+def test_layout_table_used_after_descriptions():
     data = sb.header() + sb.config() + sb.full(3, b"0000:00:03.0/my-dev", ver=2) + b"\x00\x02ab" + sb.footer(3) + b"\x00"
     seen = []
 
     def measure(view, version_id):
         seen.append(version_id)
         if len(view) < 2:
-            raise TruncatedError("need the length prefix")
+            raise NeedMoreInput("the length prefix")
         return 2 + struct.unpack(">H", bytes(view[:2]))[0]
 
-    register_layout("my-dev", measure)
-    try:
-        evs = decode(data)
-        assert encode(evs) == data
-        dev = [e for e in evs if isinstance(e, DeviceState)][0]
-        assert bytes(dev.payload) == b"\x00\x02ab" and seen[-1] == 2
-        res = LayoutResolver()
-        assert res.has_layout("0000:00:03.0/my-dev", 0, full=True)
-        assert not LayoutResolver(builtins=False).has_layout("0000:00:03.0/my-dev", 0, full=True)
-    finally:
-        _LAYOUTS.pop("my-dev")
+    table = {"my-dev": measure}
+    evs = decode(data, layout=LayoutResolver(layouts=table))
+    assert encode(evs) == data
+    dev = [e for e in evs if isinstance(e, DeviceState)][0]
+    assert bytes(dev.payload) == b"\x00\x02ab" and seen[-1] == 2
+    assert LayoutResolver(layouts=table).has_layout("0000:00:03.0/my-dev", 0, full=True)
+    assert not LayoutResolver().has_layout("0000:00:03.0/my-dev", 0, full=True)
+    assert not LayoutResolver(layouts={}).has_layout("0000:00:03.0/my-dev", 0, full=True)

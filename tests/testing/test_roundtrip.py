@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vmig.analysis.edit import edit_device_state, set_virtio_mem_plugged
 from vmig.errors import UsageError
 from vmig.stream import DeviceState
 from vmig.testing import fixtures, roundtrip
@@ -14,9 +15,7 @@ from vmig.testing.pytest_plugin import qemu_loader, vmig_roundtrip  # noqa: F401
 from vmig.testing.roundtrip import (
     assert_roundtrip,
     describe_mismatch,
-    edit_device_state,
     memory_devices,
-    set_virtio_mem_plugged,
 )
 from vmig.vmstate import virtio_mem as vm
 
@@ -149,9 +148,9 @@ def test_set_virtio_mem_plugged_on_one_of_two_devices() -> None:
     new = set_virtio_mem_plugged(data, [7], device="0000:00:02.0")
     by_path = {d.path: d for d in _collect(new)}
     old = {d.path: d for d in _collect(data)}
-    assert np.flatnonzero(by_path["0000:00:02.0"].bitmap).tolist() == [7]
-    assert by_path["0000:00:02.0"].size == by_path["0000:00:02.0"].block_size
-    assert np.array_equal(by_path["0000:00:01.0"].bitmap, old["0000:00:01.0"].bitmap)
+    assert np.flatnonzero(by_path["0000:00:02.0"].device.bitmap).tolist() == [7]
+    assert by_path["0000:00:02.0"].device.size == by_path["0000:00:02.0"].device.block_size
+    assert np.array_equal(by_path["0000:00:01.0"].device.bitmap, old["0000:00:01.0"].device.bitmap)
 
 
 def _collect(data: bytes) -> list:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmig.analysis.virtio_mem import edit_virtio_mem_stream
+from vmig.analysis.edit import edit_virtio_mem
 from vmig.cli import main
 from vmig.testing import fixtures
 
@@ -34,7 +34,7 @@ def _plugged(data: bytes) -> tuple[np.ndarray, int]:
         out["bits"] = s.device.bitmap.copy()
         out["usable"] = s.device.usable_region_size
 
-    edit_virtio_mem_stream(data, grab)
+    edit_virtio_mem(data, grab)
     return out["bits"], out["usable"]
 
 
@@ -53,7 +53,7 @@ def test_pages_in_unplugged_block_accepted(guest: bytes, tmp_path: Path, capsys)
         s.device.bitmap[last] = False
         s.device.size -= BS
 
-    edited = edit_virtio_mem_stream(guest, unplug_last)
+    edited = edit_virtio_mem(guest, unplug_last)
     assert main(["check", _write(tmp_path, edited)]) == 0
     assert "unplugged block" not in capsys.readouterr().err
 
@@ -62,7 +62,7 @@ def test_size_mismatch_flagged(guest: bytes, tmp_path: Path, capsys) -> None:
     def bump(s):  # noqa: ANN001
         s.device.size += BS
 
-    assert main(["check", _write(tmp_path, edit_virtio_mem_stream(guest, bump))]) == 1
+    assert main(["check", _write(tmp_path, edit_virtio_mem(guest, bump))]) == 1
     assert "plugged blocks x block-size" in capsys.readouterr().err
 
 
@@ -74,7 +74,7 @@ def test_plugged_beyond_usable_flagged(tmp_path: Path, capsys) -> None:
         s.device.bitmap[300] = True
         s.device.size = BS
 
-    assert main(["check", _write(tmp_path, edit_virtio_mem_stream(data, plug_far))]) == 1
+    assert main(["check", _write(tmp_path, edit_virtio_mem(data, plug_far))]) == 1
     err = capsys.readouterr().err
     assert "beyond the usable region" in err and "block 300" in err
 

@@ -67,6 +67,21 @@ def test_info_id_mapping(name: str, capsys: pytest.CaptureFixture[str]) -> None:
         argv += ["--id", a]
     assert main(argv) == 0
     assert capsys.readouterr().out == man["hmp-info-memory-devices"].replace("\r\n", "\n")
+    # QMP with the ids: QEMU's entries, keys in the order QEMU printed them
+    assert main([*argv, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == man["query-memory-devices"]
+    assert [list(e["data"]) for e in got] == [list(e["data"]) for e in man["query-memory-devices"]]
+
+
+def test_info_id_with_unknown_path_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """An --id naming no device of the stream is refused (exit 2), naming the paths there are."""
+    argv = ["info", "memory-devices", str(fixtures.path("q35-numa")), "--id", "0000:00:09.0=vm9"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert "'0000:00:09.0'" in err and "0000:00:01.0, 0000:00:02.0" in err
 
 
 @pytest.mark.parametrize("name", _NO_TRAILER)
@@ -74,12 +89,13 @@ def test_no_trailer_decodes_from_bundled_sets(name: str) -> None:
     """No trailer, no --desc-from: every FULL section (also inside PACKAGED) is walked with the
     bundled schema set of the stream's machine type, and the virtio-mem state equals QMP's."""
     from vmig.analysis.virtio_mem import MemoryDeviceCollector, qmp_list
+    from vmig.io.decoding import new_decoder
     from vmig.stream.events import Command, DeviceState, SectionHeader
-    from vmig.vmstate.machines import decoder_with_schema_sets, find_trailer
+    from vmig.stream.vmdesc import find_trailer
 
     data = fixtures.load(name)
     assert find_trailer(data) is None, "fixture unexpectedly has a trailer"
-    dec = decoder_with_schema_sets()
+    dec = new_decoder(name=None)
     dec.receive_data(data)
     dec.receive_data(b"")
     events = list(dec.events())
@@ -116,8 +132,8 @@ def test_check_clean_fixture(name: str, capsys: pytest.CaptureFixture[str]) -> N
     assert devs and all(d.ramblock is not None for d in devs)
     for d in devs:
         # QEMU sends pages only for plugged blocks (and, precopy, for every plugged block)
-        bits = d.bitmap
-        blocks = set((d.pages() // d.block_size).tolist())
+        bits = d.device.bitmap
+        blocks = set((d.pages() // d.device.block_size).tolist())
         assert blocks <= set(map(int, bits.nonzero()[0]))
 
 
@@ -127,8 +143,8 @@ def _page_block_ranges(name: str) -> list[tuple[int, int]]:
     import numpy as np
 
     from vmig.io.streams import iter_events
+    from vmig.runs import true_runs
     from vmig.stream.events import RamRecords
-    from vmig.vmstate.virtio_mem import plugged_ranges
 
     bs = fixtures.manifest(name)["query-memory-devices"][0]["data"]["block-size"]
     blocks: set[int] = set()
@@ -142,7 +158,7 @@ def _page_block_ranges(name: str) -> list[tuple[int, int]]:
     nblocks = fixtures.manifest(name)["query-memory-devices"][0]["data"]["max-size"] // bs
     bits = np.zeros(nblocks, dtype=bool)
     bits[sorted(blocks)] = True
-    return plugged_ranges(bits)
+    return true_runs(bits)
 
 
 def test_map_ranges_match_ram_pages(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import pytest
 
 from vmig.errors import SchemaError
+from vmig.io.decoding import make_layout, new_decoder
 from vmig.stream.decoder import decode
 from vmig.stream.events import DeviceState
+from vmig.stream.inbuf import NeedMoreInput
+from vmig.stream.vmdesc import find_trailer
 from vmig.testing import fixtures
 from vmig.vmstate.machines import (
     available_machines,
-    decoder_with_schema_sets,
-    find_trailer,
     load_schema_set,
     walk_ends,
 )
@@ -29,7 +30,7 @@ def _sections(events) -> list[tuple[str, int, int, int]]:  # noqa: ANN001
 
 
 def _decode_with_sets(data: bytes):  # noqa: ANN202
-    dec = decoder_with_schema_sets()
+    dec = new_decoder(name=None)
     dec.receive_data(data)
     dec.receive_data(b"")
     return list(dec.events())
@@ -134,7 +135,8 @@ def test_booted_guest_with_other_cpu_counts_walks_without_trailer(qemu_bin, lab_
     has one element per possible CPU (maxcpus), and any count must walk: a real capture of a
     3-CPU pc guest and of a q35 guest with 2 CPUs out of 6 possible, trailer stripped, frames
     exactly as with its trailer."""
-    from vmig.testing.qemu import GUEST_READY, Qemu, guest_args, wait_for_text
+    from vmig.testing.guest import GUEST_READY, guest_args
+    from vmig.testing.qemu import Qemu, wait_for_text
 
     argv = ["-machine", machine, "-accel", "tcg", "-m", "512M,maxmem=4G", "-smp", smp,
             "-nodefaults", "-display", "none", "-object", "memory-backend-ram,id=mem0,size=1G",
@@ -160,7 +162,6 @@ def test_early_virtio_mem_section_is_measured_or_waits_for_bytes() -> None:
     (no trailer needed); a payload not all here yet asks for more bytes."""
     from vmig.device.cmdline import machine_from_argv
     from vmig.device.sections import encode_early
-    from vmig.vmstate.machines import NeedMoreData, measure_builtin
 
     m = machine_from_argv(["-machine", "pc-i440fx-8.0", "-m", "512M,maxmem=4G",
                            "-object", "memory-backend-ram,id=mem0,size=1G",
@@ -168,7 +169,13 @@ def test_early_virtio_mem_section_is_measured_or_waits_for_bytes() -> None:
                           qemu_version="10.0")
     payload = encode_early(m.devices[0])
     idstr = "0000:00:02.0/virtio-mem-device-early"
-    assert measure_builtin(idstr, payload + b"\x7e") == len(payload) == 36 + 512 // 64 * 8
+    layout = make_layout(schema_sets=False)
+
+    def measure(buf: bytes, at_eof: bool) -> int | None:
+        return layout.measure(memoryview(buf), idstr=idstr, instance_id=0, version_id=1,
+                              section_id=5, full=True, at_eof=at_eof)
+
+    assert measure(payload + b"\x7e", True) == len(payload) == 36 + 512 // 64 * 8
     for cut in (10, 35, len(payload) - 1):
-        with pytest.raises(NeedMoreData):
-            measure_builtin(idstr, payload[:cut])
+        with pytest.raises(NeedMoreInput):
+            measure(payload[:cut], False)

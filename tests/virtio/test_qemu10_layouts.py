@@ -14,7 +14,8 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
-from vmig.analysis.virtio_mem import VirtioMemDevice, hmp_text
+from vmig.analysis.virtio_mem import StreamDevice, hmp_text
+from vmig.device.virtio_mem import VirtioMem
 from vmig.vmstate import virtio_mem as vm
 from vmig.vmstate.pci import PCI_CAP_ID_MSIX, pci_capabilities, pci_layout
 
@@ -49,21 +50,21 @@ def test_layout_and_roundtrip(name: str) -> None:
         assert len(state.msix.table) == 32 and len(state.msix.pba) == 1
         assert all("vector" in q for q in state.queues)
     assert [q.num for q in state.queues] == [1024]  # 10.0: queue size 1024 for every machine
-    dev = VirtioMemDevice(path="0000:00:02.0", state=state)
+    sec = vm.VirtioMemSection("0000:00:02.0", late, state)
     if newer:
         assert set(state.device) == {"usable_region_size", "requested_size"}
         early = secs["virtio-mem-device-early"]
         e = vm.decode_early(early)
         assert vm.encode_early(e) == early
         assert vm.early_payload_length(early + b"\x00\x00") == len(early)
-        dev.early = e
+        sec.early = e
     else:
         assert "tmp" in state.device
     want = doc["query-memory-devices"][0]["data"]
-    assert (dev.memaddr, dev.node, dev.requested_size, dev.size, dev.region_size, dev.block_size) == (
+    # HMP text, given the id and memdev QEMU showed
+    dev = VirtioMem.from_section(sec, memdev_id=want["memdev"].rsplit("/", 1)[1])
+    assert (dev.addr, dev.node, dev.requested_size, dev.size, dev.region_size, dev.block_size) == (
         want["memaddr"], want["node"], want["requested-size"], want["size"], want["max-size"],
         want["block-size"])
     assert int(dev.bitmap.sum()) * dev.block_size == dev.size
-    # HMP text, given the id and memdev QEMU showed
-    dev.ramblock = "0000:00:02.0/" + want["memdev"].rsplit("/", 1)[1]
-    assert hmp_text([dev], {dev.path: want["id"]}) == doc["hmp"].replace("\r\n", "\n")
+    assert hmp_text([StreamDevice(sec, dev)], {sec.dev_path: want["id"]}) == doc["hmp"].replace("\r\n", "\n")

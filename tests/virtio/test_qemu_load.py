@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmig.analysis.virtio_mem import edit_virtio_mem_stream, iter_stream_events
+from vmig.analysis.edit import edit_virtio_mem
+from vmig.analysis.virtio_mem import iter_stream_events
 from vmig.checks.virtio_mem import VirtioMemChecker
 from vmig.testing import fixtures
 from vmig.testing.qemu import load_stream, require_qemu
@@ -41,7 +42,7 @@ def test_plug_edit_loads(tmp_path: Path) -> None:
         s.device.bitmap = bits
         s.device.size = 12 * BS
 
-    edited = edit_virtio_mem_stream(data, plug)
+    edited = edit_virtio_mem(data, plug)
     assert edited != data and len(edited) == len(data)
     res = load_stream(_args("pc-paused", tmp_path), edited, workdir=tmp_path)
     assert res.ok, res.stderr
@@ -61,7 +62,7 @@ def test_unplug_edit_loads(tmp_path: Path) -> None:
         s.device.bitmap[idx[-10:]] = False
         s.device.size -= 10 * BS
 
-    edited = edit_virtio_mem_stream(data, unplug)
+    edited = edit_virtio_mem(data, unplug)
     res = load_stream(_args("pc-guest", tmp_path), edited, workdir=tmp_path)
     assert res.ok, res.stderr
     assert _sizes(res) == [seen["before"] - 10 * BS]

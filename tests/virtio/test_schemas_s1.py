@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmig.errors import SchemaError
+from vmig.runs import true_runs
 from vmig.testing import fixtures
 from vmig.vmstate import virtio_mem as vm
 from vmig.vmstate.pci import pci_capabilities, pci_layout
@@ -83,7 +84,7 @@ def test_edited_bitmap_and_size(payload: bytes) -> None:
     assert out[dev + 44 : dev + 52] == payload[dev + 44 : dev + 52]
     assert out[dev + 68 :] == payload[dev + 68 :]
     again = vm.decode_virtio_mem(out)
-    assert vm.plugged_ranges(again.device.bitmap) == [(0, 1), (65, 66)]
+    assert true_runs(again.device.bitmap) == [(0, 1), (65, 66)]
 
 
 def test_padding_bits_roundtrip(payload: bytes) -> None:
@@ -99,7 +100,7 @@ def test_padding_bits_roundtrip(payload: bytes) -> None:
     raw += payload[dev + 52 + 64 :]
     s = vm.decode_virtio_mem(bytes(raw))
     assert len(s.device.bitmap) == 100
-    assert vm.plugged_ranges(s.device.bitmap) == [(0, 16), (64, 65)]
+    assert true_runs(s.device.bitmap) == [(0, 16), (64, 65)]
     assert s.device.bitmap_padding == 0xF000000000000000
     assert vm.encode_virtio_mem(s) == bytes(raw)
 
@@ -137,7 +138,7 @@ def test_early_layout_synthetic(payload: bytes) -> None:
     words = (3).to_bytes(8, "big") + bytes(56)
     early = tmp + (4 << 20).to_bytes(8, "big") + words
     e = vm.decode_early(early)
-    assert e.size == 4 << 20 and vm.plugged_ranges(e.bitmap) == [(0, 2)]
+    assert e.size == 4 << 20 and true_runs(e.bitmap) == [(0, 2)]
     assert vm.encode_early(e) == early
     assert vm.early_payload_length(early + b"junk") == len(early)
     # late layout: device part is usable_region_size + requested_size only
@@ -159,7 +160,7 @@ def test_bitmap_helpers_roundtrip(bits: list[bool]) -> None:
         assert bool(int(words[k // 64]) >> (k % 64) & 1) == b
     assert np.array_equal(vm.bitmap_to_bool(words, len(bits)), arr)
     assert np.array_equal(vm.bitmap_to_bool(vm.words_to_wire(words), len(bits)), arr)
-    ranges = vm.plugged_ranges(arr)
+    ranges = true_runs(arr)
     assert np.array_equal(vm.ranges_to_bool(ranges, len(bits)), arr)
     assert sum(e - s for s, e in ranges) == int(arr.sum())
 

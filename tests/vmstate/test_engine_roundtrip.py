@@ -13,8 +13,9 @@ import pytest
 from vmstate_streams import S1, decoded, stream_names
 
 from vmig.errors import SchemaError
+from vmig.stream.vmdesc import VmDescription
 from vmig.testing import fixtures
-from vmig.vmstate.engine import SchemaSet, described_length
+from vmig.vmstate.engine import SchemaSet
 
 
 @pytest.mark.parametrize("name", stream_names())
@@ -31,7 +32,7 @@ def test_every_full_section_round_trips(name: str) -> None:
         assert owner is not None, f"{name}: {ev.idstr} {ev.instance_id} not described"
         entry = owner.device(ev.idstr, ev.instance_id)
         payload = bytes(ev.payload)
-        assert described_length(entry) == len(payload)
+        assert VmDescription.payload_length(entry) == len(payload)
         for sets in (with_codecs, plain):
             schema = sets[id(owner.root)].build(entry)
             values = schema.decode(payload, offset=ev.offset)

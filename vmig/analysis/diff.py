@@ -1,9 +1,24 @@
 """Compare two migration streams: configuration, sections, decoded device state, guest RAM.
 
 What a person debugging a failed migration asks of two captures (source vs. re-capture, QEMU
-version A vs. B, before vs. after an edit): which sections exist in only one, which device
-fields differ (decoded through the streams' descriptions, vmig's bundled schema sets, or as
-bytes), and which guest pages end up different.
+version A vs. B, precopy vs. postcopy, before vs. after an edit): which sections exist in only
+one, which device fields differ (decoded through the streams' descriptions, vmig's bundled
+schema sets, or as bytes), and which guest pages end up different.
+
+Device state is compared semantically, as QEMU's destination would load it:
+
+* a section is keyed by ``idstr[instance]`` wherever it travels (top level, or inside
+  postcopy's PACKAGED command), so a precopy and a postcopy capture compare field by field;
+* a virtio-mem device's early section (8.0+ machine types: ``tmp``, ``size``, ``bitmap``) is
+  merged into its late section's ``device`` state, where 7.2 machine types carry them, so the
+  same device compares equal across machine types;
+* a bitmap is one value: its set ranges ``[[start, end), ...]`` (virtio-mem: block indices);
+* integers print as hex, as QEMU's analyze-migration.py prints vmstate integers.
+
+Every difference is a :class:`Difference` ``(kind, path, a, b)`` with JSON values (None where
+absent): ``config`` (configuration record), ``section`` (version of a section, None = absent;
+also RAMBlocks present in one stream), ``field`` (``section.path.to.field``), ``ram`` (a range
+of guest pages whose final contents differ).
 
 RAM is compared on the final content a destination would hold (last write wins, a page never
 sent reads as zero), through a 64-bit digest per page: a weighted sum of the page's 64-bit words
@@ -17,21 +32,23 @@ Library: :func:`diff_events` takes two event iterables (``vmig.io.streams.iter_e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import fnmatch
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag
+from vmig.stream.events import RamRecords
 
-__all__ = ["PageDigests", "DiffResult", "diff_events"]
+__all__ = ["PageDigests", "Difference", "DiffResult", "diff_events"]
 
 _CONT = int(RamFlag.CONTINUE)
 _ZERO, _PAGE, _XBZRLE, _COMPRESS = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE),
                                     int(RamFlag.COMPRESS_PAGE))
-MAX_FIELDS = 20  # differing fields listed per section
-MAX_RANGES = 10  # differing page ranges listed per block
+MAX_LISTED = 40  # text output: differences listed without --all
 
 
 class PageDigests:
@@ -117,61 +134,98 @@ class PageDigests:
                 unc[pages] = True
 
 
+@dataclass(frozen=True)
+class Difference:
+    """One difference: ``kind`` (config, section, field, ram), ``path``, values in A and B
+    (JSON values; None where absent). ``ram`` entries give the byte range ``[start, end)`` as
+    ``path`` ``block[start, end)`` and the number of pages of that range with non-zero content
+    in each stream as ``a``/``b``."""
+
+    kind: str
+    path: str
+    a: Any
+    b: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path, "a": self.a, "b": self.b}
+
+    def text(self) -> str:
+        if self.kind == "section":
+            if self.a is None or self.b is None:
+                return f"only in {'A' if self.b is None else 'B'}: {self.path}"
+            return f"{self.path}: section version {self.a} -> {self.b}"
+        if self.kind == "ram":
+            if isinstance(self.a, dict) or isinstance(self.b, dict):
+                return f"ram {self.path}: {_text(self.a)} -> {_text(self.b)}"
+            return f"ram {self.path}: contents differ (non-zero pages: A {self.a}, B {self.b})"
+        return f"{self.path}: {_text(self.a)} -> {_text(self.b)}"
+
+
+def _text(v: Any) -> str:
+    """A value as the text report prints it: integers in hex, ranges as ``[a, b)``."""
+    if v is None:
+        return "<absent>"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return f"{v:#x}"
+    if isinstance(v, list) and all(isinstance(r, list) and len(r) == 2 for r in v):
+        return "[" + ", ".join(f"[{a}, {b})" for a, b in v) + "]" if v else "[] (none set)"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_text(x)}" for k, x in v.items()) + "}"
+    s = str(v) if isinstance(v, str) else repr(v)
+    return s if len(s) <= 100 else s[:97] + "..."
+
+
 @dataclass
 class DiffResult:
     """What differs; ``same`` when nothing does."""
 
-    configuration: list[str] = field(default_factory=list)
-    only_a: list[str] = field(default_factory=list)
-    only_b: list[str] = field(default_factory=list)
-    devices: dict[str, list[str]] = field(default_factory=dict)  # section -> differing fields
-    ram: dict[str, dict[str, Any]] = field(default_factory=dict)  # block -> summary
+    differences: list[Difference] = field(default_factory=list)
+    not_compared: dict[str, int] = field(default_factory=dict)  # block -> XBZRLE/zlib pages
     sections_compared: int = 0
 
     @property
     def same(self) -> bool:
-        return not (self.configuration or self.only_a or self.only_b or self.devices or self.ram)
+        return not self.differences
 
     def to_json(self) -> dict[str, Any]:
-        return {"same": self.same, "configuration": self.configuration, "only_in_a": self.only_a,
-                "only_in_b": self.only_b, "devices": self.devices, "ram": self.ram,
-                "sections_compared": self.sections_compared}
+        return {"same": self.same, "differences": [d.to_json() for d in self.differences],
+                "sections_compared": self.sections_compared, "not_compared": self.not_compared}
 
-    def render(self) -> str:
-        """The text report (``vmig diff``)."""
-        if self.same:
-            return f"same: {self.sections_compared} sections and all RAM pages equal\n"
+    def render(self, *, all: bool = False) -> str:
+        """The text report (``vmig diff``); at most :data:`MAX_LISTED` lines unless ``all``."""
         out: list[str] = []
-        out += [f"configuration: {c}" for c in self.configuration]
-        out += [f"only in A: {s}" for s in self.only_a]
-        out += [f"only in B: {s}" for s in self.only_b]
-        for sec, fields in self.devices.items():
-            out.append(f"{sec}: {len(fields)} difference(s)" if fields else f"{sec}: differs")
-            out += [f"  {f}" for f in fields[:MAX_FIELDS]]
-            if len(fields) > MAX_FIELDS:
-                out.append(f"  ... {len(fields) - MAX_FIELDS} more")
-        for blk, s in self.ram.items():
-            if "length" in s:
-                out.append(f"ram {blk}: used length {s['length'][0]:#x} in A, {s['length'][1]:#x} in B")
-            if s.get("pages"):
-                rs = ", ".join(f"[{a:#x}, {z:#x})" for a, z in s["ranges"][:MAX_RANGES])
-                more = f" ... {len(s['ranges']) - MAX_RANGES} more ranges" if len(s["ranges"]) > MAX_RANGES else ""
-                out.append(f"ram {blk}: {s['pages']} page(s) differ: {rs}{more}")
-            if s.get("not_compared"):
-                out.append(f"ram {blk}: {s['not_compared']} page(s) not compared (XBZRLE/zlib)")
+        if self.same:
+            out.append(f"same: {self.sections_compared} sections and all RAM pages equal")
+        shown = self.differences if all else self.differences[:MAX_LISTED]
+        out += [d.text() for d in shown]
+        if len(shown) < len(self.differences):
+            out.append(f"... {len(self.differences) - len(shown)} more differences (--all lists them)")
+        out += [f"ram {blk}: {n} page(s) not compared (XBZRLE/zlib)" for blk, n in self.not_compared.items()]
         return "\n".join(out) + "\n"
 
 
 def _tap(events: Iterable[Any], digests: PageDigests) -> Iterator[Any]:
     for ev in events:
-        if type(ev).__name__ == "RamRecords":
+        if isinstance(ev, RamRecords):
             digests.feed(ev.batch)
         yield ev
 
 
+def _is_bitmap(value: dict[str, Any]) -> bool:
+    return "ranges" in value and "bits" in value
+
+
 def _leaves(value: Any, path: str, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
+        if _is_bitmap(value):  # one value: the set ranges (and the size apart)
+            out[path] = [list(r) for r in value["ranges"]]
+            out[f"{path}.bits"] = value["bits"]
+            return
         for k, v in value.items():
+            if k in ("type", "size") and "decoded" in value:
+                continue  # the payload's type and byte count: the decoded fields say what differs
             _leaves(v, f"{path}.{k}" if path else str(k), out)
     elif isinstance(value, list):
         for i, v in enumerate(value):
@@ -180,29 +234,53 @@ def _leaves(value: Any, path: str, out: dict[str, Any]) -> None:
         out[path] = value
 
 
-def _short(v: Any) -> str:
-    s = repr(v) if not isinstance(v, str) else v
-    return s if len(s) <= 80 else s[:77] + "..."
+_EARLY = "/virtio-mem-device-early"
+_LATE = "/virtio-mem"
 
 
 def _sections(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Sections by ``idstr[instance]`` (packaged or not), virtio-mem early state merged into
+    the late section's ``device`` (where 7.2 machine types carry it)."""
     out: dict[str, dict[str, Any]] = {}
+    early: dict[str, dict[str, Any]] = {}
     for s in doc["sections"]:
-        key = f"{s['idstr']}[{s['instance_id']}]" + (" (packaged)" if s.get("packaged") else "")
-        out[key] = s
+        if s["idstr"].endswith(_EARLY) and s.get("state") is not None:
+            early[s["idstr"][: -len(_EARLY)] + f"[{s['instance_id']}]"] = s
+            continue
+        out[f"{s['idstr']}[{s['instance_id']}]"] = s
+    for prefix, e in early.items():
+        late = out.get(prefix.replace("[", _LATE + "[", 1))
+        device = _virtio_device(late)
+        if device is None:
+            out[f"{e['idstr']}[{e['instance_id']}]"] = e  # no late section to merge into
+            continue
+        state = e["state"]
+        device.update({k: state[k] for k in ("tmp", "size", "bitmap") if k in state})
     return out
 
 
-def _ranges(mask: np.ndarray, ps: int) -> list[tuple[int, int]]:
-    idx = np.flatnonzero(mask)
-    if len(idx) == 0:
-        return []
-    cut = np.flatnonzero(np.diff(idx) != 1) + 1
-    return [(int(r[0]) * ps, (int(r[-1]) + 1) * ps) for r in np.split(idx, cut)]
+def _virtio_device(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    try:
+        device = section["state"]["virtio"]["decoded"]["device"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None
+    return device if isinstance(device, dict) else None
 
 
-def diff_events(a: Iterable[Any], b: Iterable[Any], *, desc_from: Any = None) -> DiffResult:
+def _ignored(path: str, patterns: Sequence[str]) -> bool:
+    """``path`` equals a pattern, lies under it (``sec.field`` under ``sec``) or matches it with
+    ``*`` and ``?`` as wildcards (brackets are literal: paths have ``[index]``)."""
+    return any(path == p or path.startswith(p + ".") or path.startswith(p + "[")
+               or fnmatch.fnmatchcase(path, p.replace("[", "[[]")) for p in patterns)
+
+
+def diff_events(a: Iterable[Any], b: Iterable[Any], *, desc_from: Any = None,
+                ignore: Sequence[str] = ()) -> DiffResult:
     """Compare two decoded streams (each event iterable is consumed once).
+
+    Args:
+        ignore: paths (or shell globs) whose differences are left out (a section, a field,
+            ``configuration.uuid``, a RAMBlock).
 
     Raises:
         StreamError / SchemaError: a stream is invalid (from the decoder or a device layout).
@@ -212,46 +290,49 @@ def diff_events(a: Iterable[Any], b: Iterable[Any], *, desc_from: Any = None) ->
     da, db = PageDigests(), PageDigests()
     doc_a = vmig_json.analyze(_tap(a, da), desc_from=desc_from)
     doc_b = vmig_json.analyze(_tap(b, db), desc_from=desc_from)
-    res = DiffResult()
+    diffs: list[Difference] = []
     ca, cb = doc_a["configuration"] or {}, doc_b["configuration"] or {}
     for k in ("name", "target_page_bits", "capabilities", "uuid", "subsections"):
         if ca.get(k) != cb.get(k):
-            res.configuration.append(f"{k}: {_short(ca.get(k))} -> {_short(cb.get(k))}")
+            diffs.append(Difference("config", f"configuration.{k}", ca.get(k), cb.get(k)))
     sa, sb = _sections(doc_a), _sections(doc_b)
-    res.only_a = [k for k in sa if k not in sb]
-    res.only_b = [k for k in sb if k not in sa]
-    for key in (k for k in sa if k in sb):
-        x, y = sa[key], sb[key]
+    res = DiffResult()
+    for key in dict.fromkeys([*sa, *sb]):
+        x, y = sa.get(key), sb.get(key)
+        if x is None or y is None:
+            diffs.append(Difference("section", key, x and x.get("version_id"), y and y.get("version_id")))
+            continue
         res.sections_compared += 1
+        if x.get("version_id") != y.get("version_id"):
+            diffs.append(Difference("section", key, x.get("version_id"), y.get("version_id")))
         if x.get("kind") != "device" or y.get("kind") != "device":
             continue
         fx: dict[str, Any] = {}
         fy: dict[str, Any] = {}
-        _leaves(x.get("state") if x.get("state") is not None else {"hex": x.get("hex")}, "", fx)
-        _leaves(y.get("state") if y.get("state") is not None else {"hex": y.get("hex")}, "", fy)
-        fields = [f"{p}: {_short(fx.get(p, '<absent>'))} -> {_short(fy.get(p, '<absent>'))}"
-                  for p in dict.fromkeys([*fx, *fy]) if fx.get(p, "<absent>") != fy.get(p, "<absent>")]
-        if x.get("version_id") != y.get("version_id"):
-            fields.insert(0, f"section version: {x.get('version_id')} -> {y.get('version_id')}")
-        if fields:
-            res.devices[key] = fields
+        _leaves(x.get("state") if x.get("state") is not None else {"hex": x.get("hex")}, key, fx)
+        _leaves(y.get("state") if y.get("state") is not None else {"hex": y.get("hex")}, key, fy)
+        diffs += [Difference("field", p, fx.get(p), fy.get(p))
+                  for p in dict.fromkeys([*fx, *fy]) if fx.get(p) != fy.get(p)]
     ps = da.page_size or db.page_size or 4096
+    zero = da._fill[0] if da._fill is not None else db._fill[0] if db._fill is not None else 0
     for blk in dict.fromkeys([*da.digests, *db.digests]):
         if blk not in da.digests or blk not in db.digests:
-            (res.only_a if blk in da.digests else res.only_b).append(f"RAMBlock {blk}")
+            diffs.append(Difference("section", f"RAMBlock {blk}",
+                                    {"length": da.lengths[blk]} if blk in da.digests else None,
+                                    {"length": db.lengths[blk]} if blk in db.digests else None))
             continue
-        s: dict[str, Any] = {}
         la, lb = da.lengths[blk], db.lengths[blk]
         if la != lb:
-            s["length"] = (la, lb)
+            diffs.append(Difference("ram", blk, {"length": la}, {"length": lb}))
         n = min(len(da.digests[blk]), len(db.digests[blk]))
         unc = da.uncompared[blk][:n] | db.uncompared[blk][:n]
         differ = (da.digests[blk][:n] != db.digests[blk][:n]) & ~unc
-        if differ.any():
-            s["pages"] = int(differ.sum())
-            s["ranges"] = _ranges(differ, ps)
+        for first, stop in true_runs(differ):
+            start, end = first * ps, stop * ps
+            pa, pb = da.digests[blk][first:stop], db.digests[blk][first:stop]
+            diffs.append(Difference("ram", f"{blk}[{start:#x}, {end:#x})",
+                                    int(np.count_nonzero(pa != zero)), int(np.count_nonzero(pb != zero))))
         if unc.any():
-            s["not_compared"] = int(unc.sum())
-        if s:
-            res.ram[blk] = s
+            res.not_compared[blk] = int(unc.sum())
+    res.differences = [d for d in diffs if not _ignored(d.path, ignore)]
     return res

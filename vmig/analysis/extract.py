@@ -18,10 +18,12 @@ Theory of operation:
    inside DIR, with names from :func:`safe_relpath` (no absolute paths, no ``..``, no NUL, no
    over-long components; collisions get a ``~N`` suffix); files are opened with ``O_EXCL`` and
    ``O_NOFOLLOW``. At the end the top-level entries are renamed into DIR (atomic per entry).
-2. Block files are created at their used length with ``ftruncate`` (sparse). PAGE runs that are
-   contiguous in the stream and in the block are gathered with one strided numpy copy and
-   written with one ``pwrite``; ZERO records write nothing unless the page held data before
-   (vmig format) — ``--format qemu`` mimics the script, which never writes a zero fill.
+2. Block files are created at their used length with ``ftruncate`` (sparse). Records are applied
+   by :func:`vmig.stream.ramcodec.apply_batch` (the engine's destination uses the same applier)
+   with :class:`BlockImages` as its page target: a run of PAGE records at consecutive addresses
+   goes out as ``pwritev`` calls whose iovecs point into the input; ZERO records write nothing
+   unless the page held data before (vmig format) — ``--format qemu`` mimics the script, which
+   never writes a zero fill.
 3. Page state needed across records (was this page written?) is one bool per target page.
 """
 
@@ -43,8 +45,9 @@ from typing import Any
 import numpy as np
 
 from vmig.errors import RamError, StreamError, UsageError
-from vmig.stream import ramcodec, xbzrle
-from vmig.stream.constants import RamFlag
+from vmig.runs import true_runs
+from vmig.stream.events import Configuration, DeviceState, RamRecords, VmDescriptionEvent
+from vmig.stream.ramcodec import apply_batch
 
 __all__ = [
     "safe_relpath",
@@ -62,10 +65,7 @@ __all__ = [
 
 _MAX_COMPONENT = 200  # bytes; leaves room for a "~N" suffix under NAME_MAX (255)
 _MAX_PATH = 3000
-_CONT = int(RamFlag.CONTINUE)
 _IOV_MAX = 1024
-_ZERO, _PAGE, _XBZRLE, _COMPRESS = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE),
-                                    int(RamFlag.COMPRESS_PAGE))
 
 
 # ------------------------------------------------------------------------------------ names
@@ -161,6 +161,7 @@ class BlockImages:
         self._map_key: Any = None
         self._map: list[_Block | None] = []
         self.pages_written = 0
+        self._ps = 4096  # the page size of the batch being applied
         # One writer thread: page writes (which release the GIL) overlap with decoding the next
         # batch. FIFO order keeps "last write wins"; reads drain it first; bounded backlog.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmig-extract")
@@ -219,59 +220,32 @@ class BlockImages:
         """Apply one ``RamBatch``'s page records to the files, in record order."""
         if batch.mem_size is not None:
             self.set_blocks(batch.mem_size)
-        n = len(batch)
-        if n == 0:
+        if len(batch) == 0:
             return
-        mapping = self._mapping(batch)
-        ps = batch.page_size
-        types = (batch.flags & np.uint16(0x3FF & ~_CONT)).astype(np.int64)
-        is_page = np.isin(types, (_ZERO, _PAGE, _XBZRLE, _COMPRESS))
-        if not is_page.any():
-            return
-        idx = np.flatnonzero(is_page)
-        t = types[idx]
-        blk = batch.block[idx]
-        # segments of equal (type, block) in record order
-        change = np.flatnonzero((t[1:] != t[:-1]) | (blk[1:] != blk[:-1])) + 1
-        starts = np.concatenate(([0], change))
-        ends = np.concatenate((change, [len(idx)]))
-        raw = np.frombuffer(batch.raw, dtype=np.uint8)
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            rows = idx[s:e]
-            typ = int(t[s])
-            b = mapping[int(blk[s])]
-            assert b is not None
-            if typ == _PAGE:
-                self._pages(b, batch, rows, raw, ps)
-            elif typ == _ZERO:
-                self._zeros(b, batch, rows, raw, ps)
-            else:
-                self._scalar(b, batch, rows, typ, ps)
+        self._mapping(batch)
+        self._ps = batch.page_size
+        apply_batch(batch, self)
 
-    def _pages(self, b: _Block, batch: Any, rows: np.ndarray, raw: np.ndarray, ps: int) -> None:
-        doff = batch.data_offset[rows] - batch.base
-        addr = batch.addr[rows].astype(np.int64)
+    # -- PageTarget (vmig.stream.ramcodec.apply_batch) --------------------------------------------
+    def copy_pages(self, block: Any, addr: int, raw: np.ndarray, offs: np.ndarray) -> None:
+        """A run of consecutive pages: ``pwritev`` calls whose iovecs point into the input (an
+        mmap for files), so the kernel copies every page exactly once."""
+        b, ps = self._open(block.idstr, block.used_length), self._ps
         written = self._written(b, ps)
-        written[addr // ps] = True
-        self.pages_written += len(rows)
-        # runs of consecutive addresses: one pwritev each, the iovecs pointing into the input
-        # (an mmap for files), so the kernel copies every page exactly once
-        brk = np.flatnonzero(np.diff(addr) != ps) + 1
-        rs = np.concatenate(([0], brk)).tolist()
-        re_ = np.concatenate((brk, [len(rows)])).tolist()
-        mv = memoryview(batch.raw)
-        offs = doff.tolist()
-        for a, z in zip(rs, re_):
-            pos = int(addr[a])
-            for c in range(a, z, _IOV_MAX):
-                e = min(z, c + _IOV_MAX)
-                bufs = [mv[o : o + ps] for o in offs[c:e]]
-                self._submit(_pwritev_all, b.fd, bufs, pos)
-                pos += (e - c) * ps
+        written[addr // ps : addr // ps + len(offs)] = True
+        self.pages_written += len(offs)
+        mv = memoryview(raw)
+        offs_l = offs.tolist()
+        pos = addr
+        for c in range(0, len(offs_l), _IOV_MAX):
+            bufs = [mv[o : o + ps] for o in offs_l[c : c + _IOV_MAX]]
+            self._submit(_pwritev_all, b.fd, bufs, pos)
+            pos += len(bufs) * ps
 
-    def _zeros(self, b: _Block, batch: Any, rows: np.ndarray, raw: np.ndarray, ps: int) -> None:
-        fills = raw[batch.data_offset[rows] - batch.base]
-        pages = (batch.addr[rows] // np.uint64(ps)).astype(np.int64)
+    def fill_pages(self, block: Any, addrs: np.ndarray, fills: np.ndarray) -> None:
+        """ZERO records: a zero fill of a page that holds no data writes nothing (a hole)."""
+        b, ps = self._open(block.idstr, block.used_length), self._ps
+        pages = addrs // ps
         written = self._written(b, ps)
         nz = fills != 0
         if self.qemu_compat:
@@ -282,30 +256,23 @@ class BlockImages:
             return
         if not nz.any() and not written[pages].any():
             return
-        for i in range(len(rows)):
+        for i in range(len(pages)):
             p = int(pages[i])
             if nz[i] or written[p]:
                 self._submit(os.pwrite, b.fd, bytes((int(fills[i]),)) * ps, p * ps)
                 written[p] = bool(nz[i])
 
-    def _scalar(self, b: _Block, batch: Any, rows: np.ndarray, typ: int, ps: int) -> None:
-        written = self._written(b, ps)
+    def read_page(self, block: Any, addr: int) -> bytearray:
+        b, ps = self._open(block.idstr, block.used_length), self._ps
         self.drain()
-        for i in rows.tolist():
-            a = int(batch.addr[i])
-            p = a // ps
-            page = bytearray(os.pread(b.fd, ps, a)) if written[p] else bytearray(ps)
-            if len(page) < ps:
-                page += bytes(ps - len(page))
-            data = batch.data(i)
-            off = int(batch.data_offset[i])
-            if typ == _XBZRLE:
-                xbzrle.apply(data, page, offset=off)
-            else:
-                ramcodec.inflate_into(data, page, offset=off)
-            os.pwrite(b.fd, page[: max(0, min(ps, b.length - a))], a)
-            written[p] = True
-            self.pages_written += 1
+        page = bytearray(os.pread(b.fd, ps, addr)) if self._written(b, ps)[addr // ps] else bytearray(ps)
+        return page + bytes(ps - len(page))
+
+    def write_page(self, block: Any, addr: int, page: bytearray) -> None:
+        b, ps = self._open(block.idstr, block.used_length), self._ps
+        os.pwrite(b.fd, page[: max(0, min(ps, b.length - addr))], addr)
+        self._written(b, ps)[addr // ps] = True
+        self.pages_written += 1
 
     def close(self) -> None:
         try:
@@ -371,9 +338,7 @@ def _virtio_mem_ranges(devices: list[tuple[str, Any]], blocks: dict[str, int]) -
         block = next((n for n in blocks if n.startswith(dev_path + "/")), None)
         if block is None:
             continue
-        m = np.concatenate(([False], bitmap, [False]))
-        edges = np.flatnonzero(m[1:] != m[:-1])
-        for a, z in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+        for a, z in true_runs(bitmap):
             out.append(PhysRange(addr + a * bs, (z - a) * bs, block, a * bs))
     return out
 
@@ -447,8 +412,6 @@ class ExtractResult:
 
 def _slim(ev: Any) -> Any:
     """Keep a RamRecords event's columns and block list, drop its page bytes (bounded memory)."""
-    from vmig.stream.events import RamRecords
-
     b = ev.batch
 
     class _Cols:
@@ -498,7 +461,8 @@ def extract(
         events: the decoder's events (``vmig.io.streams.iter_events``).
         out_dir: DIR (created if missing). Nothing is written outside it, except ``physical``.
         fmt: ``"vmig"`` (vmig's JSON, raw trailer bytes, destination page semantics) or
-            ``"qemu"`` (analyze-migration.py -x files).
+            ``"qemu"`` (QEMU 7.2's analyze-migration.py -x files) or ``"qemu-10.0"`` (QEMU
+            10.0's: its ``state.json`` groups fields as :mod:`vmig.vmstate.qemu_json` says).
         physical: also write a guest-physical image to this path (written atomically).
         elf: the physical image as an ELF core instead of raw.
         progress: called with the absolute offset reached, now and then.
@@ -507,27 +471,26 @@ def extract(
         UsageError: DIR cannot be used; a target entry exists as a directory.
         StreamError: the stream is invalid (from the decoder or a bad page payload).
     """
-    if fmt not in ("vmig", "qemu"):
+    if fmt not in ("vmig", "qemu", "qemu-10.0"):
         raise UsageError(f"unknown extract format {fmt!r}")
     kept: list[Any] = []
     machine: str | None = None
     trailer: bytes | None = None
     vm_devices: list[tuple[str, Any]] = []
-    with _staged(out_dir, qemu_compat=(fmt == "qemu")) as (tmp, images):
+    with _staged(out_dir, qemu_compat=fmt.startswith("qemu")) as (tmp, images):
         for ev in events:
-            name = type(ev).__name__
-            if name == "RamRecords":
+            if isinstance(ev, RamRecords):
                 images.add_batch(ev.batch)
                 kept.append(_slim(ev))
                 if progress is not None:
                     progress(ev.offset + ev.length)
                 continue
             kept.append(ev)
-            if name == "Configuration":
+            if isinstance(ev, Configuration):
                 machine = ev.name
-            elif name == "VmDescriptionEvent":
+            elif isinstance(ev, VmDescriptionEvent):
                 trailer = bytes(ev.raw)
-            elif name == "DeviceState" and physical is not None:
+            elif isinstance(ev, DeviceState) and physical is not None:
                 st = _virtio_mem_state(ev)
                 if st is not None:
                     vm_devices.append(st)
@@ -558,14 +521,14 @@ def _virtio_mem_state(ev: Any) -> tuple[str, Any] | None:
 
 
 def _write_json(tmp: str, kept: list[Any], trailer: bytes | None, fmt: str) -> None:
-    if fmt == "qemu":
+    if fmt.startswith("qemu"):
         from vmig.vmstate import qemu_json
 
         if trailer is None:
             raise StreamError("the stream has no vmdesc trailer; analyze-migration.py -x needs one "
                               "(use --format vmig)")
         desc = qemu_json.desc_dict(trailer)
-        state = qemu_json.state_dict(kept)
+        state = qemu_json.state_dict(kept, dialect="10.0" if fmt == "qemu-10.0" else "7.2")
         enc = json.JSONEncoder(indent=4, separators=(",", ": "))
         _write_new(tmp, "desc.json", enc.encode(desc).encode())
         _write_new(tmp, "state.json", enc.encode(state).encode())
@@ -691,7 +654,7 @@ def extract_mapped_ram(buf: bytes | memoryview, out_dir: str) -> ExtractResult:
             blk = images._open(b.idstr, b.used_length)
             result.files[b.idstr] = os.fsdecode(blk.path)
             present = mapped_ram.present_pages(buf, b)
-            for a, z in _runs(present):
+            for a, z in true_runs(present):
                 start = b.pages_offset + a * b.page_size
                 _pwritev_all(blk.fd, [mv[start : start + (z - a) * b.page_size]], a * b.page_size)
                 result.pages_written += z - a
@@ -700,8 +663,3 @@ def extract_mapped_ram(buf: bytes | memoryview, out_dir: str) -> ExtractResult:
             _write_new(tmp, "desc.json", bytes(found[1].raw))
     return result
 
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    m = np.concatenate(([False], mask, [False]))
-    e = np.flatnonzero(m[1:] != m[:-1])
-    return list(zip(e[0::2].tolist(), e[1::2].tolist()))

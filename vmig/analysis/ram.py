@@ -1,8 +1,9 @@
-"""The RAM view of a migration stream: which pages it carries, by block, kind and pass.
+"""The RAM view of a migration stream: which pages it carries, by block, kind, section and round.
 
-Consumes the decoder's events (``SectionHeader`` / ``RamRecords`` / ``SectionEnd``) and keeps
-only columnar numpy state: per RAMBlock a "sent" bitmap, the kind and record offset of the last
-write of every page, and per pass a (block x kind) table of record counts and bytes. No page
+Consumes the decoder's events (``SectionHeader`` / ``RamRecords`` / ``SectionEnd``, the postcopy
+commands and the virtio-mem device sections) and keeps only columnar numpy state: per RAMBlock a
+"sent" bitmap, the kind and record offset of the last write of every page, per ``ram`` section a
+(block x kind) table of record counts and bytes, and per round the records by kind. No page
 content is copied here; :mod:`vmig.analysis.extract` materialises contents.
 
 Mirrors what QEMU's destination does with the records of ``migration/ram.c``
@@ -11,9 +12,18 @@ Mirrors what QEMU's destination does with the records of ``migration/ram.c``
 
 Theory of operation:
 
-1. A *pass* is one PART or END section of the ``ram`` handler: QEMU 7.2 ends each iteration's
-   payload with EOS, and a dirty-bitmap sync only happens between iterations. START carries the
-   block list (and counts as a pass only if it carries pages, which QEMU never does).
+1. A *section* row is one PART or END section of the ``ram`` handler (one ``ram_save_iterate``
+   call ends with EOS). START carries the block list (and is listed only if it carries pages,
+   which QEMU never does).
+   A *round* is one walk of the dirty bitmap (``ram_find_and_save_block`` / ``find_dirty_block``
+   in migration/ram.c): the walk goes forward through the blocks in list order and their pages,
+   resumes where it stopped, and after a bitmap sync finds the re-dirtied pages behind it only
+   by wrapping to the first block. So a round begins where the (block, page) sequence of the page
+   records goes backwards (or repeats a page), and never more than once per bitmap sync: rounds
+   <= query-migrate's ``dirty-sync-count``. In postcopy the switchover (its sync, then
+   ``ram_state_reset``) starts one more round; after it the destination's page requests make
+   the walk jump to the requested page, so backward moves there are counted as ``jumps`` of the
+   round, not as rounds. Mapped-ram files (no page records) have one round.
 2. Page kinds: ``zero`` (ZERO records, fill byte kept in the stream), ``normal`` (PAGE),
    ``xbzrle`` (XBZRLE deltas), ``compressed`` (COMPRESS_PAGE). Record bytes are the whole record
    (word, idstr, payload headers, payload).
@@ -21,6 +31,12 @@ Theory of operation:
    blocks, never forgets pages already seen.
 4. Per-page state uses target pages (``page_size`` of the batch), allocated with ``np.zeros``
    (calloc: untouched pages of a huge block cost no memory).
+5. Unplugged virtio-mem blocks (from the device's bitmap: the early section on 8.0+ machine
+   types, else the late one) are never scanned by QEMU (hw/virtio/virtio-mem.c's precopy
+   notifier clears them from the dirty bitmap), so QEMU counts them neither as ``normal`` nor
+   as ``duplicate``. In a mapped-ram file their pages simply have no bit set; they are counted
+   as ``unplugged``, not ``zero``, and as never sent. In a record stream they are never sent
+   either; ``unplugged`` there counts the unplugged pages the stream did not carry.
 """
 
 from __future__ import annotations
@@ -31,9 +47,11 @@ from typing import Any
 
 import numpy as np
 
+from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag, SectionType
+from vmig.stream.events import Command, DeviceState, RamRecords, SectionEnd, SectionHeader
 
-__all__ = ["KINDS", "BlockView", "PassStats", "RamView", "ram_view"]
+__all__ = ["KINDS", "BlockView", "SectionStats", "RoundStats", "RamView", "ram_view"]
 
 KINDS = ("zero", "normal", "xbzrle", "compressed")
 """Page kinds, in the order of the kind axis of every table."""
@@ -75,6 +93,8 @@ class BlockView:
     counts: np.ndarray = field(default_factory=lambda: np.zeros(_NK, dtype=np.int64))
     nbytes: np.ndarray = field(default_factory=lambda: np.zeros(_NK, dtype=np.int64))
     resent: int = 0
+    mapped: bool = False  # pages counted from a mapped-ram bitmap
+    unplugged: int = 0  # pages in unplugged virtio-mem blocks that the stream did not carry
 
     @property
     def npages(self) -> int:
@@ -92,7 +112,7 @@ class BlockView:
         n = self.npages
         sent = self.sent[:n] if len(self.sent) >= n else _grow(self.sent, n)
         ps = self.target_page_size
-        return [(a * ps, min(b * ps, self.length)) for a, b in runs(~sent)]
+        return [(a * ps, min(b * ps, self.length)) for a, b in true_runs(~sent)]
 
 
 def _grow(arr: np.ndarray, n: int, fill: int = 0) -> np.ndarray:
@@ -101,18 +121,9 @@ def _grow(arr: np.ndarray, n: int, fill: int = 0) -> np.ndarray:
     return out
 
 
-def runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """``[start, end)`` index ranges where ``mask`` is True."""
-    if len(mask) == 0:
-        return []
-    m = np.concatenate(([False], mask.astype(np.bool_), [False]))
-    edges = np.flatnonzero(m[1:] != m[:-1])
-    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
-
-
 @dataclass
-class PassStats:
-    """One pass (a PART/END section of ``ram``): records and bytes per block and kind."""
+class SectionStats:
+    """One PART/END section of ``ram``: records and bytes per block and kind."""
 
     index: int
     section_type: str
@@ -141,44 +152,107 @@ class PassStats:
         }
 
 
+@dataclass
+class RoundStats:
+    """One round of the dirty-bitmap walk (theory of operation, 1): records per kind.
+
+    Attributes:
+        index: 0-based round number.
+        offset: absolute offset of its first page record (mapped-ram: of the block list).
+        section: index of the ``ram`` section row it begins in.
+        counts / nbytes: records / record bytes per kind (``KINDS`` order).
+        resent: records that re-sent a page an earlier record had carried.
+        jumps: backward moves inside the round (postcopy page requests, the walk's wrap).
+        postcopy: the round runs after the postcopy switchover.
+    """
+
+    index: int
+    offset: int
+    section: int
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(_NK, dtype=np.int64))
+    nbytes: np.ndarray = field(default_factory=lambda: np.zeros(_NK, dtype=np.int64))
+    resent: int = 0
+    jumps: int = 0
+    postcopy: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "offset": self.offset,
+            "section": self.section,
+            **{k: int(self.counts[i]) for i, k in enumerate(KINDS)},
+            "bytes": int(self.nbytes.sum()),
+            "resent": self.resent,
+            "jumps": self.jumps,
+            "postcopy": self.postcopy,
+        }
+
+
 class RamView:
     """Accumulates the RAM view from decoder events (``feed``) or batches (``add_batch``)."""
 
     def __init__(self, *, validate: bool = True) -> None:
         self.validate = validate
         self.blocks: dict[str, BlockView] = {}
-        self.passes: list[PassStats] = []
+        self.sections: list[SectionStats] = []
+        self.rounds: list[RoundStats] = []
         self.page_size: int | None = None
         self.hooks = 0
         self.flushes = 0
         self.mem_size_records = 0
         self._in_ram = False
         self._ram_ids: set[int] = set()
-        self._cur: PassStats | None = None
+        self._cur: SectionStats | None = None
         self._map_cache: tuple[tuple[Any, ...], np.ndarray] | None = None
+        self._last_key = -1  # (block index << 40 | page) of the last page record
+        self._postcopy = False  # after the postcopy switchover
+        self._round_pending = False  # the next page record begins a round (switchover)
+        self._mapped_rows: list[tuple[str, SectionStats, RoundStats]] = []
+        self._finished = False
+        from vmig.analysis.virtio_mem import MemoryDeviceCollector
+
+        self._vmem = MemoryDeviceCollector(keep_pages=False)
 
     # -- events -----------------------------------------------------------------------------
     def feed(self, event: Any) -> None:
         """Feed one decoder event; events that are not about the ``ram`` section are ignored."""
-        name = type(event).__name__
-        if name == "SectionHeader":
+        if isinstance(event, Command):
+            self._command(event)
+        elif isinstance(event, DeviceState) and "/virtio-mem" in event.idstr:
+            self._vmem.feed((event,))
+        if isinstance(event, SectionHeader):
             if event.idstr == "ram":
                 self._ram_ids.add(event.section_id)
                 self.begin_section(SectionType(event.type), event.offset)
             else:
                 self._in_ram = False
-        elif name == "RamRecords":
+        elif isinstance(event, RamRecords):
+            if event.batch.mem_size is not None:
+                self._vmem.feed((event,))
             self.add_batch(event.batch)
-        elif name == "SectionEnd":
+        elif isinstance(event, SectionEnd):
             if self._in_ram:
                 self.end_section()
+
+    def _command(self, event: Any) -> None:
+        """The postcopy switchover (its RAM discards, then the packaged device state) begins a
+        round; virtio-mem state inside the package is collected."""
+        from vmig.stream.constants import MigCmd
+
+        if event.cmd in (MigCmd.POSTCOPY_RAM_DISCARD, MigCmd.PACKAGED) and not self._postcopy:
+            self._postcopy = True
+            self._round_pending = True
+        if event.children:
+            for child in event.children:
+                if type(child).__name__ == "DeviceState" and "/virtio-mem" in child.idstr:
+                    self._vmem.feed((child,))
 
     def begin_section(self, stype: SectionType, offset: int) -> None:
         """Start a ``ram`` section (START/PART/END) at ``offset``."""
         self._in_ram = True
         label = {SectionType.SECTION_START: "start", SectionType.SECTION_PART: "part",
                  SectionType.SECTION_END: "end"}.get(stype, stype.name.lower())
-        self._cur = PassStats(index=len(self.passes), section_type=label, offset=offset)
+        self._cur = SectionStats(index=len(self.sections), section_type=label, offset=offset)
 
     def end_section(self) -> None:
         cur = self._cur
@@ -188,8 +262,8 @@ class RamView:
             return
         has_pages = any(c.any() for c in cur.counts.values())
         if cur.section_type != "start" or has_pages:
-            cur.index = len(self.passes)
-            self.passes.append(cur)
+            cur.index = len(self.sections)
+            self.sections.append(cur)
 
     # -- batches ----------------------------------------------------------------------------
     def _block_map(self, batch: Any) -> np.ndarray:
@@ -217,7 +291,7 @@ class RamView:
         if self.page_size is None:
             self.page_size = batch.page_size
         if self._cur is None:  # records outside a section header (tests feeding batches)
-            self._cur = PassStats(index=len(self.passes), section_type="part", offset=int(batch.base))
+            self._cur = SectionStats(index=len(self.sections), section_type="part", offset=int(batch.base))
             self._in_ram = True
         if batch.mem_size is not None:
             self.mem_size_records += 1
@@ -247,6 +321,7 @@ class RamView:
         byt = np.rint(byt).astype(np.int64)
         names = list(self.blocks)
         pages = (batch.addr[m] // np.uint64(batch.page_size)).astype(np.int64)
+        resent_rec = np.zeros(len(k), dtype=np.bool_)
         for bi in np.flatnonzero(cnt.sum(axis=1)):
             name = names[bi]
             bv = self.blocks[name]
@@ -260,11 +335,14 @@ class RamView:
             sel = blk == bi
             p = pages[sel] if not sel.all() else pages
             # last occurrence of each page in this batch wins
+            again = bv.sent[p]  # pages an earlier batch carried
             if len(p) < 2 or bool((p[1:] > p[:-1]).all()):
                 rev_u, last = p, np.arange(len(p))  # strictly increasing (the usual run): as is
             else:
                 rev_u, rev_i = np.unique(p[::-1], return_index=True)
                 last = len(p) - 1 - rev_i
+                again[np.setdiff1d(np.arange(len(p)), np.unique(p, return_index=True)[1])] = True
+            resent_rec[sel] = again
             newly = rev_u[~bv.sent[rev_u]]
             bv.resent += len(p) - len(newly)
             bv.sent[rev_u] = True
@@ -272,6 +350,40 @@ class RamView:
             osel = off[sel] if not sel.all() else off
             bv.last_kind[rev_u] = ksel[last]
             bv.last_offset[rev_u] = osel[last]
+        self._add_rounds(blk, pages, k, off, rec_bytes, resent_rec)
+
+    def _add_rounds(self, blk: np.ndarray, pages: np.ndarray, k: np.ndarray, off: np.ndarray,
+                    rec_bytes: np.ndarray, resent: np.ndarray) -> None:
+        """Split a batch's page records into rounds (theory of operation, 1)."""
+        key = (blk << 40) | pages
+        prev = np.empty_like(key)
+        prev[0] = self._last_key
+        prev[1:] = key[:-1]
+        back = key <= prev
+        self._last_key = int(key[-1])
+        starts = np.zeros(len(key), dtype=np.bool_) if self._postcopy else back.copy()
+        if not self.rounds or self._round_pending:
+            starts[0] = True
+            self._round_pending = False
+        jumps = back & ~starts
+        rid = len(self.rounds) - 1 + np.cumsum(starts)
+        section = len(self.sections)
+        for i in np.flatnonzero(starts).tolist():
+            self.rounds.append(RoundStats(index=len(self.rounds), offset=int(off[i]), section=section,
+                                          postcopy=self._postcopy))
+        base = int(rid[0])
+        rel = rid - base
+        n = int(rel[-1]) + 1
+        cnt = np.bincount(rel * _NK + k, minlength=n * _NK).reshape(n, _NK)
+        byt = np.rint(np.bincount(rel * _NK + k, weights=rec_bytes, minlength=n * _NK)).astype(np.int64)
+        nres = np.bincount(rel, weights=resent, minlength=n)
+        njump = np.bincount(rel, weights=jumps, minlength=n)
+        for j in range(n):
+            r = self.rounds[base + j]
+            r.counts += cnt[j]
+            r.nbytes += byt.reshape(n, _NK)[j]
+            r.resent += int(nres[j])
+            r.jumps += int(njump[j])
 
     def _mapped_ram(self, batch: Any) -> None:
         """Mapped-ram blocks (QEMU 9.0+ ``file:``): no page records; each page has a fixed
@@ -287,6 +399,8 @@ class RamView:
                 continue
             bv = self.blocks[b.idstr]
             bv._ensure()
+            if not self.rounds:
+                self.rounds.append(RoundStats(index=0, offset=int(batch.base), section=len(self.sections)))
             ps = batch.page_size
             n = -(-b.used_length // ps)
             start = b.bitmap_offset - batch.base
@@ -299,6 +413,10 @@ class RamView:
             nbytes[KINDS.index("normal")] = k * ps
             bv.counts += add
             bv.nbytes += nbytes
+            bv.mapped = True
+            self._mapped_rows.append((b.idstr, self._cur, self.rounds[-1]))
+            self.rounds[-1].counts += add
+            self.rounds[-1].nbytes += nbytes
             self._cur.counts.setdefault(b.idstr, np.zeros(_NK, dtype=np.int64))[:] += add
             self._cur.nbytes.setdefault(b.idstr, np.zeros(_NK, dtype=np.int64))[:] += nbytes
             bv.sent[:n] = True
@@ -320,8 +438,51 @@ class RamView:
             xbzrle.apply(batch.data(i), scratch, offset=int(batch.data_offset[i]))
 
     # -- results ----------------------------------------------------------------------------
+    def unplugged_pages(self) -> dict[str, np.ndarray]:
+        """Per RAMBlock of a virtio-mem device: a bool per target page, True in unplugged blocks
+        (from the device's bitmap in the stream)."""
+        out: dict[str, np.ndarray] = {}
+        for dev in self._vmem.result():
+            bv = self.blocks.get(dev.ramblock or "")
+            model = dev.device
+            if bv is None or model is None or not model.block_size:
+                continue  # no bitmap in the stream for this device (cut stream)
+            plugged = np.asarray(model.bitmap, dtype=np.bool_)
+            per_block = model.block_size // bv.target_page_size
+            pages = np.repeat(~plugged, per_block)
+            mask = np.zeros(bv.npages, dtype=np.bool_)
+            mask[: min(len(pages), bv.npages)] = pages[: bv.npages]
+            out[bv.idstr] = mask
+        return out
+
+    def finish(self) -> None:
+        """Count the pages of unplugged virtio-mem blocks apart (theory of operation, 5); once,
+        after the last event (``totals``/``to_json`` call it)."""
+        if self._finished:
+            return
+        self._finished = True
+        zi = KINDS.index("zero")
+        for idstr, mask in self.unplugged_pages().items():
+            bv = self.blocks[idstr]
+            bv._ensure()
+            n = bv.npages
+            if bv.mapped:
+                gone = mask & (bv.last_kind[:n] == zi)  # bit clear: never written, never scanned
+                g = int(np.count_nonzero(gone))
+                bv.counts[zi] -= g
+                for name, sec, rnd in self._mapped_rows:
+                    if name == idstr:
+                        sec.counts[name][zi] -= g
+                        rnd.counts[zi] -= g
+                        break
+                bv.sent[:n][gone] = False
+                bv.last_kind[:n][gone] = KIND_NONE
+                bv.last_offset[:n][gone] = -1
+            bv.unplugged = int(np.count_nonzero(mask & ~bv.sent[:n]))
+
     def totals(self) -> dict[str, int]:
         """Record counts per kind and bytes over the whole stream (re-sends counted each time)."""
+        self.finish()
         tot = {k: 0 for k in KINDS}
         b = 0
         for bv in self.blocks.values():
@@ -334,10 +495,12 @@ class RamView:
         out["pages_sent"] = sum(int(np.count_nonzero(bv.sent)) for bv in self.blocks.values())
         out["multifd_flush"] = self.flushes
         out["hook"] = self.hooks
+        out["unplugged"] = sum(bv.unplugged for bv in self.blocks.values())
         return out
 
     def to_json(self) -> dict[str, Any]:
         """The ``vmig ram --json`` document."""
+        self.finish()
         blocks = []
         for bv in self.blocks.values():
             ps = bv.target_page_size
@@ -356,12 +519,14 @@ class RamView:
                     k: int(np.count_nonzero(bv.last_kind[: bv.npages] == i)) for i, k in enumerate(KINDS)
                 },
                 "never_sent": [[a, b] for a, b in bv.never_sent()],
+                "unplugged": bv.unplugged,
                 "target_page_size": ps,
             })
         return {
             "page_size": self.page_size,
             "blocks": blocks,
-            "passes": [p.to_json() for p in self.passes],
+            "sections": [p.to_json() for p in self.sections],
+            "rounds": [r.to_json() for r in self.rounds],
             "totals": self.totals(),
         }
 

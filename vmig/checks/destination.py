@@ -6,7 +6,8 @@ QEMU). Its machine type, RAMBlocks and savevm sections configure a
 checks in QEMU's order: the machine type (CONFIGURATION), the RAM block list (unknown block, size
 mismatch), every section the destination lacks, and at each virtio-mem section the four sanity
 properties against OTHER's device at the same PCI path (``memaddr``, memdev size, ``block-size``,
-``node``: :func:`vmig.checks.virtio_mem.predict_load_failure`). The first failure is reported with
+``node``), checked by the device model built from OTHER's state
+(:meth:`vmig.device.virtio_mem.VirtioMem.reconfigured`, :func:`vmig.device.sections.load_values`). The first failure is reported with
 QEMU's own lines (checked against QEMU 7.2), joined by `` / `` on one line; QEMU stops there, so
 does this checker. RAM contents are not held (``keep_ram=False``).
 """
@@ -16,14 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 from vmig.errors import MigrationError
+from vmig.stream.events import DeviceState
 
 __all__ = ["DestinationChecker", "checker_factory"]
 
 
 class DestinationChecker:
+    """Loads the checked stream's events into a destination built from ``capture``."""
+
     def __init__(self, capture: str) -> None:
         from vmig.analysis.virtio_mem import MemoryDeviceCollector
-        from vmig.checks.virtio_mem import DestConfig
         from vmig.io.streams import iter_events
         from vmig.migration.destination import Destination
 
@@ -36,9 +39,9 @@ class DestinationChecker:
                 yield ev
 
         self.dest = Destination.like(tee(iter_events(capture, schema_sets=True)), keep_ram=False)
-        self.vmem = {d.path: DestConfig(d.path, d.memaddr, d.region_size, d.block_size, d.node)
-                     for d in theirs.devices.values() if d.complete}
-        self.ours = MemoryDeviceCollector(keep_pages=False)
+        # the destination's virtio-mem devices, configured as in the capture, nothing plugged
+        self.vmem = {d.path: d.device.reconfigured() for d in theirs.result() if d.device is not None}
+        self.sections: dict[str, Any] = {}
         self.failed = False
 
     def __call__(self, event: Any) -> list[str] | None:
@@ -46,29 +49,34 @@ class DestinationChecker:
             return None
         try:
             self.dest.feed(event)
-            lines = self._virtio_mem(event)
+            self._virtio_mem(event)
         except MigrationError as e:
-            lines = str(e).splitlines()
-        if not lines:
-            return None
-        self.failed = True
-        return [f"destination like {self.capture} would fail to load: " + " / ".join(lines)]
+            self.failed = True
+            return [f"destination like {self.capture} would fail to load: " + " / ".join(str(e).splitlines())]
+        return None
 
-    def _virtio_mem(self, event: Any) -> list[str] | None:
-        """QEMU's lines if this virtio-mem section fails the destination's sanity checks (at
-        the section that carries them: the early one on 8.0+ machines, else the late one)."""
-        from vmig.checks.virtio_mem import predict_load_failure
+    def _virtio_mem(self, event: Any) -> None:
+        """Load a virtio-mem section into the destination's device (the model's sanity checks
+        run at the section that carries ``tmp``: the early one on 8.0+ machines, else the late
+        one)."""
+        from vmig.device.sections import load_values
+        from vmig.stream.events import Command
+        from vmig.vmstate import virtio_mem as vm
 
-        self.ours.feed((event,))
-        idstr = getattr(event, "idstr", "")
-        if type(event).__name__ != "DeviceState" or not (
-                idstr.endswith("/virtio-mem-device-early") or idstr.endswith("/virtio-mem")):
-            return None
-        dev = self.ours.devices.get(idstr.rsplit("/", 1)[0])
-        cfg = self.vmem.get(dev.path) if dev is not None else None
-        if cfg is None or (idstr.endswith("/virtio-mem") and dev.early is not None):
-            return None  # checked at the early section already
-        return predict_load_failure(dev, cfg)
+        if isinstance(event, Command):
+            for child in event.children:
+                self._virtio_mem(child)
+            return
+        if not isinstance(event, DeviceState):
+            return
+        sec = vm.add_section(self.sections, event.idstr, event.instance_id, event.payload, event.offset)
+        target = self.vmem.get(sec.dev_path) if sec is not None else None
+        if target is None:
+            return
+        if event.idstr.endswith(vm.IDSTR_SUFFIX_EARLY):
+            load_values(target, sec.dev_path, sec.early, early=True)
+        elif sec.early is None:  # with an early section, tmp was checked there
+            load_values(target, sec.dev_path, sec.decoded.device)
 
 
 def checker_factory(ctx: Any) -> Any:
@@ -77,12 +85,3 @@ def checker_factory(ctx: Any) -> Any:
     if not capture:
         return lambda event: None
     return DestinationChecker(capture)
-
-
-def _register() -> None:
-    from vmig.cli.check import register_checker
-
-    register_checker(checker_factory, "destination")
-
-
-_register()

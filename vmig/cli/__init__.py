@@ -42,7 +42,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmig",
         description="Read, check, analyze and rewrite QEMU migration streams; model virtio-mem.",
+        epilog="Run vmig COMMAND --help for what a command does, with examples.",
     )
+    from vmig import __version__
+
+    parser.add_argument("--version", action="version", version=f"vmig {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES if only is None else (only,):
@@ -60,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vmig.io import mapping  # light: no numpy/construct
 
     for dest in getattr(args, "_early_map", ()):
-        mapping.open_early(getattr(args, dest))  # warm while the handler imports the codec
+        if getattr(args, dest, None) is not None:  # optional STREAM given another way (-f)
+            mapping.open_early(getattr(args, dest))  # warm while the handler imports the codec
     try:
         return int(args.handler(args) or 0)
     except VmigError as e:

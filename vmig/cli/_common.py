@@ -26,7 +26,8 @@ __all__ = [
 
 
 def add_stream_argument(parser: argparse.ArgumentParser, name: str = "stream",
-                        help: str | None = None, *, early_map: bool = True) -> None:
+                        help: str | None = None, *, early_map: bool = True,
+                        optional: bool = False) -> None:
     """Add the positional STREAM argument (a path, '-' for stdin; .lz4 transparent).
 
     With ``early_map`` (for commands that decode the file through a mapping), ``vmig.cli.main``
@@ -34,7 +35,7 @@ def add_stream_argument(parser: argparse.ArgumentParser, name: str = "stream",
     command's handler imports the codec, so that work overlaps Python's start-up.
     """
     parser.add_argument(
-        name, metavar=name.upper(),
+        name, metavar=name.upper(), nargs="?" if optional else None,
         help=help or "migration stream file ('-' = stdin; *.lz4 is decompressed)",
     )
     if early_map:

@@ -1,108 +1,38 @@
-"""``vmig check STREAM``: does the stream parse to its last byte? Plus registered checkers.
+"""``vmig check STREAM``: does the stream parse to its last byte? Plus the stream checkers.
 
 Exit 0 when the decoder consumes the whole input and no checker reports anything; exit 1 with
 a one-line report of the first problem otherwise (``FILE: offset …: section …: message``).
-
-Checkers are explicit: a module listed in ``CHECKER_MODULES`` calls
-``register_checker(factory, name)`` at import; ``factory(ctx)`` is called once per run and
-returns a callable that sees every event (the last one is ``StreamEnd``) and returns an
-iterable of problem strings or None.
+The checkers and the run are :mod:`vmig.checks.registry`'s; this module parses the arguments
+and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument, description_from_args
-from vmig.errors import StreamError
 
-if TYPE_CHECKING:
-    from vmig.stream.events import Event
-    from vmig.stream.vmdesc import VmDescription
-
-__all__ = [
-    "CHECKER_MODULES",
-    "CheckContext",
-    "Checker",
-    "register_checker",
-    "registered_checkers",
-    "run_checks",
-    "register",
-    "handler",
-]
-
-# Explicit list of modules that register checkers when imported (missing ones are skipped
-# while their owners build them).
-CHECKER_MODULES: tuple[str, ...] = ("vmig.checks.virtio_mem", "vmig.checks.destination")
+__all__ = ["register", "handler"]
 
 
-@dataclass
-class CheckContext:
-    """What a checker factory gets: the input path and the --desc-from description."""
+HELP = """\
+Read a migration stream to its last byte and run vmig's checks on it (virtio-mem: size equals
+the plugged blocks, no page of an unplugged block, plugged blocks inside the usable region).
+With --dest or --dest-capture, also predict whether a destination QEMU would load it, with the
+lines QEMU would print. Exit status 0: ok; 1: the first problem is printed (file, offset,
+section, what was expected).
 
-    path: str
-    desc_from: VmDescription | None = None
-    notes: dict = field(default_factory=dict)
-
-
-EventCheck = Callable[["Event"], "Iterable[str] | None"]
-Checker = Callable[[CheckContext], EventCheck]
-
-_CHECKERS: list[tuple[str, Checker]] = []
-
-
-def register_checker(factory: Checker, name: str | None = None) -> Checker:
-    """Register a checker factory (usable as a decorator). Re-registering a name replaces it."""
-    label = name or getattr(factory, "__name__", repr(factory))
-    for i, (n, _) in enumerate(_CHECKERS):
-        if n == label:
-            _CHECKERS[i] = (label, factory)
-            return factory
-    _CHECKERS.append((label, factory))
-    return factory
-
-
-def registered_checkers() -> list[tuple[str, Checker]]:
-    """(name, factory) pairs, after importing CHECKER_MODULES."""
-    for mod in CHECKER_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-    return list(_CHECKERS)
-
-
-def run_checks(path: str, desc_from: VmDescription | None = None,
-               notes: dict | None = None) -> list[str]:
-    """Decode ``path`` feeding every registered checker; return the problems (first first).
-
-    A StreamError ends the run and is the last problem reported.
-    """
-    ctx = CheckContext(path, desc_from, dict(notes or {}))
-    checks = [(name, factory(ctx)) for name, factory in registered_checkers()]
-    problems: list[str] = []
-    try:
-        from vmig.io.streams import iter_events
-
-        for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
-            for name, fn in checks:
-                found = fn(ev)
-                if found:
-                    problems.extend(f"{name}: {p}" for p in found)
-    except StreamError as e:
-        problems.append(e.one_line())
-    return problems
+Examples:
+  vmig check guest.bin
+  vmig check guest.bin --dest-capture destination-vm.bin
+A postcopy return path (the destination's answers) is read with vmig rp instead.
+"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("check", help="check that a stream parses to the last byte",
-                              description=__doc__)
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_argument(p)
     add_desc_from_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no output, exit code only")
@@ -115,7 +45,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
+def _return_path_file(path: str) -> bool:
+    """A regular file that starts with postcopy return-path messages, not a QEVM header (a pipe
+    is not peeked at: its bytes would be gone for the check)."""
+    import os
+
+    if path == "-" or not os.path.isfile(path):
+        return False
+    from vmig.errors import VmigError
+    from vmig.io.streams import open_source
+    from vmig.stream.return_path import looks_like_return_path
+
+    try:
+        with open_source(path, use_mmap=False) as src:
+            head = next(iter(src.chunks()), b"")
+    except VmigError:
+        return False
+    return looks_like_return_path(bytes(head[:4096]))
+
+
 def handler(args: argparse.Namespace) -> int:
+    if _return_path_file(args.stream):
+        if not args.quiet:
+            print(f"{args.stream}: a postcopy return path (destination to source), not a migration "
+                  f"stream: read it with vmig rp {args.stream}", file=sys.stderr)
+        return 1
+    from vmig.checks.registry import run_checks
+
     problems = run_checks(args.stream, description_from_args(args),
                           {"virtio_mem_dest": list(getattr(args, "dest", []) or []),
                            "dest_capture": getattr(args, "dest_capture", None)})

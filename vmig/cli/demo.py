@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 from vmig.device.guest import DriverState, GuestDriver
 from vmig.device.machine import Machine
-from vmig.device.virtio_mem import GiB
 from vmig.errors import DeviceError
+from vmig.units import GiB
 
 __all__ = ["register", "handler", "seed_transcript"]
 
@@ -76,7 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="run a virtio-mem model walkthrough (no QEMU needed)",
-        description="Run a virtio-mem device-model walkthrough and print the monitor transcript.",
+        description="Run a virtio-mem device-model walkthrough and print the monitor transcript "
+                    "(no QEMU, no guest needed), or the timeline of a guest rebooting during postcopy.\n\n"
+                    "Examples:\n  vmig demo seed\n  vmig demo reboot-during-postcopy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scenario", choices=["seed", "reboot-during-postcopy"],
                    help="seed: QEMU's original virtio-mem example; reboot-during-postcopy: the guest "

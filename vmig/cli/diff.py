@@ -1,12 +1,21 @@
 """``vmig diff A B``: what differs between two migration streams.
 
-``vmig diff A B [--json] [--desc-from OTHER]``
+Compares the configuration record, the sections each stream has, every device field (decoded
+with the streams' own descriptions, --desc-from, or vmig's bundled descriptions of the machine
+type), and the final guest RAM page by page (what a destination would hold). Sections compare
+wherever they travel (postcopy packs device state into one command), and a virtio-mem device's
+early and late sections count as one device, so a precopy and a postcopy capture of one VM, or
+one device on two machine types, compare field by field. Integers print in hex, bitmaps as the
+ranges of set bits.
 
-Compares the configuration record, the sections present in each stream, every device
-section's decoded fields (the streams' own trailers, ``--desc-from``, or vmig's bundled schema
-sets; undescribed payloads as bytes) and the final guest RAM page by page (as a destination
-would hold it: last write wins, never-sent pages read as zero). Exit status: 0 same, 1
-different, 2 error (as diff(1)).
+Examples:
+  vmig diff source.bin recapture.bin
+  vmig diff precopy.bin postcopy.bin --all
+  vmig diff a.bin b.bin --json --ignore configuration.uuid 'cpu[0].env.tsc*'
+
+--json prints {"same", "differences": [{"kind": "config"|"section"|"field"|"ram", "path", "a",
+"b"}], "sections_compared", "not_compared"} with JSON values (null where absent).
+Exit status: 0 same, 1 different, 2 error (as diff(1)).
 """
 
 from __future__ import annotations
@@ -29,6 +38,10 @@ def register(subparsers: Any) -> None:
     add_stream_argument(p, "a", help="first stream ('-' = stdin; *.lz4 is decompressed)")
     add_stream_argument(p, "b", help="second stream (*.lz4 is decompressed)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--all", action="store_true", help="list every difference (text output)")
+    p.add_argument("--ignore", nargs="+", action="extend", default=[], metavar="PATH",
+                   help="leave out differences at or under PATH (a section, a field path as "
+                        "printed, configuration.KEY, a RAM block; * and ? match any text)")
     add_desc_from_argument(p)
     p.set_defaults(handler=handle)
 
@@ -39,6 +52,7 @@ def handle(args: argparse.Namespace) -> int:
 
     desc = description_from_args(args)
     res = diff_events(iter_events(args.a, desc_from=desc, schema_sets=True),
-                      iter_events(args.b, desc_from=desc, schema_sets=True), desc_from=desc)
-    sys.stdout.write(json.dumps(res.to_json(), indent=2) + "\n" if args.json else res.render())
+                      iter_events(args.b, desc_from=desc, schema_sets=True), desc_from=desc,
+                      ignore=args.ignore)
+    sys.stdout.write(json.dumps(res.to_json(), indent=2) + "\n" if args.json else res.render(all=args.all))
     return 0 if res.same else 1

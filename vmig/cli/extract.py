@@ -27,46 +27,46 @@ from vmig.cli._common import add_desc_from_argument, add_stream_argument
 from vmig.cli.progress import Progress
 from vmig.cli.ram import input_size
 
+HELP = """\
+Write the guest RAM a stream carries as one sparse file per RAM block (zero pages stay holes),
+with state.json (the decoded device state) and desc.json (the stream's description) beside
+them. --format qemu writes the same files as QEMU's analyze-migration.py -x. --physical FILE
+also writes the guest-physical memory image (pc/q35 layout, plugged virtio-mem blocks at their
+addresses), with --elf as an ELF core. Files are written only inside DIR.
+
+Examples:
+  vmig extract guest.bin -o out/
+  vmig extract guest.bin -o out/ --physical memory.elf --elf
+"""
+
 
 def register(subparsers: Any) -> None:
     """Add the ``extract`` subcommand."""
     p = subparsers.add_parser(
         "extract",
         help="write each RAMBlock as a sparse file (and state.json, desc.json)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_stream_argument(p)
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory")
-    p.add_argument("--format", choices=("vmig", "qemu"), default="vmig",
-                   help="vmig (default) or analyze-migration.py -x compatible output")
+    p.add_argument("--format", choices=("vmig", "qemu", "qemu-10.0"), default="vmig",
+                   help="vmig (default), or the files of QEMU 7.2's (qemu) or 10.0's (qemu-10.0) "
+                        "analyze-migration.py -x")
     p.add_argument("--physical", metavar="FILE", help="also write a guest-physical image")
     p.add_argument("--elf", action="store_true", help="write --physical as an ELF core")
     add_desc_from_argument(p)
     p.set_defaults(handler=handle)
 
 
-def _mapped_ram_file(path: str) -> bool:
-    """A regular file whose configuration names the mapped-ram capability (QEMU 9.0+ file:)."""
-    from vmig.stream.mapped_ram import is_mapped_ram
-
-    if path == "-" or path.endswith(".lz4"):
-        return False
-    try:
-        with open(path, "rb") as f:
-            return is_mapped_ram(f.read(1024))
-    except OSError:
-        return False
-
-
 def handle(args: argparse.Namespace) -> int:
     from vmig.analysis.extract import extract
     from vmig.errors import UsageError
-    from vmig.io.streams import iter_events
+    from vmig.io.streams import MAPPED_RAM, input_kind, iter_events
 
     if args.elf and not args.physical:
         raise UsageError("--elf needs --physical FILE")
-    if _mapped_ram_file(args.stream):
+    if input_kind(args.stream) == MAPPED_RAM:
         import mmap
 
         from vmig.analysis.extract import extract_mapped_ram

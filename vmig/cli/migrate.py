@@ -33,7 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="migrate a captured VM in the model (precopy or postcopy) and write the stream",
         description="Rebuild the VM of a real capture (RAM, device sections, virtio-mem device "
                     "models and their Linux guest driver), run a migration with guest writes and "
-                    "virtio-mem resizes, and write the stream QEMU would have written.",
+                    "virtio-mem resizes, and write the stream QEMU would have written. The VM's "
+                    "command line comes from the capture's manifest (CAPTURE.json).\n\n"
+                    "Examples:\n"
+                    "  vmig migrate --template fixtures/pc-guest.bin.lz4 -o out.bin --writes 4 \\\n"
+                    "      --virtio-mem vm0:requested-size=704M --virtio-mem vm0:requested-size=628M\n"
+                    "  vmig migrate --template fixtures/pc-guest.bin.lz4 -o post.bin --postcopy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--template", required=True, metavar="CAPTURE", help="a real capture of the VM")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the stream to write")
@@ -85,13 +91,13 @@ def manifest_for(capture: str, explicit: str | None) -> dict:
 
 
 def _resize(text: str) -> tuple[str, int]:
-    from vmig.device.machine import parse_size
+    from vmig.units import parse_size
 
     dev, sep, rest = text.rpartition(":")
     key, eq, value = rest.partition("=")
     if not sep or not dev or key != "requested-size" or not eq:
         raise UsageError(f"--virtio-mem {text!r}: expected DEV:requested-size=SIZE")
-    return dev, parse_size(value, "requested-size")
+    return dev, parse_size(value, "requested-size", error=UsageError)
 
 
 def handler(args: argparse.Namespace) -> int:

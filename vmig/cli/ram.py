@@ -1,26 +1,22 @@
-"""``vmig ram``: what the RAM section of a stream carries, per RAMBlock, kind and pass.
+"""``vmig ram``: what the RAM part of a stream carries, per RAM block, kind, round and section.
 
-``vmig ram STREAM [--json] [--desc-from OTHER]``
+Per RAM block: size, page size, pages by kind (zero, normal, xbzrle, compressed), bytes, pages
+sent again, pages of unplugged virtio-mem blocks, ranges never sent. Per round (one walk of
+QEMU's dirty bitmap: a round begins where the page sequence starts again from an earlier page,
+at most one per bitmap sync): pages by kind, pages sent again. Per RAM section of the stream:
+pages by kind. Totals count every re-send, as QEMU's query-migrate counts "normal" (full pages)
+and "duplicate" (zero pages); pages of unplugged virtio-mem blocks are neither.
 
-Per block: size, page size, records by kind (zero, normal, xbzrle, compressed), bytes, pages
-re-sent, byte ranges never sent; per pass (one PART/END section of ``ram``): records by kind;
-totals. Page counts cover the whole stream and count every re-send, as QEMU's
-``query-migrate`` counts ``ram.normal`` (PAGE records) and ``ram.duplicate`` (ZERO records).
+Examples:
+  vmig ram running.bin
+  vmig ram running.bin --json | jq '.rounds | length'
 
-JSON (``--json``; see vmig.analysis.ram.RamView.to_json)::
-
-    {"page_size": 4096,
-     "blocks": [{"idstr", "length", "page_size", "mr_addr", "pages", "zero", "normal",
-                 "xbzrle", "compressed", "bytes", "bytes_by_kind": {...}, "pages_sent",
-                 "resent", "final": {kind: pages whose last write was that kind},
-                 "never_sent": [[start, end], ...], "target_page_size"}],
-     "passes": [{"index", "section": "part"|"end"|"start", "offset",
-                 "totals": {kind: n, "bytes": n}, "blocks": {idstr: {kind: n, "bytes": n}}}],
-     "totals": {"normal", "zero", "xbzrle", "compressed", "bytes", "resent", "pages_sent",
-                "multifd_flush", "hook"}}
-
-``bytes`` are whole record bytes (record word, idstr, payload headers and payload).
-STREAM is a path, ``-`` for stdin (streamed: memory stays bounded), or a ``.lz4`` frame file.
+--json keys: page_size; blocks (idstr, length, page_size, mr_addr, pages, zero, normal, xbzrle,
+compressed, bytes, bytes_by_kind, pages_sent, resent, final, never_sent, unplugged,
+target_page_size); rounds (index, offset, section, zero, normal, xbzrle, compressed, bytes,
+resent, jumps, postcopy); sections (index, section, offset, totals, blocks); totals (normal,
+zero, xbzrle, compressed, bytes, resent, pages_sent, multifd_flush, hook, unplugged). bytes are
+whole record bytes. STREAM is a path, - for stdin (memory stays bounded), or an .lz4 file.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument
 from vmig.cli.progress import Progress
+from vmig.units import human_size
 
 if TYPE_CHECKING:
     from vmig.analysis.ram import RamView
@@ -42,7 +39,7 @@ def register(subparsers: Any) -> None:
     """Add the ``ram`` subcommand."""
     p = subparsers.add_parser(
         "ram",
-        help="RAM pages carried by the stream: per block, kind and pass",
+        help="RAM pages carried by the stream: per block, kind, round and section",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -66,22 +63,15 @@ def build_view(path: str, desc_from: str | None = None) -> RamView:
     """Decode ``path`` and accumulate its :class:`RamView` (with a TTY progress bar)."""
     from vmig.analysis.ram import RamView
     from vmig.io.streams import iter_events
+    from vmig.stream.events import RamRecords
 
     view = RamView()
     with Progress(input_size(path), "ram") as prog:
         for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
             view.feed(ev)
-            if type(ev).__name__ == "RamRecords":
+            if isinstance(ev, RamRecords):
                 prog(ev.offset + ev.length)
     return view
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def render_text(doc: dict[str, Any]) -> str:
@@ -94,7 +84,7 @@ def render_text(doc: dict[str, Any]) -> str:
     lines.append(hdr)
     for b in doc["blocks"]:
         lines.append(
-            f"{b['idstr'][:32]:32} {_human(b['length']):>10} {b['page_size']:>6} "
+            f"{b['idstr'][:32]:32} {human_size(b['length']):>10} {b['page_size']:>6} "
             + " ".join(f"{b[k]:>10}" for k in KINDS)
             + f" {b['bytes']:>12} {b['resent']:>8}"
         )
@@ -104,8 +94,17 @@ def render_text(doc: dict[str, Any]) -> str:
         + f" {t['bytes']:>12} {t['resent']:>8}"
     )
     lines.append("")
-    lines.append(f"passes: {len(doc['passes'])}")
-    for p in doc["passes"]:
+    lines.append(f"rounds: {len(doc['rounds'])}")
+    for r in doc["rounds"]:
+        kinds = ", ".join(f"{k} {r[k]}" for k in KINDS if r[k])
+        extra = (f", {r['resent']} sent again" if r["resent"] else "") + \
+            (f", {r['jumps']} jumps" if r["jumps"] else "") + (" (postcopy)" if r["postcopy"] else "")
+        lines.append(f"  #{r['index']:<4} @{r['offset']:#x}: {kinds or 'nothing'}{extra}")
+    if t.get("unplugged"):
+        lines.append(f"unplugged virtio-mem pages (not sent, not counted as zero): {t['unplugged']}")
+    lines.append("")
+    lines.append(f"RAM sections: {len(doc['sections'])}")
+    for p in doc["sections"]:
         pt = p["totals"]
         kinds = ", ".join(f"{k} {pt[k]}" for k in KINDS if pt[k])
         lines.append(f"  #{p['index']:<4} {p['section']:5} @{p['offset']:#x}: {kinds or 'nothing'}"
@@ -114,7 +113,7 @@ def render_text(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append("never sent:" if never else "never sent: none")
     for idstr, (a, z) in never:
-        lines.append(f"  {idstr} [{a:#x}, {z:#x}) {_human(z - a)}")
+        lines.append(f"  {idstr} [{a:#x}, {z:#x}) {human_size(z - a)}")
     return "\n".join(lines) + "\n"
 
 

@@ -19,9 +19,20 @@ from vmig.errors import UsageError
 __all__ = ["register", "handler", "same_file"]
 
 
+HELP = """\
+Decode a migration stream and write it back from what was decoded. The output is byte for byte
+the input for every stream QEMU writes, so this checks that vmig reads every byte, and is the
+base for edits. OUT is written atomically; - writes to standard output; a name ending in .lz4
+is compressed.
+
+Example:
+  vmig rewrite guest.bin copy.bin && cmp guest.bin copy.bin
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("rewrite", help="decode a stream and re-encode it to OUT",
-                              description=__doc__)
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_argument(p, "input")
     p.add_argument("output", metavar="OUT", help="output path ('-' = stdout; *.lz4 compresses)")
     add_desc_from_argument(p)

@@ -18,14 +18,29 @@ import numpy as np
 
 from vmig.cli._common import add_stream_argument
 from vmig.io.streams import open_source
+from vmig.runs import true_runs
 from vmig.stream.constants import RpMsg
 from vmig.stream.return_path import RpMessage, iter_rp
 
 __all__ = ["register", "handler", "message_json", "summarize", "format_row"]
 
 
+HELP = """\
+List the messages a postcopy destination sent back to its source (the return path): one row
+per message (offset, length, type and values: PONG value, page requests with block, start and
+length, received-bitmap counts, SHUT status), then the PONGs in order, the page requests per RAM
+block and the final status. Match PONG values with the PING values vmig sections prints for the
+stream. --json prints {"messages": [...], "summary": {...}}. A complete return path ends with
+SHUT; --partial accepts one cut short.
+
+Example:
+  vmig rp return-path.bin
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("rp", help="decode a postcopy return-path capture", description=__doc__)
+    p = subparsers.add_parser("rp", help="decode a postcopy return-path capture", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_argument(p, "file", help="return-path capture ('-' = stdin; *.lz4 is decompressed)",
                         early_map=False)
     p.add_argument("--json", action="store_true", help="print JSON {messages, summary}")
@@ -34,20 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
-def _runs(bits: np.ndarray) -> list[list[int]]:
-    """[first, count] of each run of set bits."""
-    b = np.concatenate(([False], np.asarray(bits, dtype=bool), [False])).astype(np.int8)
-    edges = np.flatnonzero(np.diff(b))
-    return [[int(s), int(e - s)] for s, e in zip(edges[::2], edges[1::2])]
-
-
 def message_json(m: RpMessage) -> dict:
     """A JSON-ready dict of one message (a RECV_BITMAP's bitmap as runs of received pages)."""
     args = {k: v for k, v in m.args.items() if k != "bitmap"}
     if m.type == RpMsg.RECV_BITMAP:
         bits = m.args["bitmap"]
         args["received"] = int(np.count_nonzero(bits))
-        args["received_runs"] = _runs(bits)
+        args["received_runs"] = [[s, e - s] for s, e in true_runs(bits)]  # [first, count]
     return {"offset": m.offset, "length": m.length, "type": m.type.name, "args": args}
 
 

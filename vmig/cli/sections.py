@@ -1,9 +1,16 @@
-"""``vmig sections STREAM``: one row per top-level record (offset, length, type, section…).
+"""``vmig sections``: one row per record of a migration stream.
 
-Rows tile the input exactly (each starts where the previous ended); PACKAGED commands list
-their nested records as children. ``--json`` prints a JSON array with keys ``offset``,
-``length``, ``type`` and, where they apply, ``section_id``, ``idstr``, ``instance_id``,
-``version_id``, ``command``, ``children``.
+Each row: offset, length, type; for a section its id, name, instance and version; for a command
+its name and arguments (PING value, POSTCOPY_ADVISE page sizes, POSTCOPY_RAM_DISCARD block and
+byte ranges, PACKAGED blob length, RECV_BITMAP block). Rows tile the input exactly; the records
+inside a PACKAGED command are listed under it, indented.
+
+--json prints a list of {offset, length, type} objects with, where they apply, section_id, idstr,
+instance_id, version_id, command, args (ranges as [start, length] pairs) and children.
+
+Examples:
+  vmig sections guest.bin
+  vmig sections postcopy.bin --json
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ __all__ = ["register", "handler", "format_row"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sections", help="list the records of a migration stream",
-                              description=__doc__)
+                              description=__doc__.split("\n", 2)[2] if __doc__ else None,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_argument(p)
     add_desc_from_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON array")
@@ -39,8 +47,16 @@ def format_row(r: Record, indent: int = 0) -> str:
         if r.ram_records is not None:
             fields.append(f"ram_records={r.ram_records}")
     if r.command is not None:
-        fields.append(r.command)
+        fields.append(r.command + "".join(f" {k}={_arg_text(k, v)}" for k, v in (r.args or {}).items()))
     return "  ".join(fields)
+
+
+def _arg_text(key: str, value: object) -> str:
+    if key == "ranges":
+        return "[" + ", ".join(f"{s:#x}+{n:#x}" for s, n in value) + "]"  # type: ignore[attr-defined]
+    if key in ("page_size_summary", "target_page_size", "blob_length"):
+        return f"{value:#x}"
+    return str(value)
 
 
 def _print_text(rows, out: TextIO, indent: int = 0) -> None:

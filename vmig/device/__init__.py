@@ -3,6 +3,7 @@
 Sans-I/O re-implementation of QEMU's virtio-mem (hw/virtio/virtio-mem.c, 7.2 by default):
 
 * :mod:`vmig.device.virtio_mem` — :class:`~vmig.device.virtio_mem.VirtioMem`, the device;
+* :mod:`vmig.device.state` — :class:`~vmig.device.state.MigrationState`, the busy rule's input;
 * :mod:`vmig.device.requests` — config / request / response wire structs (construct);
 * :mod:`vmig.device.versions` — per-QEMU-version and machine-type behaviour;
 * :mod:`vmig.device.guest` — a Linux-like guest driver simulator;

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vmig.device.machine import PCI_BRIDGES, Machine, parse_size
-from vmig.device.virtio_mem import HostInfo, MiB, VirtioMem
+from vmig.device.machine import PCI_BRIDGES, Machine
+from vmig.device.virtio_mem import HostInfo, VirtioMem
 from vmig.errors import UsageError
+from vmig.units import MiB, parse_size
 
 __all__ = ["machine_from_argv", "split_opts"]
 

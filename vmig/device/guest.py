@@ -42,7 +42,8 @@ from vmig.device.requests import (
     VirtioMemResponse,
     build_request,
 )
-from vmig.device.virtio_mem import VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE, ConfigChange, MiB, VirtioMem
+from vmig.device.virtio_mem import VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE, ConfigChange, VirtioMem
+from vmig.units import MiB
 
 __all__ = ["GuestDriver", "DriverState", "Rc", "RETRY_TIMER_MIN_MS", "RETRY_TIMER_MAX_MS"]
 

@@ -12,24 +12,22 @@ answer (a Python value, or a :class:`QmpError` carrying QEMU's ``desc``).
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmig.device.state import MigrationState
 from vmig.device.versions import Behaviour
 from vmig.device.virtio_mem import (
-    GiB,
     HostInfo,
     MemoryBackend,
-    MiB,
-    MigrationState,
     VirtioMem,
     VirtioMemProperties,
 )
 from vmig.errors import DeviceError, UsageError
+from vmig.units import GiB, MiB, parse_size
 
-__all__ = ["Machine", "QmpError", "parse_size", "round_up"]
+__all__ = ["Machine", "QmpError", "round_up"]
 
 AMD_HT_START = 0xFD00000000
 AMD_ABOVE_1TB_START = 1 << 40
@@ -46,43 +44,6 @@ class QmpError(DeviceError):
 
 def round_up(v: int, align: int) -> int:
     return -(-v // align) * align
-
-
-_SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
-
-
-def parse_size(text: str, name: str = "size") -> int:
-    """``qemu_strtosz``: a number with optional k/M/G/T/P/E suffix (fractions allowed), bytes.
-
-    Raises:
-        DeviceError: QEMU's visitor message for ``name``.
-    """
-    m = re.fullmatch(r"\s*(0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?)\s*([bBkKmMgGtTpPeE]?)", text)
-    err = (
-        f"Parameter '{name}' expects a non-negative number below 2^64\n"
-        "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-        "and exabytes, respectively."
-    )
-    if not m:
-        raise DeviceError(err)
-    num, suf = m.group(1), m.group(2).upper()
-    mult = _SUFFIX[suf]
-    if num.lower().startswith("0x"):
-        if suf and suf != "B":
-            val = int(num, 16) * mult
-        else:
-            val = int(num, 16)
-    elif "." in num:
-        if not suf or suf == "B":
-            raise DeviceError(err)
-        whole, frac = num.split(".")
-        frac = frac or "0"
-        val = int(whole) * mult + (int(frac) * mult) // (10 ** len(frac))
-    else:
-        val = int(num) * mult
-    if val >= 1 << 64:
-        raise DeviceError(err)
-    return val
 
 
 @dataclass

@@ -6,7 +6,8 @@ codec side; not duplicated here) to:
 * find the ``<dev-path>/virtio-mem`` and ``<dev-path>/virtio-mem-device-early`` sections among
   decoder events (:func:`virtio_mem_sections`);
 * load a section's values into a model device realized with the destination's configuration,
-  running QEMU's sanity checks and post-load (:func:`load_section`);
+  running QEMU's sanity checks with QEMU's error chain (:func:`load_values`, the one place
+  those lines are written) and post-load (:func:`load_section`);
 * re-encode a section from the model's state (:func:`encode_section`): the transport/common part
   of the payload is kept from the stream (the model does not own PCI/virtqueue state), the
   ``virtio-mem-device`` fields come from :meth:`VirtioMem.vmstate_values` (pre_save).
@@ -17,8 +18,7 @@ No I/O: events come from the caller (``vmig.io.streams.iter_events``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from construct import Container
@@ -27,26 +27,9 @@ from vmig.device.virtio_mem import PostLoadResult, VirtioMem
 from vmig.errors import MigrationError
 from vmig.stream.events import Command, DeviceState
 from vmig.vmstate import virtio_mem as schema
+from vmig.vmstate.virtio_mem import VirtioMemSection
 
-__all__ = ["VirtioMemSection", "virtio_mem_sections", "load_section", "encode_section", "encode_early"]
-
-
-@dataclass
-class VirtioMemSection:
-    """The virtio-mem state of one device as found in a stream.
-
-    Attributes:
-        dev_path: PCI device path (``0000:00:02.0``).
-        payload: bytes of the ``<dev-path>/virtio-mem`` FULL section.
-        decoded: its decoded Container (``.device`` = the virtio-mem-device values).
-        early_payload / early: the ``-early`` section ([8.0]+ machines) or None.
-    """
-
-    dev_path: str
-    payload: bytes
-    decoded: Container
-    early_payload: bytes | None = None
-    early: Container | None = None
+__all__ = ["virtio_mem_sections", "load_values", "load_section", "encode_section", "encode_early"]
 
 
 def _flatten(events: Iterable[Any]) -> Iterable[Any]:
@@ -58,41 +41,43 @@ def _flatten(events: Iterable[Any]) -> Iterable[Any]:
 
 
 def virtio_mem_sections(events: Iterable[Any]) -> list[VirtioMemSection]:
-    """Collect the virtio-mem sections of a stream, in stream order of their main sections.
+    """Collect the virtio-mem sections of a stream, in stream order of their main sections
+    (a device whose ``<dev-path>/virtio-mem`` section is missing is left out).
 
     Raises:
         SchemaError: a section does not fit the virtio-mem layout.
     """
-    early: dict[str, tuple[bytes, Container]] = {}
+    found: dict[str, VirtioMemSection] = {}
     out: list[VirtioMemSection] = []
     for ev in _flatten(events):
-        if not isinstance(ev, DeviceState):
-            continue
-        if ev.idstr.endswith(schema.IDSTR_SUFFIX_EARLY):
-            raw = bytes(ev.payload)
-            early[schema.device_path(ev.idstr)] = (raw, schema.decode_early(raw, offset=ev.offset, section=ev.idstr))
-        elif ev.idstr.endswith(schema.IDSTR_SUFFIX):
-            raw = bytes(ev.payload)
-            path = schema.device_path(ev.idstr)
-            dec = schema.decode_virtio_mem(raw, early_migration=path in early or None, offset=ev.offset,
-                                           section=ev.idstr)
-            sec = VirtioMemSection(path, raw, dec)
-            if path in early:
-                sec.early_payload, sec.early = early[path]
-            out.append(sec)
+        if isinstance(ev, DeviceState):
+            sec = schema.add_section(found, ev.idstr, ev.instance_id, ev.payload, ev.offset)
+            if sec is not None and ev.idstr.endswith(schema.IDSTR_SUFFIX):
+                out.append(sec)
     return out
 
 
-def _load_failed(e: MigrationError, idstr: str, nested_in_virtio: bool) -> MigrationError:
-    """QEMU's error chain after a failed sanity check (spec §6.3, verified on 7.2)."""
-    chain = [str(e)]
-    if nested_in_virtio:  # the late vmsd is loaded from inside the virtio field
-        chain.append("Failed to load virtio-mem:virtio")
-    chain += [
-        f"error while loading state for instance 0x0 of device '{idstr}'",
-        "load of migration failed: Invalid argument",
-    ]
-    return MigrationError("\n".join(chain))
+def load_values(dest: VirtioMem, dev_path: str, values: Mapping[str, Any], *, early: bool = False) -> None:
+    """Load one section's decoded device values into ``dest`` (QEMU's sanity checks first).
+
+    Raises:
+        MigrationError: QEMU 7.2's lines for a failed sanity check (spec §6.3): the property
+            line, "Failed to load <vmsd>:tmp", "Failed to load virtio-mem:virtio" (the late vmsd
+            is loaded from inside the virtio field), "error while loading state …", "load of
+            migration failed: Invalid argument".
+    """
+    try:
+        dest.from_vmstate(values, early=early)
+    except MigrationError as e:
+        chain = [str(e)]
+        if not early:
+            chain.append("Failed to load virtio-mem:virtio")
+        idstr = dev_path + (schema.IDSTR_SUFFIX_EARLY if early else schema.IDSTR_SUFFIX)
+        chain += [
+            f"error while loading state for instance 0x0 of device '{idstr}'",
+            "load of migration failed: Invalid argument",
+        ]
+        raise MigrationError("\n".join(chain)) from e
 
 
 def load_section(section: VirtioMemSection, dest: VirtioMem) -> PostLoadResult:
@@ -101,19 +86,12 @@ def load_section(section: VirtioMemSection, dest: VirtioMem) -> PostLoadResult:
     Returns the late post-load result (discards etc.).
 
     Raises:
-        MigrationError: QEMU's sanity-check failure line, followed by the generic chain
-            ("Failed to load virtio-mem:virtio", "error while loading state ...").
+        MigrationError: see :func:`load_values`.
     """
     if section.early is not None:
-        try:
-            dest.from_vmstate(section.early, early=True)
-        except MigrationError as e:
-            raise _load_failed(e, section.dev_path + schema.IDSTR_SUFFIX_EARLY, False) from e
+        load_values(dest, section.dev_path, section.early, early=True)
         dest.post_load_early()
-    try:
-        dest.from_vmstate(section.decoded.device)
-    except MigrationError as e:
-        raise _load_failed(e, section.dev_path + schema.IDSTR_SUFFIX, True) from e
+    load_values(dest, section.dev_path, section.decoded.device)
     return dest.post_load()
 
 

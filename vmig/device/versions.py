@@ -20,10 +20,9 @@ import re
 from dataclasses import dataclass
 
 from vmig.errors import UsageError
+from vmig.units import MiB
 
 __all__ = ["Behaviour", "parse_version", "parse_machine", "capture_qemu_version", "KNOWN_VERSIONS", "MASTER"]
-
-MiB = 1 << 20
 
 #: qemu/qemu master as described by the spec (newer than every numbered release we model).
 MASTER: tuple[int, int] = (99, 0)

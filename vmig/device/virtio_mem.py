@@ -6,7 +6,9 @@ property validation with QEMU's messages, the 56-byte config space, the guest re
 (PLUG / UNPLUG / UNPLUG_ALL / STATE) with QEMU's check order and response codes, the usable-region
 formula, QOM ``requested-size`` writes, system reset, the migration busy rule, and the migration
 state (``virtio-mem-device`` and the [8.0]+ ``virtio-mem-device-early`` values, pre-save,
-load-time sanity checks and post-load).
+load-time sanity checks and post-load), the device a stream describes (:meth:`VirtioMem.from_section`)
+with the consistency checks QEMU's loader skips, and its ``query-memory-devices`` / HMP
+``info memory-devices`` entry (hw/virtio/virtio-mem-pci.c ``virtio_mem_pci_fill_device_info``).
 
 Sans-I/O: no threads, no virtqueue memory, no files. A request is 24 bytes in, 10 bytes out;
 side effects QEMU would perform on the host (discarding backend ranges, QMP events, config
@@ -27,7 +29,7 @@ bool per block, True = plugged). Invariants the model keeps (spec §8; the excep
 5. while :meth:`is_busy`, PLUG/UNPLUG/UNPLUG_ALL answer BUSY and the bitmap, ``size`` and U are
    frozen (system reset is refused the same way); STATE and ``requested-size`` writes still work.
 
-The busy state lives in a :class:`MigrationState` shared by all devices of a machine, driven by
+The busy state lives in a :class:`~vmig.device.state.MigrationState` shared by all devices of a machine, driven by
 whoever plays the migration engine (a test, the scenario runner, vmig's migration engine).
 """
 
@@ -50,19 +52,18 @@ from vmig.device.requests import (
     VirtioMemRequest,
     build_response,
 )
+from vmig.device.state import MigrationState
 from vmig.device.versions import Behaviour
 from vmig.errors import DeviceError, MigrationError, UsageError
-from vmig.vmstate.virtio_mem import bitmap_to_bool, bool_to_words
+from vmig.runs import true_runs
+from vmig.units import KiB, MiB
+from vmig.vmstate.virtio_mem import VirtioMemSection, bitmap_to_bool, block_count
 
 __all__ = [
-    "KiB",
-    "MiB",
-    "GiB",
     "USABLE_EXTENT",
     "VIRTIO_ID_MEM",
     "MemoryBackend",
     "HostInfo",
-    "MigrationState",
     "VirtioMemProperties",
     "VirtioMem",
     "Response",
@@ -72,14 +73,9 @@ __all__ = [
     "PostLoadResult",
     "usable_region_size_for",
     "rate_limit_size_changes",
-    "bitmap_to_words",
-    "words_to_bitmap",
     "post_load",
 ]
 
-KiB = 1 << 10
-MiB = 1 << 20
-GiB = 1 << 30
 U64_MAX = (1 << 64) - 1
 
 #: VIRTIO_MEM_USABLE_EXTENT on x86 (and s390x): 2 × 128 MiB Linux memory blocks.
@@ -96,7 +92,7 @@ VIRTIO_MEM_F_PERSISTENT_SUSPEND = 2
 
 
 # ------------------------------------------------------------------------------------------------
-# Inputs: the backend, the host, the migration state
+# Inputs: the backend, the host
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class MemoryBackend:
@@ -155,63 +151,6 @@ class HostInfo:
     discard_disabled: bool = False
     wakeup_suspend: bool = True
     acpi: bool = True
-
-
-class MigrationState:
-    """QEMU's global migration state as virtio-mem sees it (``virtio_mem_is_busy``).
-
-    ``outgoing`` takes QEMU's MigrationStatus names (``none``, ``setup``, ``active``,
-    ``pre-switchover``, ``device``, ``postcopy-active``, ``completed``, ``failed``, ``cancelled`` …);
-    ``incoming_postcopy`` the PostcopyState names (``none``, ``advise``, ``discard``, ``listening``,
-    ``running``, ``end``). ``inmigrate`` is the INMIGRATE runstate (``-incoming``).
-    """
-
-    OUTGOING_IDLE = frozenset({"none", "cancelled", "completed", "failed"})
-    OUTGOING_STATES = frozenset(
-        {
-            "none", "setup", "cancelling", "cancelled", "active", "postcopy-active",
-            "postcopy-paused", "postcopy-recover-setup", "postcopy-recover", "completed",
-            "failed", "colo", "pre-switchover", "device", "wait-unplug",
-        }
-    )
-    POSTCOPY_ORDER = ("none", "advise", "discard", "listening", "running", "end")
-
-    def __init__(self) -> None:
-        self.outgoing: str = "none"
-        self.incoming_postcopy: str = "none"
-        self.inmigrate: bool = False
-
-    def set_outgoing(self, status: str) -> None:
-        """Set the outgoing migration status (as ``query-migrate`` would report it)."""
-        if status not in self.OUTGOING_STATES:
-            raise UsageError(f"unknown migration status {status!r}")
-        self.outgoing = status
-
-    def set_incoming_postcopy(self, state: str) -> None:
-        """Set the incoming postcopy state (POSTCOPY_INCOMING_*, lower case)."""
-        if state not in self.POSTCOPY_ORDER:
-            raise UsageError(f"unknown postcopy state {state!r}")
-        self.incoming_postcopy = state
-
-    @property
-    def in_incoming_postcopy(self) -> bool:
-        """``migration_in_incoming_postcopy()``: DISCARD ≤ state < END."""
-        i = self.POSTCOPY_ORDER.index(self.incoming_postcopy)
-        return 2 <= i < 5
-
-    @property
-    def postcopy_advised(self) -> bool:
-        i = self.POSTCOPY_ORDER.index(self.incoming_postcopy)
-        return 1 <= i < 5
-
-    @property
-    def outgoing_running(self) -> bool:
-        return self.outgoing not in self.OUTGOING_IDLE
-
-    @property
-    def busy(self) -> bool:
-        """True while virtio-mem must refuse plug/unplug (spec §3.2)."""
-        return self.in_incoming_postcopy or self.outgoing_running
 
 
 @dataclass
@@ -314,23 +253,6 @@ def usable_region_size_for(
     return new
 
 
-def bitmap_to_words(bitmap: np.ndarray) -> np.ndarray:
-    """Pack a bool-per-block bitmap into QEMU's wire words (uint64, bit k%64 of word k//64).
-
-    Thin alias of the vmstate schema's helper (one implementation of the wire encoding).
-    """
-    return bool_to_words(bitmap)
-
-
-def words_to_bitmap(words: Any, nbits: int) -> np.ndarray:
-    """Unpack wire words (ints, or big-endian bytes) into ``nbits`` bools; extra bits ignored.
-
-    Raises:
-        UsageError: fewer words than ``nbits`` needs.
-    """
-    return bitmap_to_bool(words, nbits)
-
-
 def rate_limit_size_changes(
     timed: Iterable[tuple[float, SizeChange]], period: float = 1.0
 ) -> list[tuple[float, SizeChange]]:
@@ -373,16 +295,6 @@ def rate_limit_size_changes(
             windows[ev.qom_path] = (t + period, None)
     expire(float("inf"))
     return out
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Maximal runs of True in a bool array as (first index, count)."""
-    if len(mask) == 0:
-        return []
-    d = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    starts = np.flatnonzero(d == 1)
-    ends = np.flatnonzero(d == -1)
-    return [(int(s), int(e - s)) for s, e in zip(starts, ends)]
 
 
 def _is_power_of_2(v: int) -> bool:
@@ -694,10 +606,10 @@ class VirtioMem:
 
     def plugged_runs(self) -> list[tuple[int, int]]:
         """Maximal plugged block runs as (first block, count)."""
-        return _runs(self.bitmap)
+        return [(s, e - s) for s, e in true_runs(self.bitmap)]
 
     def unplugged_runs(self) -> list[tuple[int, int]]:
-        return _runs(~self.bitmap)
+        return [(s, e - s) for s, e in true_runs(~self.bitmap)]
 
     # -- usable region ----------------------------------------------------------------------------
     def _resize_usable_region(self, requested: int, can_shrink: bool) -> None:
@@ -912,7 +824,7 @@ class VirtioMem:
             if len(value) < n:
                 raise UsageError(f"bitmap has {len(value)} blocks, {n} needed")
             return value[:n].copy()
-        return words_to_bitmap(value, n)
+        return bitmap_to_bool(value, n)
 
     def from_vmstate(self, values: Mapping[str, Any], *, early: bool = False) -> None:
         """Load ``virtio-mem-device`` (or, with ``early``, ``-early``) values into this device.
@@ -971,29 +883,113 @@ class VirtioMem:
         self.warnings.extend(warnings)
         return PostLoadResult(discarded=discarded, populated=populated, warnings=tuple(warnings))
 
+    # -- a migrated state ---------------------------------------------------------------------------
+    @classmethod
+    def from_section(cls, section: VirtioMemSection, *, memdev_id: str | None = None,
+                     id: str | None = None) -> VirtioMem:
+        """The device a stream describes, as the source had it at pre_save.
+
+        Its properties come from the migrated ``tmp`` fields, its state from the decoded values,
+        stored as QEMU's loader stores them (no consistency check, spec §5.3).
+
+        Args:
+            section: the decoded sections of the device (:mod:`vmig.vmstate.virtio_mem`).
+            memdev_id: the memory backend's id (the last part of its RAMBlock idstr), if known.
+            id: the qdev id (not in the stream), if known.
+
+        Raises:
+            UsageError: only part of the state is in the stream.
+        """
+        if not section.complete:
+            raise UsageError(f"{section.dev_path}: only part of the virtio-mem state is in the stream")
+        late = section.decoded.device
+        tmp = (section.early if section.early is not None else late)["tmp"]
+        dev = cls()
+        dev.id = id
+        dev.addr = int(tmp["addr"])
+        dev.region_size = int(tmp["region_size"])
+        dev.block_size = int(tmp["block_size"])
+        dev.node = int(tmp["node"])
+        if memdev_id is not None:
+            dev.memdev = MemoryBackend(memdev_id, dev.region_size, mapped=True)
+        dev.early_migration = section.early is not None
+        dev.bitmap = np.zeros(block_count(dev.region_size, dev.block_size), dtype=bool)
+        if dev.early_migration:
+            dev.from_vmstate(section.early, early=True)
+        dev.from_vmstate(late)
+        return dev
+
+    def reconfigured(self, *, addr: int | None = None, region_size: int | None = None,
+                     block_size: int | None = None, node: int | None = None) -> VirtioMem:
+        """This device as a destination started with other properties would realize it (None =
+        the same value): same migration layout, nothing plugged yet. Loading this device's
+        state into it runs QEMU's sanity checks (:meth:`from_vmstate`)."""
+        dev = VirtioMem()
+        dev.behaviour, dev.id, dev.memdev = self.behaviour, self.id, self.memdev
+        dev.early_migration = self.early_migration
+        dev.addr = self.addr if addr is None else addr
+        dev.region_size = self.region_size if region_size is None else region_size
+        dev.block_size = self.block_size if block_size is None else block_size
+        dev.node = self.node if node is None else node
+        dev.bitmap = np.zeros(block_count(dev.region_size, dev.block_size), dtype=bool)
+        return dev
+
+    def plugged_bytes(self) -> int:
+        """Plugged blocks × block size (what ``size`` equals unless a stream says otherwise, I2)."""
+        return int(np.count_nonzero(self.bitmap)) * self.block_size
+
+    def plugged_beyond_usable(self) -> np.ndarray:
+        """Indices of plugged blocks at or beyond the usable region (none while I3 holds)."""
+        if not self.block_size:
+            return np.zeros(0, dtype=np.int64)
+        first = self.usable_region_size // self.block_size
+        return first + np.flatnonzero(self.bitmap[first:])
+
+    def state_problems(self) -> list[str]:
+        """Sentences for a (loaded) state that breaks I2 or I3; QEMU's loader checks neither."""
+        out: list[str] = []
+        bs = self.block_size
+        plugged = int(np.count_nonzero(self.bitmap))
+        if self.size != self.plugged_bytes():
+            out.append(f"size 0x{self.size:x} != {plugged} plugged blocks x block-size 0x{bs:x} "
+                       f"= 0x{self.plugged_bytes():x}")
+        beyond = self.plugged_beyond_usable()
+        if len(beyond):
+            first = int(beyond[0])
+            out.append(f"{len(beyond)} plugged block(s) beyond the usable region (usable_region_size "
+                       f"0x{self.usable_region_size:x}); first: block {first} at 0x{self.addr + first * bs:x}")
+        return out
+
     # -- QMP / HMP views ----------------------------------------------------------------------------
-    def memory_device_info(self) -> dict[str, Any]:
-        """One ``query-memory-devices`` entry (spec §7)."""
-        data: dict[str, Any] = {}
-        if self.id is not None:
-            data["id"] = self.id
-        data.update(
-            {
-                "memaddr": self.addr,
-                "node": self.node,
-                "requested-size": self.requested_size,
-                "size": self.size,
-                "max-size": self.region_size,
-                "block-size": self.block_size,
-                "memdev": self.memdev_path,
-            }
-        )
+    def memory_device_info(self, id: str | None = None) -> dict[str, Any]:
+        """One ``query-memory-devices`` entry (spec §7), keys in QEMU 7.2's output order.
+
+        Args:
+            id: the qdev id to show (default: the device's own; none = no ``id`` key).
+        """
+        data: dict[str, Any] = {
+            "memdev": self.memdev_path,
+            "memaddr": self.addr,
+            "block-size": self.block_size,
+            "size": self.size,
+            "node": self.node,
+            "max-size": self.region_size,
+            "requested-size": self.requested_size,
+        }
+        shown = self.id if id is None else id
+        if shown is not None:
+            data["id"] = shown
         return {"type": "virtio-mem", "data": data}
 
-    def hmp_info(self) -> str:
-        """This device's lines of HMP ``info memory-devices`` (``\\n`` line ends)."""
+    def hmp_info(self, id: str | None = None) -> str:
+        """This device's lines of HMP ``info memory-devices`` (``\\n`` line ends).
+
+        Args:
+            id: the name to show (default: the device's own id, or an empty one).
+        """
+        shown = id if id is not None else (self.id or "")
         return (
-            f'Memory device [virtio-mem]: "{self.id or ""}"\n'
+            f'Memory device [virtio-mem]: "{shown}"\n'
             f"  memaddr: 0x{self.addr:x}\n"
             f"  node: {self.node}\n"
             f"  requested-size: {self.requested_size}\n"
@@ -1013,10 +1009,9 @@ class VirtioMem:
         bs = self.block_size
         if self.nb_blocks != self.region_size // bs or self.region_size % bs or self.addr % bs:
             bad.append("I1")
-        if self.size != int(np.count_nonzero(self.bitmap)) * bs:
+        if self.size != self.plugged_bytes():
             bad.append("I2")
-        plugged = np.flatnonzero(self.bitmap)
-        if len(plugged) and (int(plugged[-1]) + 1) * bs > self.usable_region_size:
+        if len(self.plugged_beyond_usable()):
             bad.append("I3")
         if self.requested_size:
             formula = usable_region_size_for(
@@ -1049,7 +1044,7 @@ def unplugged_discarded_at_load(bitmap: np.ndarray, block_size: int, *,
     """
     if incoming_postcopy:
         return ()
-    return tuple((s * block_size, n * block_size) for s, n in _runs(~np.asarray(bitmap, dtype=bool)))
+    return tuple((s * block_size, (e - s) * block_size) for s, e in true_runs(~np.asarray(bitmap, dtype=bool)))
 
 
 def post_load(values: Mapping[str, Any], dest: VirtioMem, *, early: bool = False) -> PostLoadResult:

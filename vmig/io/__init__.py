@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS: dict[str, str] = {
     "Record": "vmig.io.streams",
     "decode_path": "vmig.io.streams",
-    "decode_bytes": "vmig.io.streams",
+    "decode_bytes": "vmig.io.decoding",
     "iter_events": "vmig.io.streams",
+    "input_kind": "vmig.io.streams",
     "load_description": "vmig.io.streams",
-    "new_decoder": "vmig.io.streams",
+    "make_layout": "vmig.io.decoding",
+    "new_decoder": "vmig.io.decoding",
     "open_source": "vmig.io.streams",
     "records": "vmig.io.streams",
 }
@@ -39,13 +41,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from vmig.io.decoding import decode_bytes, make_layout, new_decoder  # noqa: F401
     from vmig.io.streams import (  # noqa: F401
         Record,
-        decode_bytes,
         decode_path,
+        input_kind,
         iter_events,
         load_description,
-        new_decoder,
         open_source,
         records,
     )

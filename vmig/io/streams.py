@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
-from vmig.errors import StreamError, UsageError
+from vmig.errors import SchemaError, StreamError, UsageError
+from vmig.io.decoding import explain, new_decoder
 from vmig.io.mapping import MappedFile, adopt
 from vmig.stream.constants import SectionType
 from vmig.stream.decoder import StreamDecoder
@@ -35,7 +36,6 @@ from vmig.stream.events import (
     StreamEnd,
     VmDescriptionEvent,
 )
-from vmig.stream.layout import LayoutResolver
 from vmig.stream.vmdesc import VmDescription, find_trailer
 
 __all__ = [
@@ -44,8 +44,9 @@ __all__ = [
     "open_source",
     "iter_events",
     "decode_path",
-    "decode_bytes",
-    "new_decoder",
+    "input_kind",
+    "STREAM",
+    "MAPPED_RAM",
     "load_description",
     "read_all",
     "Record",
@@ -212,6 +213,26 @@ def _lz4_chunks(lf, path: str) -> Iterator[bytes]:
         yield b
 
 
+#: kinds of input :func:`input_kind` tells apart
+STREAM = "stream"
+MAPPED_RAM = "mapped-ram"
+
+
+def input_kind(path: str) -> str:
+    """:data:`MAPPED_RAM` for a regular file whose CONFIGURATION record names the mapped-ram
+    capability (QEMU 9.0+ ``file:`` migration: RAM at fixed offsets, not a record stream),
+    else :data:`STREAM` (also for stdin, ``.lz4`` and unreadable paths: decoding reports those)."""
+    from vmig.stream.mapped_ram import is_mapped_ram
+
+    if path == "-" or path.endswith(".lz4"):
+        return STREAM
+    try:
+        with open(path, "rb") as f:
+            return MAPPED_RAM if is_mapped_ram(f.read(1024)) else STREAM
+    except OSError:
+        return STREAM
+
+
 def read_all(path: str) -> bytes:
     """The whole (decompressed) input as bytes."""
     with open_source(path, use_mmap=False) as src:
@@ -224,11 +245,13 @@ def load_description(path: str) -> VmDescription:
     Raises:
         SchemaError/UsageError: no trailer found (message names the path).
     """
+    head = b""
     with open_source(path) as src:
         if src.mapped is not None:
             mv = src.mapped
             if len(mv) and mv[0] == ord("{"):
                 return VmDescription(bytes(mv), source=path)
+            head = bytes(mv[:_HEAD_BYTES])
             found = find_trailer(mv, source=path)
         else:
             tail = bytearray()
@@ -237,6 +260,8 @@ def load_description(path: str) -> VmDescription:
                 if first and len(chunk) and chunk[0] == ord("{"):
                     rest = bytes(chunk) + b"".join(bytes(c) for c in src.chunks())
                     return VmDescription(rest, source=path)
+                if len(head) < _HEAD_BYTES:
+                    head += bytes(chunk[: _HEAD_BYTES - len(head)])
                 first = False
                 tail += chunk
                 if len(tail) > 2 * TAIL_KEEP:
@@ -244,7 +269,62 @@ def load_description(path: str) -> VmDescription:
             found = find_trailer(tail, source=path)
     if found is None:
         raise UsageError(f"{path}: no vmdesc trailer found (is it a precopy capture with a trailer?)")
-    return found[1]
+    desc = found[1]
+    desc.source = path
+    desc.machine = configuration_name(head)
+    return desc
+
+
+_HEAD_BYTES = 4096
+
+
+def configuration_name(head: bytes) -> str | None:
+    """The machine type named by the CONFIGURATION record at the start of a stream (its first
+    bytes), or None (no such record)."""
+    dec = StreamDecoder()
+    dec.receive_data(head)
+    try:
+        for _ in range(2):
+            ev = dec.next_event()
+            if isinstance(ev, Configuration):
+                return ev.name
+    except StreamError:
+        return None
+    return None
+
+
+def check_desc_from(events: Iterable[Event], desc: VmDescription, path: str) -> Iterator[Event]:
+    """Pass ``events`` through, refusing a ``--desc-from`` description of another VM or QEMU.
+
+    Refused (a one-line :class:`~vmig.errors.SchemaError`): a description captured on another
+    machine type than the stream's CONFIGURATION names; a section the description lists with
+    another version than the stream's header; a description and a stream trailer of different
+    QEMU generations (newer QEMU adds a ``configuration`` entry to the description).
+    """
+    where = desc.source
+    for ev in events:
+        if isinstance(ev, Configuration) and desc.machine is not None and ev.name != desc.machine:
+            raise SchemaError(
+                f"--desc-from {where} describes machine type {desc.machine}, the stream is "
+                f"{ev.name}: use a capture of the same VM configuration", offset=ev.offset, path=path)
+        elif isinstance(ev, SectionHeader) and ev.type in (SectionType.SECTION_START,
+                                                           SectionType.SECTION_FULL):
+            entry = desc.device(ev.idstr, ev.instance_id)
+            version = entry.get("version") if entry is not None else None
+            if isinstance(version, int) and version != ev.version_id:  # None: no vmsd (slirp)
+                raise SchemaError(
+                    f"--desc-from {where} is from another QEMU version: it describes version "
+                    f"{version} of this section, the stream has version {ev.version_id}",
+                    offset=ev.offset, section=f"{ev.idstr} instance {ev.instance_id}", path=path)
+        elif isinstance(ev, VmDescriptionEvent):
+            own = VmDescription(ev.raw, source="stream trailer")
+            if (own.configuration is None) != (desc.configuration is None):
+                newer, older = (where, "the stream") if own.configuration is None else ("the stream", where)
+                raise SchemaError(
+                    f"--desc-from {where} is from another QEMU version: {newer} has a "
+                    f"'configuration' entry in its description (newer QEMU), {older} has none",
+                    offset=ev.offset, path=path)
+        yield ev
 
 
 def iter_events(
@@ -261,7 +341,8 @@ def iter_events(
     Descriptions are consulted in order: the stream's own trailer (located first for mapped
     files), ``description``, then ``desc_from`` (a path or a VmDescription).
     With ``schema_sets`` the bundled schema set of the stream's machine type is the last resort
-    for FULL sections nothing else describes (vmig.vmstate.machines).
+    for FULL sections nothing else describes (the decoder comes from
+    :func:`vmig.io.decoding.new_decoder`).
 
     A mapped file's consumed pages are dropped from the resident set as decoding advances
     (:meth:`Source.release_before`; event payloads stay valid): ``resident_lag`` bytes behind
@@ -274,10 +355,19 @@ def iter_events(
     if description is not None:
         extra.append(description)
     if desc_from is not None:
-        extra.append(desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from))
+        other = desc_from if isinstance(desc_from, VmDescription) else load_description(desc_from)
+        extra.append(other)
+        yield from check_desc_from(_iter_events(path, extra, fast, schema_sets, resident_lag), other, path)
+        return
+    yield from _iter_events(path, extra, fast, schema_sets, resident_lag)
+
+
+def _iter_events(path: str, extra: list[VmDescription], fast: bool, schema_sets: bool,
+                 resident_lag: int) -> Iterator[Event]:
     with open_source(path) as src:
         src.drop_lag = resident_lag
-        dec = _decoder(src.name, src.mapped, extra, schema_sets, fast)
+        dec = new_decoder(whole=src.mapped, descriptions=extra, schema_sets=schema_sets,
+                          fast=fast, name=src.name)
         try:
             for chunk in src.chunks():
                 dec.receive_data(chunk)
@@ -290,54 +380,9 @@ def iter_events(
             dec.receive_data(b"")
             yield from dec.events()
         except StreamError as e:
+            explain(e, dec)
             e.with_path(src.name)
             raise
-
-
-def _decoder(name: str, whole: bytes | memoryview | None, extra: list[VmDescription],
-             schema_sets: bool, fast: bool) -> StreamDecoder:
-    """A decoder whose layouts come from the stream's own trailer (when ``whole`` holds the
-    whole stream), then ``extra``, then (``schema_sets``) vmig's bundled machine schemas."""
-    layout = _default_layout() if schema_sets else LayoutResolver()
-    if whole is not None:
-        found = find_trailer(whole)
-        if found is not None:
-            layout.add_description(found[1])
-    for d in extra:
-        layout.add_description(d)
-    dec = StreamDecoder(path=name, layout=layout, fast=fast)
-    if hasattr(layout, "bind"):
-        layout.bind(dec)  # schema sets are chosen from the CONFIGURATION machine name
-    return dec
-
-
-def new_decoder(*, description: VmDescription | None = None, schema_sets: bool = True,
-                fast: bool = True, name: str = "<bytes>") -> StreamDecoder:
-    """A :class:`StreamDecoder` for bytes arriving piece by piece (e.g. from an engine source),
-    with ``description`` and (``schema_sets``) vmig's bundled machine schemas as layouts."""
-    return _decoder(name, None, [description] if description is not None else [], schema_sets, fast)
-
-
-def decode_bytes(data: bytes | memoryview, *, description: VmDescription | None = None,
-                 schema_sets: bool = True, fast: bool = True) -> list[Event]:
-    """All events of an in-memory stream, layouts found as :func:`iter_events` finds them
-    (so a postcopy or trailer-less stream of a known machine type decodes too).
-
-    Raises:
-        StreamError: the stream is invalid.
-    """
-    dec = _decoder("<bytes>", data, [description] if description is not None else [], schema_sets, fast)
-    dec.receive_data(data)
-    dec.receive_data(b"")
-    return list(dec.events())
-
-
-def _default_layout() -> LayoutResolver:
-    """A resolver that ends with vmig's bundled schema sets for the stream's machine type
-    (streams without a trailer: postcopy, suppress-vmdesc)."""
-    from vmig.vmstate.machines import machine_layout_resolver
-
-    return machine_layout_resolver()
 
 
 def decode_path(path: str, **kwargs) -> list[Event]:
@@ -374,17 +419,30 @@ class Record:
     events: tuple[Event, ...] = ()
     footer: bool | None = None
     ram_records: int | None = None
+    #: a command's arguments (``vmig.stream.framing.parse_command_args``; DISCARD ranges as
+    #: ``[start, length]`` byte pairs)
+    args: dict | None = None
 
     def to_json(self) -> dict:
         """JSON-ready dict with the keys that apply."""
         d: dict = {"offset": self.offset, "length": self.length, "type": self.type}
-        for k in ("section_id", "idstr", "instance_id", "version_id", "command"):
+        for k in ("section_id", "idstr", "instance_id", "version_id", "command", "args"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
         if self.type == "command" and self.command == "PACKAGED":
             d["children"] = [c.to_json() for c in self.children]
         return d
+
+
+def command_args(ev: Command) -> dict:
+    """A COMMAND record's decoded arguments, JSON-ready (ranges as ``[start, length]`` lists)."""
+    from vmig.stream.framing import COMMAND_HEADER, parse_command_args
+
+    args = parse_command_args(ev.cmd, bytes(ev.data), ev.offset + COMMAND_HEADER.size)
+    if "ranges" in args:
+        args["ranges"] = [list(r) for r in args["ranges"]]
+    return args
 
 
 def records(events: Iterable[Event], keep_events: bool = True) -> Iterator[Record]:
@@ -421,6 +479,7 @@ def records(events: Iterable[Event], keep_events: bool = True) -> Iterator[Recor
             yield Record(ev.offset, ev.length, "configuration", events=(ev,) if keep_events else ())
         elif isinstance(ev, Command):
             yield Record(ev.offset, ev.length, "command", command=ev.cmd.name,
+                         args=command_args(ev),
                          children=tuple(records(ev.children, keep_events)),
                          events=(ev,) if keep_events else ())
         elif isinstance(ev, EndOfStream):

@@ -8,8 +8,9 @@ Theory of operation (QEMU's savevm.c load loop, ram.c ram_load_precopy/postcopy,
    ``Size mismatch: <id>: 0x<in> != 0x<local>: Invalid argument``, then
    ``error while loading state for instance 0x0 of device 'ram'`` and
    ``load of migration failed: Invalid argument``. Without ``blocks`` the list is accepted.
-2. Page records write the block images (ZERO fills, PAGE copies, XBZRLE against the current
-   page, zlib pages inflated); ``received`` remembers every page a record delivered.
+2. Page records write the block images through :func:`vmig.stream.ramcodec.apply_batch` (ZERO
+   fills, PAGE copies, XBZRLE against the current page, zlib pages inflated); ``received``
+   remembers every page a record delivered.
 3. Postcopy commands move the incoming postcopy state as QEMU's does
    (none → advise → discard → listening → running → end): ADVISE, the first RAM_DISCARD
    (ranges are dropped: those pages read as zero until a record delivers them), LISTEN and RUN
@@ -42,20 +43,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vmig.errors import MigrationError
-from vmig.stream import ramcodec, xbzrle
-from vmig.stream.constants import MigCmd, RamFlag, RpMsg, SectionType
+from vmig.runs import true_runs
+from vmig.stream.constants import MigCmd, RpMsg, SectionType
 from vmig.stream.events import Command, Configuration, DeviceState, EndOfStream, RamRecords, SectionHeader
+from vmig.stream.ramcodec import BlockBuffers, apply_batch
 from vmig.stream.return_path import encode_rp, rp_message
 
 if TYPE_CHECKING:
     from vmig.device.machine import Machine
 
-__all__ = ["Destination"]
-
-_CONT = int(RamFlag.CONTINUE)
-_ZERO, _PAGE, _XBZRLE, _COMPRESS = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE),
-                                    int(RamFlag.COMPRESS_PAGE))
-
+__all__ = ["Destination", "ram_size_mismatch"]
 
 def _unknown_section(idstr: str, instance: int) -> MigrationError:
     return MigrationError(
@@ -67,6 +64,12 @@ def _unknown_section(idstr: str, instance: int) -> MigrationError:
 def _ram_failure(line: str) -> MigrationError:
     return MigrationError("\n".join([line, "error while loading state for instance 0x0 of device 'ram'",
                                      "load of migration failed: Invalid argument"]))
+
+
+def ram_size_mismatch(idstr: str, sent: int, local: int) -> MigrationError:
+    """QEMU's lines when a RAMBlock's length in the stream differs from the destination's
+    (migration/ram.c ``qemu_ram_resize`` during the RAM section's block list)."""
+    return _ram_failure(f"Size mismatch: {idstr}: {sent:#x} != {local:#x}: Invalid argument")
 
 
 class Destination:
@@ -101,8 +104,9 @@ class Destination:
         self.keep_ram = keep_ram
         self.sections = set(sections) if sections is not None else None
         self.machine_type = machine_type
-        self.images: dict[str, np.ndarray] = {}
-        self.received: dict[str, np.ndarray] = {}
+        self._buffers = BlockBuffers(page_size)
+        self.images: dict[str, np.ndarray] = self._buffers.images
+        self.received: dict[str, np.ndarray] = self._buffers.received
         self.postcopy = "none"
         self.postcopy_history = ["none"]  # every state entered, in order
         self.post_load: dict[str, Any] = {}
@@ -151,11 +155,8 @@ class Destination:
                 if local is None:
                     raise _ram_failure(f'Unknown ramblock "{b.idstr}", cannot accept migration')
                 if local != b.used_length:
-                    raise _ram_failure(f"Size mismatch: {b.idstr}: {b.used_length:#x} != {local:#x}: "
-                                       "Invalid argument")
-            if b.idstr not in self.images:
-                self.images[b.idstr] = np.zeros(b.used_length, dtype=np.uint8)
-                self.received[b.idstr] = np.zeros(-(-b.used_length // self.page_size), dtype=bool)
+                    raise ram_size_mismatch(b.idstr, b.used_length, local)
+            self._buffers.add(b.idstr, b.used_length)
 
     # -- loading ----------------------------------------------------------------------------------
     def load(self, events: Iterable[Any]) -> Destination:
@@ -247,61 +248,11 @@ class Destination:
     def _ram(self, batch: Any) -> None:
         if batch.mem_size is not None:
             self._blocks(batch.mem_size)
-        n = len(batch)
-        if n == 0 or not self.keep_ram:
-            return
-        ps = batch.page_size
-        types = (batch.flags & np.uint16(0x3FF & ~_CONT)).astype(np.int64)
-        raw = np.frombuffer(batch.raw, dtype=np.uint8)
-        # record order matters when a page repeats within a batch: apply in order, vectorised
-        # per run of one kind and block
-        page_rows = np.flatnonzero(np.isin(types, (_ZERO, _PAGE, _XBZRLE, _COMPRESS)))
-        if len(page_rows) == 0:
-            return
-        t = types[page_rows]
-        blk = batch.block[page_rows]
-        cut = np.flatnonzero((t[1:] != t[:-1]) | (blk[1:] != blk[:-1])) + 1
-        for a, z in zip([0] + cut.tolist(), cut.tolist() + [len(page_rows)]):
-            rows = page_rows[a:z]
-            typ = int(t[a])
-            idstr = batch.blocks[int(blk[a])].idstr
-            if idstr not in self.images:
-                self._blocks([batch.blocks[int(blk[a])]])
-            img = self.images[idstr]
-            addr = batch.addr[rows].astype(np.int64)
-            self.received[idstr][addr // ps] = True
-            doff = batch.data_offset[rows] - batch.base
-            if typ == _ZERO:
-                fills = raw[doff]
-                pages = img[: len(img) // ps * ps].reshape(-1, ps)
-                whole = addr + ps <= len(img)
-                pages[addr[whole] // ps] = fills[whole, None]
-                for i in np.flatnonzero(~whole).tolist():
-                    img[int(addr[i]):] = fills[i]
-            elif typ == _PAGE:
-                pages = img[: len(img) // ps * ps].reshape(-1, ps)
-                pidx = addr // ps
-                # runs of consecutive pages whose records are 8 + ps apart: one strided copy each
-                cut = np.flatnonzero((np.diff(pidx) != 1) | (np.diff(doff) != ps + 8)) + 1
-                for a_, z_ in zip([0] + cut.tolist(), cut.tolist() + [len(rows)]):
-                    p0, k = int(pidx[a_]), z_ - a_
-                    whole = min(k, len(pages) - p0)
-                    if whole > 0:
-                        pages[p0 : p0 + whole] = np.ndarray((whole, ps), np.uint8, buffer=batch.raw,
-                                                            offset=int(doff[a_]), strides=(ps + 8, 1))
-                    for i in range(a_ + max(whole, 0), z_):  # a last partial page
-                        at, o = int(addr[i]), int(doff[i])
-                        img[at:] = raw[o : o + len(img) - at]
-            else:
-                for i in rows.tolist():
-                    a_ = int(batch.addr[i])
-                    page = bytearray(img[a_ : a_ + ps].tobytes())
-                    off = int(batch.data_offset[i])
-                    if typ == _XBZRLE:
-                        xbzrle.apply(batch.data(i), page, offset=off)
-                    else:
-                        ramcodec.inflate_into(batch.data(i), page, offset=off)
-                    img[a_ : a_ + len(page)] = np.frombuffer(bytes(page), dtype=np.uint8)[: len(img) - a_]
+        if self.keep_ram and len(batch):
+            for k in np.unique(batch.block).tolist():  # a block named without a MEM_SIZE list
+                if k >= 0 and batch.blocks[k].idstr not in self.images:
+                    self._blocks([batch.blocks[k]])
+            apply_batch(batch, self._buffers)
 
     # -- postcopy page requests -------------------------------------------------------------------
     def _unplugged(self, idstr: str) -> np.ndarray:
@@ -331,11 +282,7 @@ class Destination:
                 need[start // ps : -(-(start + length) // ps)] = True
             need &= ~self.received[idstr]
             need &= ~self._unplugged(idstr)
-            idx = np.flatnonzero(need)
-            if len(idx) == 0:
-                continue
-            for run in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
-                out.append((idstr, int(run[0]) * ps, len(run) * ps))
+            out.extend((idstr, s * ps, (e - s) * ps) for s, e in true_runs(need))
         return out
 
     def request_pages(self, touched: Mapping[str, Iterable[tuple[int, int]]]) -> list[tuple[str, int, int]]:

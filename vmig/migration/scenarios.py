@@ -21,8 +21,8 @@ from __future__ import annotations
 from vmig.device.guest import DriverState, GuestDriver
 from vmig.device.machine import Machine
 from vmig.device.requests import RequestType
-from vmig.device.virtio_mem import GiB, MiB
 from vmig.errors import DeviceError
+from vmig.units import GiB, MiB
 
 __all__ = ["reboot_during_postcopy"]
 

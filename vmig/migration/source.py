@@ -30,7 +30,7 @@ Theory of operation (QEMU's migration.c / ram.c / savevm.c, precopy then optiona
    after postcopy).
 
 The outgoing migration status goes to ``migration`` (a device model's
-:class:`vmig.device.virtio_mem.MigrationState`), so modelled devices see themselves busy.
+:class:`vmig.device.state.MigrationState`), so modelled devices see themselves busy.
 Everything returned is bytes for the caller to write; no I/O here.
 """
 
@@ -45,6 +45,7 @@ import numpy as np
 from vmig.errors import UsageError
 from vmig.migration.notifiers import PrecopyNotifier, PrecopyReason
 from vmig.migration.ram import GuestRam
+from vmig.runs import true_runs
 from vmig.stream import xbzrle
 from vmig.stream.constants import MigCmd, RamFlag, RpMsg, SectionType
 from vmig.stream.encoder import StreamEncoder
@@ -59,15 +60,12 @@ from vmig.stream.events import (
     VmDescriptionEvent,
 )
 from vmig.stream.framing import build_command_data
-from vmig.stream.ram import mem_size_bytes
+from vmig.stream.ram import EOS_RECORD, RamBatch, RamBlock, build_records, mem_size_record
 from vmig.stream.return_path import ReturnPathDecoder
 
 __all__ = ["StreamTemplate", "PrecopySource", "MigrationStats"]
 
-_W = struct.Struct(">Q")
-_ZERO, _PAGE, _CONT, _EOS, _MEM_SIZE, _XBZRLE = (
-    int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.CONTINUE), int(RamFlag.EOS),
-    int(RamFlag.MEM_SIZE), int(RamFlag.XBZRLE))
+_ZERO, _PAGE, _CONT, _XBZRLE = int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.CONTINUE), int(RamFlag.XBZRLE)
 DISCARD_RANGES_PER_COMMAND = 12
 CHUNK_PAGES = 4096  # pages turned into records at a time (bounds the source's scratch memory)
 
@@ -289,6 +287,25 @@ class PrecopySource:
             out += self._chunk(idstr, pages[c : c + CHUNK_PAGES], first=(c == 0))
         return bytes(out)
 
+    def _batch(self, idstr: str, types: np.ndarray, pages: np.ndarray, raw: np.ndarray | bytes,
+               data_offset: np.ndarray, data_length: np.ndarray, first: bool) -> bytes:
+        """The records of one chunk through the stream's record writer; the first names the block
+        when it is the section's first record of that block (no CONTINUE)."""
+        n = len(pages)
+        flags = types.astype(np.uint16) | np.uint16(_CONT)
+        named = np.zeros(n, dtype=bool)
+        if first and n:
+            flags[0] &= np.uint16(~_CONT & 0xFFFF)
+            named[0] = True
+        blk = self.ram[idstr]
+        batch = RamBatch(
+            base=0, raw=raw, blocks=(RamBlock(idstr, blk.used_length),), page_size=self.ram.page_size,
+            verbatim=False,
+            columns={"offset": np.zeros(n, dtype=np.int64), "flags": flags, "block": np.zeros(n, dtype=np.int32),
+                     "addr": pages.astype(np.uint64) * np.uint64(self.ram.page_size),
+                     "data_offset": data_offset, "data_length": data_length, "has_idstr": named})
+        return build_records(batch)
+
     def _chunk(self, idstr: str, pages: np.ndarray, first: bool) -> bytes:
         if len(pages) == 0:
             return b""
@@ -299,42 +316,27 @@ class PrecopySource:
         data = blk.data
         full = len(data) // ps
         view = data[: full * ps].reshape(full, ps)
-        out = bytearray()
-        name = idstr.encode("latin-1")
+        n = len(pages)
+        # page contents side by side, then one zero byte: the fill byte of every ZERO record
+        raw = np.zeros(n * ps + 1, dtype=np.uint8)
+        contents = raw[: n * ps].reshape(n, ps)
         # a page past the last whole page (block length not a page multiple) is zero-padded
-        contents = np.zeros((len(pages), ps), dtype=np.uint8)
         inside = pages < full
         contents[inside] = view[pages[inside]]
         for i in np.flatnonzero(~inside).tolist():
             tail = data[int(pages[i]) * ps:]
             contents[i, : len(tail)] = tail
         nonzero = contents.any(axis=1)
-        addrs = pages.astype(np.uint64) * np.uint64(ps)
-        cut = np.flatnonzero(nonzero[1:] != nonzero[:-1]) + 1
-        for a, z in zip([0] + cut.tolist(), cut.tolist() + [len(pages)]):
-            is_page = bool(nonzero[a])
-            flag = _PAGE if is_page else _ZERO
-            if a == 0 and first:  # the section's first record for this block carries its idstr
-                out += _W.pack(int(addrs[0]) | flag) + bytes([len(name)]) + name
-                out += contents[0].tobytes() if is_page else b"\x00"
-                a = 1
-                if a == z:
-                    continue
-            k = z - a
-            if is_page:
-                rec = np.zeros(k, dtype=[("h", ">u8"), ("d", np.uint8, (ps,))])
-                rec["d"] = contents[a:z]
-            else:
-                rec = np.zeros(k, dtype=[("h", ">u8"), ("f", np.uint8)])
-            rec["h"] = addrs[a:z] | np.uint64(flag | _CONT)
-            out += rec.tobytes()
+        out = self._batch(idstr, np.where(nonzero, _PAGE, _ZERO), pages, raw,
+                          np.where(nonzero, np.arange(n, dtype=np.int64) * ps, n * ps),
+                          np.where(nonzero, ps, 1), first)
         n_page = int(np.count_nonzero(nonzero))
         self.stats.normal += n_page
-        self.stats.duplicate += len(pages) - n_page
+        self.stats.duplicate += n - n_page
         if self.stats.per_pass:
             self.stats.per_pass[-1]["normal"] += n_page
-            self.stats.per_pass[-1]["duplicate"] += len(pages) - n_page
-        return bytes(out)
+            self.stats.per_pass[-1]["duplicate"] += n - n_page
+        return out
 
     def _xbzrle_chunk(self, idstr: str, pages: np.ndarray, first: bool) -> bytes:
         """Records with the XBZRLE cache (one page at a time: a delta is per page anyway)."""
@@ -344,10 +346,10 @@ class PrecopySource:
             self._xb_cache[idstr] = np.zeros((blk.pages, ps), dtype=np.uint8)
             self._xb_cached[idstr] = np.zeros(blk.pages, dtype=bool)
         cache, cached = self._xb_cache[idstr], self._xb_cached[idstr]
-        name = idstr.encode("latin-1")
-        out = bytearray()
-        named = not first
         counts = self.stats.per_pass[-1] if self.stats.per_pass else {}
+        sent: list[int] = []
+        types: list[int] = []
+        bodies: list[bytes] = []
         for p in pages.tolist():
             page = np.zeros(ps, dtype=np.uint8)
             chunk = blk.data[p * ps : (p + 1) * ps]
@@ -368,18 +370,17 @@ class PrecopySource:
                     flag, body, kind = _PAGE, page.tobytes(), "normal"
                 else:
                     assert isinstance(delta, bytes)
-                    flag, body, kind = _XBZRLE, struct.pack(">BH", 1, len(delta)) + delta, "xbzrle"
-            hdr = p * ps | flag
-            if named:
-                out += _W.pack(hdr | _CONT)
-            else:
-                out += _W.pack(hdr) + bytes([len(name)]) + name
-                named = True
-            out += body
+                    flag, body, kind = _XBZRLE, delta, "xbzrle"
+            sent.append(p)
+            types.append(flag)
+            bodies.append(body)
             setattr(self.stats, kind, getattr(self.stats, kind) + 1)
             if counts is not None:
                 counts[kind] = counts.get(kind, 0) + 1
-        return bytes(out)
+        lengths = np.array([len(b) for b in bodies], dtype=np.int64)
+        offsets = np.cumsum(lengths) - lengths
+        return self._batch(idstr, np.array(types, dtype=np.uint16), np.array(sent, dtype=np.int64),
+                           b"".join(bodies), offsets, lengths, first)
 
     def _pages(self, max_pages: int | None) -> bytes:
         body = bytearray()
@@ -407,8 +408,7 @@ class PrecopySource:
                 out += self._enc.send(c)
         for f in t.early:
             out += self._full(f)
-        total = sum(b.used_length for b in self.ram)
-        body = _W.pack(total | _MEM_SIZE) + mem_size_bytes(self.ram.ram_blocks()) + _W.pack(_EOS)
+        body = mem_size_record(self.ram.ram_blocks()) + EOS_RECORD
         out += self._section(SectionType.SECTION_START, body)
         for f in t.setup:  # 8.0+: early-setup device sections right after RAM START
             out += self._full(f)
@@ -428,7 +428,7 @@ class PrecopySource:
         self._expect("active", "postcopy-active")
         if self.ram.remaining() == 0:
             self._sync()
-        return self._section(SectionType.SECTION_PART, self._pages(max_pages) + _W.pack(_EOS))
+        return self._section(SectionType.SECTION_PART, self._pages(max_pages) + EOS_RECORD)
 
     def complete(self) -> bytes:
         """Stop-and-copy: last sync, RAM END, device sections, EOF, trailer."""
@@ -436,7 +436,7 @@ class PrecopySource:
         self._status("device")
         self._sync()
         out = bytearray(self._switchover_start())
-        out += bytearray(self._section(SectionType.SECTION_END, self._pages(None) + _W.pack(_EOS)))
+        out += bytearray(self._section(SectionType.SECTION_END, self._pages(None) + EOS_RECORD))
         self._notify(PrecopyReason.COMPLETE)
         for f in self.template.devices:
             out += self._full(f)
@@ -458,13 +458,9 @@ class PrecopySource:
         self._sync()
         out = bytearray(self._switchover_start())
         for blk in self.ram:
-            idx = np.flatnonzero(blk.bitmap)
-            if len(idx) == 0:
-                continue
-            self.stats.discarded_pages += len(idx)
-            cut = np.flatnonzero(np.diff(idx) != 1) + 1
-            runs = [(int(r[0]) * self.ram.page_size, len(r) * self.ram.page_size)
-                    for r in np.split(idx, cut)]
+            ps = self.ram.page_size
+            runs = [(s * ps, (e - s) * ps) for s, e in true_runs(blk.bitmap)]
+            self.stats.discarded_pages += int(np.count_nonzero(blk.bitmap))
             for i in range(0, len(runs), DISCARD_RANGES_PER_COMMAND):
                 args = {"version": 0, "idstr": blk.idstr, "ranges": runs[i : i + DISCARD_RANGES_PER_COMMAND]}
                 out += self._enc.send(Command(0, 0, MigCmd.POSTCOPY_RAM_DISCARD,
@@ -508,12 +504,12 @@ class PrecopySource:
             blk.bitmap[idx] = False
             body += self._records(idstr, idx)
         body += self._pages(max_pages)
-        return self._section(SectionType.SECTION_PART, bytes(body) + _W.pack(_EOS))
+        return self._section(SectionType.SECTION_PART, bytes(body) + EOS_RECORD)
 
     def postcopy_complete(self) -> bytes:
         """Everything left, the RAM END section and EOF."""
         self._expect("postcopy-active")
-        out = self._section(SectionType.SECTION_END, self._pages(None) + _W.pack(_EOS))
+        out = self._section(SectionType.SECTION_END, self._pages(None) + EOS_RECORD)
         out += bytes(self._enc.send(EndOfStream(0)))
         self.ram.stop_tracking()
         self._notify(PrecopyReason.CLEANUP)

@@ -30,7 +30,8 @@ from vmig.device.requests import RequestType, ResponseType
 from vmig.device.sections import virtio_mem_sections
 from vmig.device.versions import capture_qemu_version
 from vmig.errors import UsageError
-from vmig.io.streams import iter_events, new_decoder
+from vmig.io.decoding import new_decoder
+from vmig.io.streams import iter_events
 from vmig.migration.destination import Destination
 from vmig.migration.models import model_sections
 from vmig.migration.notifiers import VirtioMemNotifier
@@ -266,8 +267,8 @@ def run(s: CapturedVm, plan: Plan) -> Outcome:
             dest = Destination(machine=machine_from_argv(s.argv, qemu_version=s.qemu_version)
                                if s.argv else None)
             trailer = s.template.trailer  # the layouts of the capture's sections (any machine type)
-            dec = new_decoder(description=VmDescription(trailer.raw, "template trailer")
-                              if trailer is not None else None)
+            dec = new_decoder(descriptions=[VmDescription(trailer.raw, "template trailer")
+                                            if trailer is not None else None])
             dec.receive_data(b"".join(parts))
             dest.load(dec.events())
             touched: dict[str, list[tuple[int, int]]] = {}

@@ -7,7 +7,7 @@ Public API of the codec core (see docs/ARCHITECTURE.md):
   ``VmDescriptionEvent``, ``StreamEnd``, ``Event``, ``NEED_DATA``;
 * ``StreamDecoder`` (sans-I/O), ``decode(bytes)``, ``StreamEncoder``, ``encode(events)``;
 * RAM framing: ``RamBatch``, ``RamBlock``, ``RamState``;
-* descriptions: ``VmDescription``, ``find_trailer``, ``LayoutResolver``, ``register_layout``;
+* descriptions: ``VmDescription``, ``find_trailer``, ``LayoutResolver``, ``STREAM_LAYOUTS``;
 * the postcopy return path: ``ReturnPathDecoder``, ``RpMessage``, ``RpEnd``, ``encode_rp``;
 The I/O around it (files, pipes, compressed inputs, building a decoder for an input) is
 :mod:`vmig.io`; this package touches no file.
@@ -43,7 +43,7 @@ _EXPORTS: dict[str, str] = {
     "StreamEnd": "vmig.stream.events",
     "VmDescriptionEvent": "vmig.stream.events",
     "LayoutResolver": "vmig.stream.layout",
-    "register_layout": "vmig.stream.layout",
+    "STREAM_LAYOUTS": "vmig.stream.layout",
     "RamBatch": "vmig.stream.ram",
     "RamBlock": "vmig.stream.ram",
     "RamState": "vmig.stream.ram",
@@ -90,7 +90,7 @@ if TYPE_CHECKING:
         StreamEnd,
         VmDescriptionEvent,
     )
-    from vmig.stream.layout import LayoutResolver, register_layout  # noqa: F401
+    from vmig.stream.layout import STREAM_LAYOUTS, LayoutResolver  # noqa: F401
     from vmig.stream.ram import RamBatch, RamBlock, RamState  # noqa: F401
     from vmig.stream.return_path import ReturnPathDecoder, RpEnd, RpMessage, encode_rp  # noqa: F401
     from vmig.stream.vmdesc import JsonObject, VmDescription, find_trailer  # noqa: F401

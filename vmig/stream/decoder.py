@@ -414,7 +414,7 @@ class StreamDecoder(BufferedInput):
                     section_id=hdr.section_id, full=full, at_eof=self._eof, offset=self.offset,
                     footers=self._footers,
                 )
-            except TruncatedError as e:
+            except NeedMoreInput as e:
                 if not self._eof:
                     return NEED_DATA
                 raise TruncatedError("input ends inside the section payload", offset=self.offset,

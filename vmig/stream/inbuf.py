@@ -13,10 +13,12 @@ from vmig.errors import UsageError
 
 
 class NeedMoreInput(Exception):
-    """Internal to the decoders: ``what`` needs ``need`` bytes and only ``have`` are buffered
-    (at end of input the decoder turns this into a TruncatedError)."""
+    """The one "need more bytes" signal of vmig's sans-I/O readers (decoders, layout measures,
+    schema-set walks): ``what`` needs ``need`` bytes (None = not known yet) and only ``have``
+    are here. Not an error: while input may still come the caller waits; at end of input the
+    decoder turns it into a :class:`~vmig.errors.TruncatedError`."""
 
-    def __init__(self, what: str, need: int, have: int) -> None:
+    def __init__(self, what: str, need: int | None = None, have: int | None = None) -> None:
         super().__init__(what)
         self.what, self.need, self.have = what, need, have
 

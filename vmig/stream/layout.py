@@ -1,4 +1,4 @@
-"""Payload lengths of non-RAM sections: descriptions first, then registered built-in layouts.
+"""Payload lengths of non-RAM sections: descriptions first, then a table of built-in layouts.
 
 QEMU writes no length for any section (migration/savevm.c ``vmstate_save``); the loader knows
 the length only by running the device's load routine. A reader that does not decode every
@@ -6,8 +6,10 @@ device must learn the length elsewhere. :class:`LayoutResolver` asks, in order:
 
 1. explicit descriptions: the stream's own vmdesc trailer, then ``--desc-from`` trailers
    (payload length = sum of field sizes, stream-format §3.3);
-2. built-in layouts registered with :func:`register_layout` by other modules (e.g. the
-   virtio engineer registers ``virtio-mem-device-early``).
+2. a table of built-in layouts (idstr or its last ``/`` part -> measure function) handed to
+   the resolver: :data:`STREAM_LAYOUTS` (the live handlers measured here, QEMU's
+   migration/block.c and migration/block-dirty-bitmap.c) by default; the decoder factory
+   (:mod:`vmig.io.decoding`) adds the layouts of the vmstate schemas (virtio-mem).
 
 Each candidate length is checked against the bytes that follow it (a footer with the section's
 id, or a valid record type byte); a description whose length does not fit is skipped.
@@ -15,58 +17,42 @@ id, or a valid record type byte); a description whose length does not fit is ski
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 
-from vmig.errors import SchemaError, TruncatedError
+from vmig.errors import SchemaError
+from vmig.stream.inbuf import NeedMoreInput
 from vmig.stream.vmdesc import VmDescription
 
-__all__ = ["MeasureFn", "LayoutResolver", "register_layout", "registered_layouts", "NEXT_RECORD_BYTES"]
+__all__ = ["MeasureFn", "LayoutResolver", "STREAM_LAYOUTS", "NEXT_RECORD_BYTES"]
 
-#: measure_fn(view, version_id) -> payload length; raises TruncatedError if view is too short
+#: measure_fn(view, version_id) -> payload length; raises NeedMoreInput if view is too short
 MeasureFn = Callable[[memoryview, int], int]
 
 #: bytes that may follow a section payload when footers are off
 NEXT_RECORD_BYTES = frozenset({0x00, 0x01, 0x02, 0x03, 0x04, 0x08})
 
-# Explicit registry filled by register_layout() calls of the modules that own the schemas.
-_LAYOUTS: dict[str, MeasureFn] = {}
-
-
-def register_layout(name: str, measure_fn: MeasureFn) -> None:
-    """Register a built-in payload measure for sections whose idstr is ``name`` or ends in ``/name``.
-
-    Args:
-        name: an idstr suffix / vmsd name (e.g. ``"virtio-mem-device-early"``, ``"block"``).
-        measure_fn: ``measure_fn(view, version_id) -> payload length`` where ``view`` starts at
-            the payload; must raise :class:`TruncatedError` if ``view`` is too short to tell.
-    """
-    _LAYOUTS[name] = measure_fn
-
-
-def registered_layouts() -> dict[str, MeasureFn]:
-    """A copy of the built-in layout registry."""
-    return dict(_LAYOUTS)
-
-
-def _builtin_for(idstr: str) -> MeasureFn | None:
-    fn = _LAYOUTS.get(idstr)
-    if fn is not None:
-        return fn
-    tail = idstr.rsplit("/", 1)[-1]
-    return _LAYOUTS.get(tail)
-
 
 class LayoutResolver:
-    """Finds section payload lengths from descriptions and registered layouts.
+    """Finds section payload lengths from descriptions and a table of built-in layouts.
 
     Args:
         descriptions: descriptions in priority order (own trailer first, then --desc-from).
-        builtins: also consult :func:`register_layout` registrations.
+        layouts: built-in measures by idstr or by the idstr's last ``/`` part (``measure_fn(view,
+            version_id) -> payload length``, raising NeedMoreInput while ``view`` is too short
+            to tell); None = :data:`STREAM_LAYOUTS`, ``{}`` = none.
     """
 
-    def __init__(self, descriptions: Iterable[VmDescription] = (), builtins: bool = True) -> None:
+    def __init__(self, descriptions: Iterable[VmDescription] = (),
+                 layouts: Mapping[str, MeasureFn] | None = None) -> None:
         self.descriptions: list[VmDescription] = list(descriptions)
-        self.builtins = builtins
+        self.layouts: Mapping[str, MeasureFn] = STREAM_LAYOUTS if layouts is None else layouts
+
+    def _builtin_for(self, idstr: str) -> MeasureFn | None:
+        fn = self.layouts.get(idstr)
+        if fn is not None:
+            return fn
+        return self.layouts.get(idstr.rsplit("/", 1)[-1])
 
     def add_description(self, desc: VmDescription, first: bool = False) -> None:
         if first:
@@ -77,7 +63,7 @@ class LayoutResolver:
     def has_layout(self, idstr: str, instance_id: int, full: bool) -> bool:
         if full and any(d.device(idstr, instance_id) is not None for d in self.descriptions):
             return True
-        return self.builtins and _builtin_for(idstr) is not None
+        return self._builtin_for(idstr) is not None
 
     def measure(
         self,
@@ -97,11 +83,11 @@ class LayoutResolver:
         Descriptions apply only to FULL sections (``full``). A candidate length is accepted when
         the bytes after it are a footer naming ``section_id`` or a record type byte (or the end
         of input); when ``footers`` is True (earlier sections had footers) only a footer is
-        accepted. While input may still come (not ``at_eof``) and the check needs more bytes,
-        raises TruncatedError so the caller waits.
+        accepted. While the check needs more bytes, raises NeedMoreInput so the caller waits
+        (or, at end of input, reports the truncation).
 
         Raises:
-            TruncatedError: not enough bytes yet to measure/check.
+            NeedMoreInput: not enough bytes yet to measure/check.
             SchemaError: every candidate was checked and none fits.
         """
         tried: list[str] = []
@@ -113,20 +99,19 @@ class LayoutResolver:
                 n = desc.payload_length(entry)
                 verdict = fits_section_end(view, n, at_eof, footers)
                 if verdict is None:
-                    raise TruncatedError("section payload not complete yet", offset=offset + len(view))
+                    raise NeedMoreInput("the section payload", have=len(view))
                 if verdict:
                     return n
                 tried.append(f"{desc.source} says {n} bytes")
-        if self.builtins:
-            fn = _builtin_for(idstr)
-            if fn is not None:
-                n = fn(view, version_id)
-                verdict = fits_section_end(view, n, at_eof, footers)
-                if verdict is None:
-                    raise TruncatedError("section payload not complete yet", offset=offset + len(view))
-                if verdict:
-                    return n
-                tried.append(f"built-in layout says {n} bytes")
+        fn = self._builtin_for(idstr)
+        if fn is not None:
+            n = fn(view, version_id)
+            verdict = fits_section_end(view, n, at_eof, footers)
+            if verdict is None:
+                raise NeedMoreInput("the section payload", have=len(view))
+            if verdict:
+                return n
+            tried.append(f"built-in layout says {n} bytes")
         if tried:
             nxt = f"{view[n]:#04x}" if n < len(view) else "end of input"
             raise SchemaError(
@@ -203,7 +188,7 @@ DBM_MAX_BUF = 10 * (1 << 20)  # the loader refuses buffers larger than 10 * CHUN
 
 def _need(view: memoryview, end: int) -> None:
     if end > len(view):
-        raise TruncatedError("payload not complete", offset=len(view), expected=f"{end} bytes")
+        raise NeedMoreInput("the payload", end, len(view))
 
 
 def measure_block(view: memoryview, version_id: int) -> int:
@@ -271,5 +256,8 @@ def measure_dirty_bitmap(view: memoryview, version_id: int) -> int:
             return p
 
 
-register_layout("block", measure_block)
-register_layout("dirty-bitmap", measure_dirty_bitmap)
+#: the built-in layouts of the wire codec itself (the default table of LayoutResolver)
+STREAM_LAYOUTS: Mapping[str, MeasureFn] = MappingProxyType({
+    "block": measure_block,
+    "dirty-bitmap": measure_dirty_bitmap,
+})

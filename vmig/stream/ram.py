@@ -3,8 +3,9 @@
 Mirrors migration/ram.c of QEMU 7.2: ``ram_save_setup`` (MEM_SIZE block list), ``save_page_header``
 / ``save_zero_page`` / ``save_normal_page`` / ``save_xbzrle_page`` / compressed pages on the
 source, ``ram_load_precopy`` / ``ram_block_from_stream`` on the destination. This module only
-frames records (where each starts, its flags, block, in-block address, where its data lies);
-page contents (XBZRLE, zlib) are decoded elsewhere (vmig.stream RAM issue).
+frames records (where each starts, its flags, block, in-block address, where its data lies) and
+writes them (:func:`build_records`, for the encoder and the migration engine); page contents
+(XBZRLE, zlib) are decoded and applied by ``vmig.stream.xbzrle`` / ``vmig.stream.ramcodec``.
 
 Theory of operation
 -------------------
@@ -33,6 +34,8 @@ import numpy as np
 
 from vmig.errors import RamError, TruncatedError
 from vmig.stream.constants import RamFlag
+from vmig.stream.inbuf import NeedMoreInput
+from vmig.stream.ramcodec import compress_bound
 
 __all__ = [
     "RamBlock",
@@ -44,7 +47,8 @@ __all__ = [
     "walk_fast",
     "build_records",
     "mem_size_bytes",
-    "compress_bound",
+    "mem_size_record",
+    "EOS_RECORD",
     "RECORD_TYPES",
     "BLOCK_TYPES",
 ]
@@ -69,11 +73,6 @@ BLOCK_TYPES = frozenset({ZERO, PAGE, XBZRLE, COMPRESS})
 #: every record type the walker accepts
 RECORD_TYPES = frozenset({ZERO, PAGE, XBZRLE, COMPRESS, MEM_SIZE, EOS, HOOK, FLUSH})
 _BULK_MIN = 4  # below this a numpy round trip costs more than scalar steps
-
-
-def compress_bound(n: int) -> int:
-    """zlib's compressBound(n): the loader's limit for a COMPRESS_PAGE length."""
-    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,10 +242,6 @@ class RamBatch:
         return f"RamBatch(base={self.base:#x}, records={len(self)}, bytes={len(self.raw)})"
 
 
-class _Need(Exception):
-    """Internal: the record at ``pos`` is incomplete in the available bytes."""
-
-
 class _Acc:
     """Column accumulator: scalar rows in lists, bulk runs as arrays, concatenated at the end."""
 
@@ -273,7 +268,7 @@ class _Acc:
 
 def _parse_mem_size(buf, q: int, end: int, total: int, state: RamState, rec_off: int,
                     abs_base: int = 0) -> tuple[int, tuple[RamBlock, ...]]:
-    """Parse the MEM_SIZE block list at buf[q:]; returns (end index, blocks). Raises _Need.
+    """Parse the MEM_SIZE block list at buf[q:]; returns (end index, blocks). Raises NeedMoreInput.
 
     With mapped-ram each entry is followed by its 28-byte header and the list continues after
     the block's pages (absolute offset ``pages_offset + used_length``): the bitmap and page
@@ -284,10 +279,10 @@ def _parse_mem_size(buf, q: int, end: int, total: int, state: RamState, rec_off:
     ps_field = state.postcopy_page_sizes is not None and state.postcopy_page_sizes != state.page_size
     while remaining > 0:
         if q + 1 > end:
-            raise _Need
+            raise NeedMoreInput("a RAM record")
         n = buf[q]
         if q + 1 + n + 8 > end:
-            raise _Need
+            raise NeedMoreInput("a RAM record")
         idstr = bytes(buf[q + 1:q + 1 + n]).decode("latin-1")
         used = _W.unpack_from(buf, q + 1 + n)[0]
         q += 1 + n + 8
@@ -307,22 +302,22 @@ def _parse_mem_size(buf, q: int, end: int, total: int, state: RamState, rec_off:
             # (EOS after the last block, or mr_addr with x-ignore-shared) the value must be a
             # huge page size included in the ADVISE summary.
             if q + 1 > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             if remaining > 0 and not state.ignore_shared:
                 present = buf[q] == 0
             else:
                 if q + 8 > end:
-                    raise _Need
+                    raise NeedMoreInput("a RAM record")
                 present = _is_page_size(_W.unpack_from(buf, q)[0], state)
             if present:
                 if q + 8 > end:
-                    raise _Need
+                    raise NeedMoreInput("a RAM record")
                 page_size = _W.unpack_from(buf, q)[0]
                 q += 8
         mr_addr = None
         if state.ignore_shared:
             if q + 8 > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             mr_addr = _W.unpack_from(buf, q)[0]
             q += 8
         if state.mapped_ram:
@@ -342,7 +337,7 @@ def _mapped_ram_entry(buf, q: int, end: int, idstr: str, used: int, state: RamSt
 
     hs = mr.MAPPED_RAM_HEADER.size
     if q + hs > end:
-        raise _Need
+        raise NeedMoreInput("a RAM record")
     version, ps, bmo, pgo = mr.MAPPED_RAM_HEADER.unpack_from(buf, q)
     at = abs_base + q
     if version != mr.MAPPED_RAM_HDR_VERSION:
@@ -360,7 +355,7 @@ def _mapped_ram_entry(buf, q: int, end: int, idstr: str, used: int, state: RamSt
                        found=f"bitmap {bmo:#x}, pages {pgo:#x}")
     nxt = pgo + used - abs_base
     if nxt > end:
-        raise _Need  # the block's bitmap and pages are not all here yet
+        raise NeedMoreInput("a RAM record")  # the block's bitmap and pages are not all here yet
     return nxt, bmo, pgo
 
 
@@ -371,7 +366,7 @@ def _is_page_size(v: int, state: RamState) -> bool:
 def _step(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc) -> tuple[int, int, tuple[RamBlock, ...] | None]:
     """Parse one record at buf[p:]; append its row; return (next p, record type, mem_size)."""
     if p + 8 > end:
-        raise _Need
+        raise NeedMoreInput("a RAM record")
     w = _W.unpack_from(buf, p)[0]
     mask = state.page_size - 1
     flags = w & mask
@@ -389,10 +384,10 @@ def _step(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc) -> t
                 raise RamError("CONTINUE record with no previous block", offset=rec_off, found=f"flags {flags:#x}")
         else:
             if q + 1 > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             n = buf[q]
             if q + 1 + n > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             name = bytes(buf[q + 1:q + 1 + n]).decode("latin-1")
             blk = state.block_index(name)
             if blk < 0:
@@ -412,7 +407,7 @@ def _step(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc) -> t
             dlen = state.page_size
         elif typ == XBZRLE:
             if q + 3 > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             if buf[q] != 1:
                 raise RamError("bad XBZRLE encoding flag", offset=rec_off, expected=1, found=buf[q])
             dlen = _BE16.unpack_from(buf, q + 1)[0]
@@ -422,14 +417,14 @@ def _step(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc) -> t
             q += 3
         else:  # COMPRESS_PAGE
             if q + 4 > end:
-                raise _Need
+                raise NeedMoreInput("a RAM record")
             dlen = _BE32.unpack_from(buf, q)[0]
             if dlen > compress_bound(state.page_size):
                 raise RamError("compressed page length beyond compressBound", offset=rec_off,
                                expected=f"<= {compress_bound(state.page_size)}", found=dlen)
             q += 4
         if q + dlen > end:
-            raise _Need
+            raise NeedMoreInput("a RAM record")
         state.last_block = blk
         nxt = q + dlen
     elif typ == MEM_SIZE:
@@ -569,7 +564,7 @@ class RamWalker:
                     self.eos = True
                     done = True
                     break
-        except _Need:
+        except NeedMoreInput:
             if at_eof:
                 raise TruncatedError(
                     "input ends inside a RAM record", offset=abs_base + p,
@@ -628,36 +623,96 @@ def mem_size_bytes(blocks: Sequence[RamBlock]) -> bytes:
     return bytes(out)
 
 
-def build_records(batch: RamBatch) -> bytes:
-    """Encode a batch from its columns (record words, idstrs, data headers) + data bytes.
+def mem_size_record(blocks: Sequence[RamBlock]) -> bytes:
+    """The whole MEM_SIZE record (``ram_save_setup``): word with the byte total, then the list."""
+    return _W.pack(sum(b.used_length for b in blocks) | MEM_SIZE) + mem_size_bytes(blocks)
 
-    Used for batches that are not ``verbatim``; for decoder output it reproduces ``raw``.
+
+#: the EOS record that ends every RAM section body
+EOS_RECORD = _W.pack(EOS)
+_RAGGED_ROWS = 256  # rows per vectorised copy of variable-length data (bounds the index arrays)
+
+
+def _put_rows(out: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> None:
+    """``out[pos[i] : pos[i] + width] = rows[i]`` for every ``i`` (windows that do not overlap)."""
+    if len(pos):
+        np.lib.stride_tricks.sliding_window_view(out, rows.shape[1], writeable=True)[pos] = rows
+
+
+def _copy_rows(out: np.ndarray, dst: np.ndarray, src_buf: np.ndarray, src: np.ndarray, width: int) -> None:
+    if len(dst):
+        _put_rows(out, dst, np.lib.stride_tricks.sliding_window_view(src_buf, width)[src])
+
+
+def _copy_ragged(out: np.ndarray, dst: np.ndarray, src_buf: np.ndarray, src: np.ndarray, lens: np.ndarray) -> None:
+    for a in range(0, len(lens), _RAGGED_ROWS):
+        ln = lens[a : a + _RAGGED_ROWS]
+        tot = int(ln.sum())
+        if tot == 0:
+            continue
+        rel = np.arange(tot, dtype=np.int64) - np.repeat(np.cumsum(ln) - ln, ln)
+        out[np.repeat(dst[a : a + _RAGGED_ROWS], ln) + rel] = src_buf[np.repeat(src[a : a + _RAGGED_ROWS], ln) + rel]
+
+
+def build_records(batch: RamBatch) -> bytes:
+    """The wire bytes of a batch's records, from its columns (record words, idstrs, data headers)
+    and data bytes: the one RAM record writer (encoder and migration engine).
+
+    For decoder output it reproduces ``raw``. A writer builds a batch that is not ``verbatim``
+    whose ``data_offset``/``data_length`` point at each record's data in ``raw`` (ZERO: the fill
+    byte; PAGE: the page; XBZRLE: the delta without its ``01 be16`` header; COMPRESS_PAGE: the zlib
+    bytes without their ``be32`` length); a MEM_SIZE record with no data of a non-verbatim batch
+    gets the ``mem_size`` list. Vectorised: record words, data headers and page-sized data are
+    placed with numpy in bulk; only idstrs (the first record of a block in a section) go one by one.
     """
-    out = bytearray()
-    raw = memoryview(batch.raw)
-    base = batch.base
-    blocks = batch.blocks
-    flags_a = batch.flags.tolist()  # type: ignore[attr-defined]
-    addr_a = batch.addr.tolist()  # type: ignore[attr-defined]
-    blk_a = batch.block.tolist()  # type: ignore[attr-defined]
-    doff_a = batch.data_offset.tolist()  # type: ignore[attr-defined]
-    dlen_a = batch.data_length.tolist()  # type: ignore[attr-defined]
-    id_a = batch.has_idstr.tolist()  # type: ignore[attr-defined]
-    for flags, addr, blk, doff, dlen, has_id in zip(flags_a, addr_a, blk_a, doff_a, dlen_a, id_a):
-        out += _W.pack(addr | flags)
-        typ = flags & ~CONT
-        if has_id:
-            name = blocks[blk].idstr.encode("latin-1")
-            out.append(len(name))
-            out += name
-        if typ == XBZRLE:
-            out.append(1)
-            out += _BE16.pack(dlen)
-        elif typ == COMPRESS:
-            out += _BE32.pack(dlen)
-        if typ == MEM_SIZE and batch.mem_size is not None and not batch.verbatim and dlen == 0:
-            out += mem_size_bytes(batch.mem_size)
-        elif dlen:
-            s = doff - base
-            out += raw[s:s + dlen]
-    return bytes(out)
+    n = len(batch)
+    if n == 0:
+        return b""
+    flags = batch.flags.astype(np.int64)  # type: ignore[attr-defined]
+    typ = flags & ~CONT
+    dlen = batch.data_length.astype(np.int64)  # type: ignore[attr-defined]
+    id_rows = np.flatnonzero(batch.has_idstr).tolist()  # type: ignore[attr-defined]
+    names = [batch.blocks[int(batch.block[i])].idstr.encode("latin-1") for i in id_rows]  # type: ignore[attr-defined]
+    name_len = np.zeros(n, dtype=np.int64)
+    name_len[id_rows] = [1 + len(x) for x in names]
+    extra = np.where(typ == XBZRLE, 3, np.where(typ == COMPRESS, 4, 0))
+    body = dlen
+    listing = np.zeros(n, dtype=bool)
+    if batch.mem_size is not None and not batch.verbatim:
+        listing = (typ == MEM_SIZE) & (dlen == 0)
+        if listing.any():
+            body = np.where(listing, len(mem_size_bytes(batch.mem_size)), dlen)
+    size = 8 + name_len + extra + body
+    start = np.zeros(n, dtype=np.int64)
+    np.cumsum(size[:-1], out=start[1:])
+    out = np.zeros(int(start[-1] + size[-1]), dtype=np.uint8)
+    words = (batch.addr | flags.astype(np.uint64)).astype(">u8")  # type: ignore[attr-defined]
+    _put_rows(out, start, words.view(np.uint8).reshape(n, 8))
+    for i, name in zip(id_rows, names):
+        p = int(start[i]) + 8
+        out[p] = len(name)
+        out[p + 1 : p + 1 + len(name)] = np.frombuffer(name, dtype=np.uint8)
+    hdr = start + 8 + name_len
+    x = np.flatnonzero(typ == XBZRLE)
+    if len(x):
+        out[hdr[x]] = 1
+        out[hdr[x] + 1] = dlen[x] >> 8
+        out[hdr[x] + 2] = dlen[x] & 0xFF
+    c = np.flatnonzero(typ == COMPRESS)
+    if len(c):
+        _put_rows(out, hdr[c], dlen[c].astype(">u4").view(np.uint8).reshape(-1, 4))
+    dpos = hdr + extra
+    raw = np.frombuffer(batch.raw, dtype=np.uint8)
+    src = batch.data_offset - batch.base  # type: ignore[attr-defined]
+    ps = batch.page_size
+    one = np.flatnonzero((dlen == 1) & ~listing)
+    out[dpos[one]] = raw[src[one]]
+    whole = np.flatnonzero((dlen == ps) & ~listing)
+    _copy_rows(out, dpos[whole], raw, src[whole], ps)
+    rest = np.flatnonzero((dlen > 1) & (dlen != ps) & ~listing)
+    _copy_ragged(out, dpos[rest], raw, src[rest], dlen[rest])
+    if listing.any():
+        lst = np.frombuffer(mem_size_bytes(batch.mem_size), dtype=np.uint8)  # type: ignore[arg-type]
+        for i in np.flatnonzero(listing).tolist():
+            out[int(dpos[i]) : int(dpos[i]) + len(lst)] = lst
+    return out.tobytes()

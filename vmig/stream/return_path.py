@@ -282,6 +282,18 @@ def decode_rp(data: bytes | bytearray | memoryview, path: str | None = None, *,
     return [ev for ev in dec.events() if isinstance(ev, RpMessage)]
 
 
+def looks_like_return_path(head: bytes | memoryview) -> bool:
+    """True when ``head`` (the first bytes of an input) starts with well-formed return-path
+    messages rather than a QEVM header: a stream's magic never parses as one."""
+    dec = ReturnPathDecoder(require_shut=False)
+    dec.receive_data(head)
+    try:
+        first = dec.next_event()
+    except StreamError:
+        return False
+    return isinstance(first, RpMessage)
+
+
 def iter_rp(chunks: Iterable[bytes | memoryview], path: str | None = None, *,
             require_shut: bool = True) -> Iterator[RpEvent]:
     """Decode a chunked input (e.g. ``vmig.io.streams.Source.chunks()``), yielding events."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from vmig.errors import SchemaError
 
-__all__ = ["JsonObject", "VmDescription", "find_trailer", "parse_json", "TRAILER_HEADER_LEN"]
+__all__ = ["JsonObject", "VmDescription", "body_length", "find_trailer", "parse_json", "TRAILER_HEADER_LEN"]
 
 TRAILER_HEADER_LEN = 5  # 0x06 + be32 length
 VMDESCRIPTION_BYTE = 0x06
@@ -115,6 +115,8 @@ class VmDescription:
     def __init__(self, raw: bytes | bytearray | memoryview, source: str = "trailer") -> None:
         self.raw: bytes = bytes(raw)
         self.source = source
+        #: machine type of the capture the description was taken from, when known
+        self.machine: str | None = None
         try:
             root = parse_json(self.raw)
         except ValueError as e:
@@ -164,26 +166,45 @@ class VmDescription:
             SchemaError: the entry lacks ``size`` values or has the wrong shape.
         """
         try:
-            return _body_length(entry)
-        except (KeyError, TypeError, AttributeError) as e:
+            return body_length(entry)
+        except (SchemaError, AttributeError) as e:
             name = entry.get("name") if isinstance(entry, JsonObject) else None
-            raise SchemaError(f"vmdesc entry {name!r} has no usable field sizes ({e!r})") from e
+            detail = e.message if isinstance(e, SchemaError) else repr(e)
+            raise SchemaError(f"vmdesc entry {name!r} has no usable field sizes ({detail})") from e
 
     def __repr__(self) -> str:
         return f"VmDescription({len(self.raw)} bytes from {self.source})"
 
 
-def _body_length(body: JsonObject) -> int:
+def body_length(body: Any, *, size_default: int | None = None) -> int:
+    """Bytes a vmsd body occupies according to its description (spec stream-format §3.3).
+
+    Sum over ``fields`` of ``size × array_len`` (``array_len`` absent = 1), plus for each
+    listed subsection its header (``05``, u8 len, name, be32 version = 6 + len(name)) and,
+    recursively, its own fields and subsections. A field without ``size`` counts
+    ``size_default`` (None: it is an error; the schema engine passes 0 for bodies of the
+    bundled schema sets, whose struct fields carry their body instead of a size).
+
+    Raises:
+        SchemaError: a size, count or name is missing or not a non-negative integer / string.
+    """
     total = 0
     for f in body.get("fields") or ():
-        size = f["size"]
+        if not hasattr(f, "get"):
+            raise SchemaError("a field entry is not an object")
+        size = f.get("size", size_default)
         count = f.get("array_len", 1)
-        if not isinstance(size, int) or not isinstance(count, int) or size < 0 or count < 0:
-            raise TypeError(f"bad size/array_len in field {f.get('name')!r}")
+        for what, v in (("size", size), ("array_len", count)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise SchemaError(f"field {f.get('name')!r}: {what} is not a non-negative integer: {v!r}")
         total += size * count
     for sub in body.get("subsections") or ():
-        name = sub["vmsd_name"]
-        total += 6 + len(name.encode("utf-8")) + _body_length(sub)
+        if not hasattr(sub, "get"):
+            raise SchemaError("a subsection entry is not an object")
+        name = sub.get("vmsd_name")
+        if not isinstance(name, str):
+            raise SchemaError(f"a subsection has no vmsd_name: {name!r}")
+        total += 6 + len(name.encode("utf-8")) + body_length(sub, size_default=size_default)
     return total
 
 

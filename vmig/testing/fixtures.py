@@ -93,18 +93,18 @@ def resolve_args(args: list[str], workdir: Path) -> list[str]:
     """Replace the manifest placeholders with real paths.
 
     ``@WORKDIR@`` → ``workdir`` (absolute); ``@KERNEL@``/``@INITRD@`` → the guest built on
-    demand by ``vmig.testing.qemu.guest_kernel_initrd()`` (only if the line uses them);
-    ``@DIRTYGUEST@`` → ``vmig.testing.qemu.dirty_guest_image()``.
+    demand by ``vmig.testing.guest.guest_kernel_initrd()`` (only if the line uses them);
+    ``@DIRTYGUEST@`` → ``vmig.testing.guest.dirty_guest_image()``.
     """
     wd = str(Path(workdir).resolve())
     out = [a.replace(PLACEHOLDER_WORKDIR, wd) for a in args]
     if any(PLACEHOLDER_DIRTY_GUEST in a for a in out):
-        from vmig.testing.qemu import dirty_guest_image
+        from vmig.testing.guest import dirty_guest_image
 
         img = str(dirty_guest_image())
         out = [a.replace(PLACEHOLDER_DIRTY_GUEST, img) for a in out]
     if uses_guest(out):
-        from vmig.testing.qemu import guest_kernel_initrd
+        from vmig.testing.guest import guest_kernel_initrd
 
         kernel, initrd = guest_kernel_initrd()
         out = [a.replace(PLACEHOLDER_KERNEL, str(kernel)).replace(PLACEHOLDER_INITRD, str(initrd))

@@ -17,14 +17,15 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from vmig.testing.qemu import CACHE_DIR, QemuLabError, _debian_mirror
+from vmig.testing.qemu import CACHE_DIR, QemuLabError
+from vmig.testing.trixie import debian_mirror
 
 __all__ = ["PEER_DIR", "peer_script_path", "fetch_analyze_migration", "run_peer"]
 
 PEER_DIR = CACHE_DIR / "peer"
 _SCRIPT = "scripts/analyze-migration.py"
 # Debian suite shipping each QEMU version we compare against.
-_SUITES = {"7.2": ["bookworm", "bookworm-updates"]}
+_SUITES = {"7.2": ["bookworm", "bookworm-updates"], "10.0": ["trixie", "trixie-updates"]}
 
 
 def peer_script_path(version: str = "7.2") -> Path:
@@ -61,7 +62,7 @@ def fetch_analyze_migration(version: str = "7.2") -> Path:
         sources = work / "deb-src.sources"
         sources.write_text(
             "Types: deb-src\n"
-            f"URIs: {_debian_mirror()}\n"
+            f"URIs: {debian_mirror()}\n"
             f"Suites: {' '.join(suites)}\n"
             "Components: main\n"
             "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"

@@ -1,10 +1,11 @@
 """Real-QEMU driver for tests, captures and oracle checks.
 
 Covers: finding the ``qemu-system-x86_64`` binary (and failing, not skipping, under CI when it is
-missing), starting a QEMU process with a QMP socket, talking QMP/HMP synchronously, migrating a VM
-into a file (``exec:cat > FILE``), loading a stream back into a fresh QEMU (``-incoming defer`` +
-``migrate-incoming``), the QEMU 10.0 runner from a Debian trixie chroot, and the plugging Linux
-guest (kernel + initramfs built on demand by ``fixtures/guest/build.py``).
+missing), starting a QEMU process with a QMP socket (optionally inside a chroot, with the work
+folders bind-mounted), talking QMP/HMP synchronously, migrating a VM into a file
+(``exec:cat > FILE``), loading a stream back into a fresh QEMU (``-incoming defer`` +
+``migrate-incoming``). The QEMU 10.0 chroot is built by :mod:`vmig.testing.trixie`; the guests
+come from :mod:`vmig.testing.guest`.
 
 Mirrors QEMU's QMP interface (``qapi/migration.json``: ``migrate``, ``migrate-incoming``,
 ``query-migrate``, ``migrate-set-capabilities``/``-parameters``; ``qapi/machine.json``:
@@ -30,7 +31,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,19 +50,13 @@ __all__ = [
     "require_qemu",
     "qemu_version",
     "load_stream",
-    "ensure_trixie_chroot",
-    "trixie_qemu_available",
-    "guest_kernel_initrd",
-    "guest_args",
     "wait_for_text",
-    "GUEST_READY",
-    "dirty_guest_image",
-    "GUEST_CMDLINE",
-    "GUEST_DIR",
     "started",
     "dump_json",
     "CACHE_DIR",
     "REPO_ROOT",
+    "is_mountpoint",
+    "wait_file_stable",
 ]
 
 DEFAULT_BINARY = "qemu-system-x86_64"
@@ -141,7 +135,7 @@ def qemu_version(binary: str = DEFAULT_BINARY, *, chroot: Path | None = None) ->
 # --------------------------------------------------------------------------- chroot bind mounts
 
 
-def _is_mountpoint(path: Path) -> bool:
+def is_mountpoint(path: Path) -> bool:
     target = os.path.realpath(path)
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as fh:
@@ -177,7 +171,7 @@ class _ChrootMounts:
                 self._refs[dst] += 1
                 self._held.append(dst)
                 return
-            if _is_mountpoint(Path(dst)):
+            if is_mountpoint(Path(dst)):
                 return  # not ours: leave it alone
             Path(dst).mkdir(parents=True, exist_ok=True)
             subprocess.run(["mount", "--bind", str(src), dst], check=True, capture_output=True)
@@ -651,160 +645,6 @@ def load_stream(
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-
-
-# --------------------------------------------------------------------------- QEMU 10.0 (trixie chroot)
-
-
-def _debian_mirror() -> str:
-    """The first ``URIs:`` of /etc/apt/sources.list.d/debian.sources (the machine's mirror)."""
-    src = Path("/etc/apt/sources.list.d/debian.sources")
-    if src.exists():
-        for line in src.read_text().splitlines():
-            if line.strip().lower().startswith("uris:"):
-                uris = line.split(":", 1)[1].split()
-                if uris:
-                    return uris[0]
-    lst = Path("/etc/apt/sources.list")
-    if lst.exists():
-        for line in lst.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == "deb":
-                return parts[1] if not parts[1].startswith("[") else parts[2]
-    return "http://deb.debian.org/debian"
-
-
-def trixie_qemu_available(dir: Path | None = None) -> bool:
-    """True if the trixie chroot exists with its QEMU binary."""
-    d = Path(dir) if dir is not None else CACHE_DIR / "trixie"
-    return (d / "usr/bin/qemu-system-x86_64").exists() and (d / ".vmig-complete").exists()
-
-
-def ensure_trixie_chroot(dir: Path | None = None) -> Path:
-    """Build (once) a Debian trixie chroot with QEMU 10.0 and return its root.
-
-    Uses ``debootstrap --variant=minbase --include=qemu-system-x86,qemu-utils trixie DIR MIRROR``
-    with this machine's Debian mirror; installs ``debootstrap`` through apt if missing. Idempotent:
-    a finished chroot is marked with ``.vmig-complete``.
-
-    Raises:
-        QemuLabError: debootstrap failed.
-    """
-    d = Path(dir) if dir is not None else CACHE_DIR / "trixie"
-    d = d.resolve()
-    if trixie_qemu_available(d):
-        return d
-    if shutil.which("debootstrap") is None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=True, env=env,
-                       capture_output=True)
-    if d.exists():
-        # a half-built chroot from an interrupted run: make sure nothing is mounted, then redo
-        for sub in ("proc", "dev"):
-            if _is_mountpoint(d / sub):
-                subprocess.run(["umount", "-l", str(d / sub)], capture_output=True)
-        shutil.rmtree(d)
-    d.parent.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(
-        ["debootstrap", "--variant=minbase", "--include=qemu-system-x86,qemu-utils", "trixie",
-         str(d), _debian_mirror()],
-        capture_output=True, text=True,
-    )
-    if res.returncode != 0:
-        raise QemuLabError(f"debootstrap trixie failed ({res.returncode}): {res.stderr[-2000:]}"
-                           f"{res.stdout[-2000:]}")
-    (d / ".vmig-complete").write_text(qemu_version(chroot=d) + "\n")
-    return d
-
-
-# --------------------------------------------------------------------------- the plugging guest
-
-
-GUEST_DIR = CACHE_DIR / "guest"
-GUEST_CMDLINE = "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable init_on_free=1"
-
-
-def guest_kernel_initrd(*, rebuild: bool = False) -> tuple[Path, Path]:
-    """Return ``(vmlinuz, initrd)`` of the plugging guest, building them on demand.
-
-    Built by ``fixtures/guest/build.py`` into ``~/.cache/vmig/guest`` (never committed).
-
-    Raises:
-        QemuLabError: the build failed.
-    """
-    kernel, initrd = GUEST_DIR / "vmlinuz", GUEST_DIR / "initrd.gz"
-    if kernel.exists() and initrd.exists() and not rebuild:
-        return kernel, initrd
-    script = REPO_ROOT / "fixtures" / "guest" / "build.py"
-    argv = [sys.executable, str(script), "--out", str(GUEST_DIR)] + (["--rebuild"] if rebuild else [])
-    res = subprocess.run(argv, capture_output=True, text=True)
-    if res.returncode != 0 or not (kernel.exists() and initrd.exists()):
-        raise QemuLabError(f"guest build failed ({res.returncode}): {res.stderr[-2000:]}")
-    return kernel, initrd
-
-
-def guest_args(serial_log: Path, *, dirty: bool = False, extra_cmdline: str = "") -> list[str]:
-    """Command-line pieces that boot the plugging guest with its console in ``serial_log``.
-
-    The guest prints ``VMIG-READY`` once its virtio-mem driver is loaded, and with ``dirty=True``
-    keeps rewriting a tmpfs file (dirty pages for live precopy).
-    """
-    kernel, initrd = guest_kernel_initrd()
-    cmdline = GUEST_CMDLINE + (" vmig.dirty=1" if dirty else "") + (f" {extra_cmdline}" if extra_cmdline else "")
-    return ["-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-            "-serial", f"file:{Path(serial_log).resolve()}"]
-
-
-GUEST_READY = "VMIG-READY"
-
-
-def _dirty_guest_bytes(base: int = 0x0100_0000, pages: int = 1024) -> bytes:
-    """A tiny multiboot (a.out kludge) guest that keeps rewriting ``pages`` pages from ``base``.
-
-    QEMU's multiboot loader enters it in flat 32-bit protected mode with paging off. Each pass
-    increments a counter (ESI) and stores it at two offsets of every page, so every page is a
-    non-zero "normal" page whose bytes tell which pass wrote it. Each pass also flips CR0.WP:
-    QEMU flushes the TCG TLB on that change, which re-arms dirty tracking for pages written
-    after the last bitmap sync (without paging nothing else flushes it).
-    """
-    import struct
-
-    load = 0x0010_0000
-    code = bytearray()
-    code += b"\xfa"                                   # cli
-    code += b"\x31\xf6"                               # xor esi, esi
-    outer = len(code)
-    code += b"\x46"                                   # inc esi
-    code += b"\x0f\x20\xc0"                           # mov eax, cr0
-    code += b"\x35" + struct.pack("<I", 0x0001_0000)  # xor eax, CR0.WP
-    code += b"\x0f\x22\xc0"                           # mov cr0, eax
-    code += b"\xbf" + struct.pack("<I", base)         # mov edi, base
-    code += b"\xb9" + struct.pack("<I", pages)        # mov ecx, pages
-    inner = len(code)
-    code += b"\x89\x37"                               # mov [edi], esi
-    code += b"\x89\xb7" + struct.pack("<I", 0x808)    # mov [edi+0x808], esi
-    code += b"\x81\xc7" + struct.pack("<I", 0x1000)   # add edi, 4096
-    code += b"\xe2" + struct.pack("<b", inner - (len(code) + 2))  # loop inner
-    code += b"\xeb" + struct.pack("<b", outer - (len(code) + 2))  # jmp outer
-    magic, flags = 0x1BADB002, 0x0001_0000
-    header = struct.pack("<8I", magic, flags, (-(magic + flags)) & 0xFFFF_FFFF,
-                         load, load, 0, 0, load + 32)
-    return header + bytes(code) + b"\0" * ((-len(code)) % 16) + b"VMIG-DIRTY-GUEST\0"
-
-
-def dirty_guest_image() -> Path:
-    """Path of the tiny page-dirtying multiboot guest (written to the cache on first use).
-
-    Use with ``-kernel PATH`` on a ``pc`` machine; it needs no initrd and prints nothing.
-    """
-    data = _dirty_guest_bytes()
-    path = GUEST_DIR / "dirty-guest.mb"
-    if not path.exists() or path.read_bytes() != data:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    return path
 
 
 @contextlib.contextmanager

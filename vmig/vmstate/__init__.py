@@ -16,7 +16,6 @@ from vmig.vmstate.engine import (
     SchemaSet,
     VmsdSchema,
     build_schema,
-    described_length,
 )
 from vmig.vmstate.registry import Registry, default_registry, register_field_codec
 
@@ -28,6 +27,5 @@ __all__ = [
     "VmsdSchema",
     "build_schema",
     "default_registry",
-    "described_length",
     "register_field_codec",
 ]

@@ -69,6 +69,7 @@ from construct import (
 
 from vmig.errors import SchemaError
 from vmig.stream.constants import VMS_NULLPTR_MARKER
+from vmig.stream.vmdesc import body_length
 from vmig.vmstate.registry import Registry, default_registry
 
 __all__ = [
@@ -80,7 +81,6 @@ __all__ = [
     "VmsdSchema",
     "SchemaSet",
     "build_schema",
-    "described_length",
 ]
 
 # vmdesc integer type names -> (wire width, signed). All big-endian on the wire, including
@@ -566,10 +566,6 @@ class VmsdSchema:
             ) from e
         return stream.getvalue()
 
-    def described_length(self) -> int:
-        """Payload length the description implies (see :func:`described_length`)."""
-        return described_length(self.entry)
-
 
 def _schema_error(
     e: construct.ConstructError, base: int, section: str | None, what: str
@@ -583,28 +579,6 @@ def _schema_error(
         offset=None if rel is None else base + rel,
         section=section,
     )
-
-
-def described_length(body: Mapping[str, Any]) -> int:
-    """Bytes a body occupies according to its description (stream-format §3.3).
-
-    Sum over fields of ``size × array_len`` (1 without ``array_len``), plus for each subsection
-    its header (6 + len(vmsd_name)) and, recursively, its own length.
-
-    Raises:
-        SchemaError: a size or count is not a non-negative integer.
-    """
-    total = 0
-    for f in body.get("fields") or ():
-        if not hasattr(f, "get"):
-            raise SchemaError("a field entry is not an object")
-        size = _natural(f.get("size", 0), f"field {f.get('name')!r}: size")
-        total += size * _natural(f.get("array_len", 1), f"field {f.get('name')!r}: array_len")
-    for sub in body.get("subsections") or ():
-        if not hasattr(sub, "get"):
-            raise SchemaError("a subsection entry is not an object")
-        total += 6 + len(str(sub.get("vmsd_name", "")).encode()) + described_length(sub)
-    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -748,7 +722,7 @@ class SchemaSet:
             count = _natural(count, f"field {key}: array_len")
         element, body, codec = self._element(entry, key, vmsd_name)
         if count is not None and count > _MAX_EMPTY_ELEMENTS:
-            min_bytes = described_length(body.desc) if body is not None else int(entry.get("size", 0))
+            min_bytes = body_length(body.desc, size_default=0) if body is not None else int(entry.get("size", 0))
             if min_bytes == 0:  # would loop without consuming input
                 raise SchemaError(f"field {key}: array_len {count} of zero-byte elements")
         label = key if slot is None else f"{key}[{slot}]"

@@ -1,4 +1,4 @@
-"""analyze-migration.py-compatible JSON (QEMU 7.2 ``scripts/analyze-migration.py``).
+"""analyze-migration.py-compatible JSON (QEMU 7.2's and 10.0's ``scripts/analyze-migration.py``).
 
 Reproduces what ``analyze-migration.py -f STREAM`` (``-d state``, the default) and ``-d desc``
 print, for every stream that script can read, from vmig's decoder events and the vmstate
@@ -21,6 +21,13 @@ engine. The semantics mirrored (QEMU 7.2 script, classes ``VMSDField*``, ``RamSe
   fields;
 * ``-d desc``: the trailer JSON parsed into ordered dicts (duplicate keys: last value wins).
 
+QEMU 10.0's script (``DIALECTS``: ``"10.0"``) differs in how a struct collects its fields: the
+first field of a name is stored as a value, a second one of the same name turns it into the list
+``[first, second]`` and later ones are appended — whether or not the entries carry ``index``.
+So a one-element array prints as its element, an array of two or more (structs included) as a
+list, and repeated names without ``index`` as a list too. ``nullptr`` entries print as
+``"nullptr"``. Everything else (readers, RAM, ``-d desc``) is the same as 7.2's.
+
 The text output is ``json.dumps(obj, indent=4, separators=(",", ": "))`` plus a newline, which
 is what the script prints; tests compare it with the real script's output.
 
@@ -42,6 +49,7 @@ from vmig.errors import SchemaError
 from vmig.vmstate.engine import _INT_CONSTRUCTS, BodyNode, FieldItem, SchemaSet
 
 __all__ = [
+    "DIALECTS",
     "SIGNED_READERS",
     "UNSIGNED_READERS",
     "render_body",
@@ -65,6 +73,8 @@ SIGNED_READERS = frozenset(
     }
 )
 UNSIGNED_READERS = frozenset({"uint8", "uint16", "uint32", "uint32 equal", "uint64"})
+# analyze-migration.py versions whose output is reproduced ("7.2" is the default)
+DIALECTS = ("7.2", "10.0")
 # the engine's fixed-width big-endian integer constructs: (width, signed) by identity
 _INT_ELEMENTS = {id(c): key for key, c in _INT_CONSTRUCTS.items()}
 
@@ -102,11 +112,13 @@ def _wire_bytes(item: FieldItem, value: Any) -> bytes:
     return item.element_bytes(value)
 
 
-def _element(item: FieldItem, value: Any) -> Any:
+def _element(item: FieldItem, value: Any, dialect: str) -> Any:
     if item.type == "struct" and item.body is not None:
-        return render_body(item.body, value)
+        return render_body(item.body, value, dialect)
     data = value if isinstance(value, bytes) else _wire_bytes(item, value)
     t = item.type
+    if t == "nullptr" and dialect != "7.2":
+        return "nullptr"
     if t in SIGNED_READERS or t in UNSIGNED_READERS:
         return _int_text(data, int(item.entry.get("size", len(data))), t in SIGNED_READERS)
     if t == "bool":
@@ -114,16 +126,34 @@ def _element(item: FieldItem, value: Any) -> Any:
     return " ".join("%02x" % c for c in data)
 
 
-def render_body(body: BodyNode, container: Mapping[str, Any]) -> OrderedDict[str, Any]:
+def render_body(body: BodyNode, container: Mapping[str, Any], dialect: str = "7.2") -> OrderedDict[str, Any]:
     """Render a decoded vmsd body the way analyze-migration.py's ``VMSDFieldStruct`` does.
 
     ``body`` must come from a :class:`SchemaSet` built without field codecs
-    (``registry=None``), so opaque fields are the exact bytes.
+    (``registry=None``), so opaque fields are the exact bytes. ``dialect``: one of
+    :data:`DIALECTS` (the script version whose output is reproduced).
     """
     out: OrderedDict[str, Any] = OrderedDict()
+    if dialect != "7.2":
+        seen: dict[str, int] = {}
+        for item in body.items:
+            name = str(item.entry.get("name", ""))
+            for v in item.values(container):
+                rendered = _element(item, v, dialect)
+                n = seen.get(name, 0)
+                if n == 0:
+                    out[name] = rendered
+                elif n == 1:
+                    out[name] = [out[name], rendered]
+                else:
+                    out[name].append(rendered)
+                seen[name] = n + 1
+        for key, node in body.subsections:
+            out[key] = render_body(node, container[key], dialect)
+        return out
     for item in body.items:
         name = str(item.entry.get("name", ""))
-        rendered = [_element(item, v) for v in item.values(container)]
+        rendered = [_element(item, v, dialect) for v in item.values(container)]
         if item.count is not None or "index" in item.entry:
             lst = out.get(name)
             if not isinstance(lst, list):
@@ -133,7 +163,7 @@ def render_body(body: BodyNode, container: Mapping[str, Any]) -> OrderedDict[str
         else:
             out[name] = rendered[0]
     for key, node in body.subsections:
-        out[key] = render_body(node, container[key])
+        out[key] = render_body(node, container[key], dialect)
     return out
 
 
@@ -157,6 +187,8 @@ def state_dict(
     description: Any = None,
     *,
     fallback: Any = None,
+    dialect: str = "7.2",
+    memory: bool = False,
 ) -> OrderedDict[str, Any]:
     """The ``-d state`` document for a decoded stream.
 
@@ -167,6 +199,12 @@ def state_dict(
             trailer (its ``VmDescriptionEvent``).
         fallback: a second description consulted for sections the first does not describe
             (``--desc-from`` when the stream has its own trailer).
+        dialect: the analyze-migration.py version reproduced (:data:`DIALECTS`).
+        memory: add the script's ``-m`` view to ``ram``: ``"memory"``, one key
+            ``"<block> (0x<addr as %016x>)"`` per page record (a later record of the same page
+            replaces the value in place): ``"Filled with 0x<byte>"`` for a zero-page record, the
+            page as space-separated hex bytes for a full page. (The scripts themselves fail on
+            a full page under Python 3; this prints what they mean to.)
 
     Raises:
         SchemaError: a device section has no description or does not fit it.
@@ -199,6 +237,8 @@ def state_dict(
                 sizes = entry[1]["section sizes"]
                 for block in mem:
                     sizes[block.idstr] = "0x%016x" % block.used_length
+            if entry is not None and entry[0] == "ram" and memory:
+                _memory_view(entry[1].setdefault("memory", OrderedDict()), ev.batch)
         elif isinstance(ev, DeviceState):
             sid = ev.section_id if ev.section_id >= 0 else current
             pending.append((sid, ev.idstr, ev.instance_id, ev.offset, bytes(ev.payload)))
@@ -224,7 +264,7 @@ def state_dict(
                 section=label,
             )
         values = schema.decode(payload, offset=offset, section=label)
-        sections[sid] = (idstr, render_body(schema.body, values))
+        sections[sid] = (idstr, render_body(schema.body, values, dialect))
 
     out: OrderedDict[str, Any] = OrderedDict()
     for sid, (idstr, value) in sections.items():
@@ -232,6 +272,21 @@ def state_dict(
             continue  # a START of a non-RAM iterative handler: the script cannot read it
         out["%s (%d)" % (idstr, sid)] = value
     return out
+
+
+def _memory_view(out: OrderedDict[str, str], batch: Any) -> None:
+    """Add a RAM batch's ZERO and PAGE records to the ``-m`` view (see :func:`state_dict`)."""
+    from vmig.stream.constants import RamFlag
+
+    types = batch.types()
+    for i in range(len(batch)):
+        t = int(types[i]) & ~int(RamFlag.EOS)
+        if t not in (RamFlag.ZERO, RamFlag.PAGE):
+            continue
+        name = batch.blocks[int(batch.block[i])].idstr
+        key = "%s (0x%016x)" % (name, int(batch.addr[i]))
+        data = bytes(batch.data(i))
+        out[key] = ("Filled with 0x%02x" % data[0]) if t == RamFlag.ZERO else " ".join("%02x" % c for c in data)
 
 
 def desc_dict(raw: bytes | bytearray | memoryview) -> OrderedDict[str, Any]:

@@ -28,12 +28,15 @@ Public API (the device model consumes it):
 ``VIRTIO_MEM_DEVICE``, ``VIRTIO_MEM_DEVICE_EARLY``, ``VIRTIO_MEM_DEVICE_LATE``,
 ``VIRTIO_MEM_PAYLOAD`` / ``VIRTIO_MEM_PAYLOAD_LATE`` (the whole ``virtio`` field),
 ``decode_virtio_mem`` / ``encode_virtio_mem``, ``decode_early`` / ``encode_early``,
-``bitmap_to_bool``, ``bool_to_words``, ``plugged_ranges``, ``ranges_to_bool``, ``block_count``.
+``bitmap_to_bool``, ``bool_to_words``, ``ranges_to_bool``, ``block_count``;
+:class:`VirtioMemSection` (one device's section bytes and decoded fields) filled by
+:func:`add_section`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,6 +59,7 @@ from construct import (
 )
 
 from vmig.errors import SchemaError, UsageError
+from vmig.stream.inbuf import NeedMoreInput
 from vmig.vmstate.virtio import build_exact, parse_exact, virtio_pci_payload
 
 VMSD_VIRTIO_MEM = "virtio-mem"
@@ -137,19 +141,8 @@ def words_to_wire(words: Any) -> bytes:
     return np.asarray(words, dtype=np.uint64).astype(">u8").tobytes()
 
 
-def plugged_ranges(plugged: Any) -> list[tuple[int, int]]:
-    """Maximal runs of plugged blocks as half-open ``(first, end)`` block index pairs."""
-    bits = np.asarray(plugged, dtype=bool)
-    if not len(bits):
-        return []
-    edges = np.diff(np.concatenate(([0], bits.view(np.uint8), [0])).astype(np.int8))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
-    return list(zip(starts.tolist(), ends.tolist()))
-
-
 def ranges_to_bool(ranges: Iterable[tuple[int, int]], nblocks: int) -> np.ndarray:
-    """Inverse of :func:`plugged_ranges`: half-open block ranges to a bool array."""
+    """Inverse of :func:`vmig.runs.true_runs`: half-open block ranges to a bool array."""
     out = np.zeros(nblocks, dtype=bool)
     for start, end in ranges:
         if not 0 <= start <= end <= nblocks:
@@ -350,12 +343,10 @@ def measure_virtio_mem(buf: bytes | memoryview) -> int:
     bytes, as in :func:`decode_virtio_mem`.
 
     Raises:
-        vmig.vmstate.machines.NeedMoreData: ``buf`` ends inside the payload.
+        NeedMoreInput: ``buf`` ends inside the payload.
         SchemaError: the bytes do not fit the virtio-mem layout.
     """
     import io
-
-    from vmig.vmstate.machines import NeedMoreData
 
     data = bytes(buf)
     schema = VIRTIO_MEM_PAYLOAD_LATE if _looks_late(data) else VIRTIO_MEM_PAYLOAD
@@ -364,7 +355,7 @@ def measure_virtio_mem(buf: bytes | memoryview) -> int:
         schema.parse_stream(stream)
     except ConstructError as e:
         if stream.tell() >= len(data) or "could not read enough bytes" in str(e):
-            raise NeedMoreData(len(data)) from e
+            raise NeedMoreInput("the virtio-mem payload", have=len(data)) from e
         raise SchemaError(f"virtio-mem: payload does not match the schema: {e}") from e
     return stream.tell()
 
@@ -404,6 +395,67 @@ def device_path(idstr: str) -> str:
         if idstr.endswith(suffix):
             return idstr[: -len(suffix)]
     return idstr
+
+
+@dataclass
+class VirtioMemSection:
+    """The migrated state of one virtio-mem device as a stream carries it: section bytes and
+    their decoded fields (no interpretation; the device model is built from these).
+
+    Attributes:
+        dev_path: PCI device path (``0000:00:02.0``), from the section idstr.
+        payload: bytes of the ``<dev-path>/virtio-mem`` FULL section, or None (not seen yet).
+        decoded: its decoded Container (``.device`` = the virtio-mem-device values), or None.
+        offset: stream offset of that payload, or None.
+        early_payload / early: the ``-early`` section ([8.0]+ machines) and its decoded
+            values (tmp, size, bitmap), or None.
+    """
+
+    dev_path: str
+    payload: bytes | None = None
+    decoded: Container | None = None
+    offset: int | None = None
+    early_payload: bytes | None = None
+    early: Container | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Both halves are present: the late section, and the early one if the late one
+        has the 8.0+ layout (without ``tmp``)."""
+        if self.decoded is None:
+            return False
+        return "tmp" in self.decoded.device or self.early is not None
+
+
+def is_virtio_mem_section(idstr: str) -> bool:
+    """True for ``<path>/virtio-mem`` and ``<path>/virtio-mem-device-early`` idstrs."""
+    return idstr.endswith(IDSTR_SUFFIX) or idstr.endswith(IDSTR_SUFFIX_EARLY)
+
+
+def add_section(found: dict[str, VirtioMemSection], idstr: str, instance_id: int,
+                payload: bytes | memoryview, offset: int | None = None) -> VirtioMemSection | None:
+    """Decode one virtio-mem section payload into ``found[dev_path]`` (created on first use).
+
+    Returns the updated record, or None if ``idstr`` is not a virtio-mem section.
+
+    Raises:
+        SchemaError: the payload does not fit the virtio-mem layout.
+    """
+    if not is_virtio_mem_section(idstr):
+        return None
+    path = device_path(idstr)
+    sec = found.get(path)
+    if sec is None:
+        sec = found[path] = VirtioMemSection(path)
+    raw = bytes(payload)
+    label = f"{idstr} instance {instance_id}"
+    if idstr.endswith(IDSTR_SUFFIX_EARLY):
+        sec.early_payload, sec.early = raw, decode_early(raw, offset=offset, section=label)
+    else:
+        sec.payload, sec.offset = raw, offset
+        sec.decoded = decode_virtio_mem(raw, early_migration=sec.early is not None or None,
+                                        offset=offset, section=label)
+    return sec
 
 
 class VirtioMemField(Construct):
@@ -447,35 +499,19 @@ def virtio_field_codec(entry: Any) -> Construct:
 
 
 def _measure_for_layout(view: memoryview, version_id: int) -> int:
-    from vmig.errors import TruncatedError
-    from vmig.vmstate.machines import NeedMoreData
-
-    try:
-        return measure_virtio_mem(view)
-    except NeedMoreData as e:
-        raise TruncatedError("virtio-mem payload not complete yet", offset=None) from e
+    return measure_virtio_mem(view)
 
 
 def _measure_early_for_layout(view: memoryview, version_id: int) -> int:
-    from vmig.errors import TruncatedError
-
-    if len(view) < 36:
-        raise TruncatedError("virtio-mem-device-early payload not complete yet")
+    if len(view) < 36:  # the fixed part (tmp + size) says how long the bitmap is
+        raise NeedMoreInput("the virtio-mem-device-early fixed part", 36, len(view))
     return early_payload_length(view)
 
 
-def register_layouts() -> None:
-    """Teach the decoder's layout resolver to measure virtio-mem sections without a trailer.
-
-    Registers ``virtio-mem`` (the late/full device section) and ``virtio-mem-device-early``
-    with :func:`vmig.stream.layout.register_layout`. Idempotent.
-    """
-    from vmig.stream.layout import register_layout
-
-    register_layout("virtio-mem", _measure_for_layout)
-    register_layout("virtio-mem-device-early", _measure_early_for_layout)
-
-
-# The decoder measures virtio-mem sections with these schemas whenever this module is loaded
-# (the vmstate registry, the device model and the CLI load it); see register_layouts().
-register_layouts()
+#: The built-in layouts of the virtio-mem sections (by the idstr's last ``/`` part), for the
+#: decoder's layout resolver (:class:`vmig.stream.layout.LayoutResolver`): measured from the
+#: bytes, no trailer needed. The decoder factory (:mod:`vmig.io.decoding`) hands them down.
+LAYOUTS = {
+    "virtio-mem": _measure_for_layout,
+    "virtio-mem-device-early": _measure_early_for_layout,
+}

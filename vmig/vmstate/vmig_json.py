@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from vmig.errors import SchemaError
+from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag, SectionType
 from vmig.vmstate.engine import BodyNode, FieldItem, SchemaSet, VmsdSchema
 from vmig.vmstate.registry import Registry
@@ -114,9 +115,7 @@ def jsonable(value: Any) -> Any:
 
 def _bool_summary(bits: np.ndarray) -> dict[str, Any]:
     """A bool array as counts plus the half-open ranges of set bits."""
-    padded = np.concatenate(([False], bits, [False])).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    ranges = [[int(a), int(b)] for a, b in zip(edges[0::2], edges[1::2])]
+    ranges = [[a, b] for a, b in true_runs(bits)]
     return {"bits": int(bits.size), "set": int(np.count_nonzero(bits)), "ranges": ranges}
 
 

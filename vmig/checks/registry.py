@@ -1,0 +1,63 @@
+"""The checkers of ``vmig check`` and the run that feeds them a stream.
+
+An explicit table (:data:`CHECKERS`): each entry is a name and a factory; ``factory(ctx)`` is
+called once per run with a :class:`CheckContext` and returns a callable that sees every decoder
+event (the last one is ``StreamEnd``) and returns an iterable of problem strings or None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vmig.checks import destination, virtio_mem
+from vmig.errors import StreamError
+
+if TYPE_CHECKING:
+    from vmig.stream.events import Event
+    from vmig.stream.vmdesc import VmDescription
+
+__all__ = ["CHECKERS", "CheckContext", "Checker", "run_checks"]
+
+
+@dataclass
+class CheckContext:
+    """What a checker factory gets: the input path, the --desc-from description and the
+    checker-specific options (``notes``: ``virtio_mem_dest``, ``dest_capture``)."""
+
+    path: str
+    desc_from: VmDescription | None = None
+    notes: dict = field(default_factory=dict)
+
+
+EventCheck = Callable[["Event"], "Iterable[str] | None"]
+Checker = Callable[[CheckContext], EventCheck]
+
+#: (name, factory) of every checker, in reporting order.
+CHECKERS: tuple[tuple[str, Checker], ...] = (
+    ("virtio-mem", virtio_mem.checker_factory),
+    ("destination", destination.checker_factory),
+)
+
+
+def run_checks(path: str, desc_from: VmDescription | None = None,
+               notes: dict | None = None) -> list[str]:
+    """Decode ``path`` feeding every checker of :data:`CHECKERS`; return the problems (first first).
+
+    A StreamError ends the run and is the last problem reported.
+    """
+    from vmig.io.streams import iter_events
+
+    ctx = CheckContext(path, desc_from, dict(notes or {}))
+    checks = [(name, factory(ctx)) for name, factory in CHECKERS]
+    problems: list[str] = []
+    try:
+        for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
+            for name, fn in checks:
+                found = fn(ev)
+                if found:
+                    problems.extend(f"{name}: {p}" for p in found)
+    except StreamError as e:
+        problems.append(e.one_line())
+    return problems

@@ -42,7 +42,10 @@ def test_clean_guest_fixture_passes(guest: bytes, tmp_path: Path, capsys) -> Non
     assert main(["check", _write(tmp_path, guest)]) == 0
 
 
-def test_pages_in_unplugged_block_flagged(guest: bytes, tmp_path: Path, capsys) -> None:
+def test_pages_in_unplugged_block_accepted(guest: bytes, tmp_path: Path, capsys) -> None:
+    """Pages of an unplugged block: QEMU 7.2 sends them (a write racing an unplug) and discards
+    them in post_load, so the check does not reject the stream (see
+    tests/migration/test_engine_model.py for the load into QEMU 7.2)."""
     bits, _ = _plugged(guest)
     last = int(np.flatnonzero(bits)[-1])
 
@@ -51,10 +54,8 @@ def test_pages_in_unplugged_block_flagged(guest: bytes, tmp_path: Path, capsys) 
         s.device.size -= BS
 
     edited = edit_virtio_mem(guest, unplug_last)
-    assert main(["check", _write(tmp_path, edited)]) == 1
-    err = capsys.readouterr().err
-    assert "unplugged block" in err and f"(block {last}," in err
-    assert "size 0x" not in err  # size was kept consistent
+    assert main(["check", _write(tmp_path, edited)]) == 0
+    assert "unplugged block" not in capsys.readouterr().err
 
 
 def test_size_mismatch_flagged(guest: bytes, tmp_path: Path, capsys) -> None:

@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rp",
     "diff",
     "convert",
+    "migrate",
 )
 
 

@@ -4,7 +4,9 @@
 QEMU 5.1): ``-m 4G,maxmem=20G``, two NUMA nodes, two virtio-mem-pci devices with 8 GiB backends
 (requested 0 and 1G), then ``qom-set vm0 requested-size 500M`` and ``qom-set vm1 requested-size
 200M`` with a simulated Linux guest driver following; it prints the monitor transcript, i.e. both
-``info memory-devices`` blocks. Everything runs in the model (no QEMU, no kernel).
+``info memory-devices`` blocks. ``vmig demo reboot-during-postcopy`` prints the timeline of
+:func:`vmig.migration.scenarios.reboot_during_postcopy`. Everything runs in the model (no QEMU,
+no kernel).
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ def handler(args: argparse.Namespace) -> int:
     if args.scenario == "seed":
         print(seed_transcript(args.machine, args.qemu_version), end="")
         return 0
+    if args.scenario == "reboot-during-postcopy":
+        from vmig.migration.scenarios import reboot_during_postcopy
+
+        print("\n".join(reboot_during_postcopy(args.machine, args.qemu_version)))
+        return 0
     return 2  # argparse restricts choices
 
 
@@ -70,10 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="run a virtio-mem model walkthrough (no QEMU needed)",
         description="Run a virtio-mem device-model walkthrough and print the monitor transcript "
-                    "(no QEMU, no guest needed).\n\nExample:\n  vmig demo seed",
+                    "(no QEMU, no guest needed), or the timeline of a guest rebooting during postcopy.\n\n"
+                    "Examples:\n  vmig demo seed\n  vmig demo reboot-during-postcopy",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scenario", choices=["seed"], help="seed: QEMU's original virtio-mem example")
+    p.add_argument("scenario", choices=["seed", "reboot-during-postcopy"],
+                   help="seed: QEMU's original virtio-mem example; reboot-during-postcopy: the guest "
+                        "reboots on the destination while postcopy runs (timeline)")
     p.add_argument("--machine", default="pc", help="machine type (default pc)")
     p.add_argument("--qemu-version", default="7.2", help="QEMU version whose behaviour to model")
     p.set_defaults(handler=handler)

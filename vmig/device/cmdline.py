@@ -53,8 +53,9 @@ def _ram_size(v: str) -> int:
     return parse_size(v) * (MiB if v.strip().isdigit() else 1)
 
 
-# CPU models whose vendor is AuthenticAMD (TCG's default qemu64 is one).
-_AMD_MODELS = ("qemu64", "qemu32", "phenom", "athlon", "Opteron", "EPYC")
+# CPU models whose vendor is AuthenticAMD under TCG (the default qemu64 is one, and so is
+# ``max``: TCG's max CPU keeps qemu64's vendor; checked with QEMU 7.2).
+_AMD_MODELS = ("qemu64", "qemu32", "phenom", "athlon", "Opteron", "EPYC", "max")
 
 
 def _is_amd(cpu: dict[str, str]) -> bool:
@@ -119,6 +120,8 @@ def machine_from_argv(
     vga: str | None = None
     nics: list[str] = []  # NIC models created at machine init (-nic, -net nic)
     net_options = False
+    max_below_4g: int | None = None
+    busy_memdevs: list[str] = []  # backends mapped by the machine (main RAM, NUMA nodes)
     i = 0
     while i < len(args):
         opt = args[i].lstrip("-")
@@ -126,7 +129,12 @@ def machine_from_argv(
         takes_value = opt not in ("S", "daemonize", "nodefaults", "no-user-config", "no-reboot",
                                   "no-shutdown", "enable-kvm", "nographic")
         if opt in ("machine", "M"):
-            machine_type = split_opts(val, "type").get("type", machine_type)
+            mo = split_opts(val, "type")
+            machine_type = mo.get("type", machine_type)
+            if "max-ram-below-4g" in mo:
+                max_below_4g = parse_size(mo["max-ram-below-4g"])
+            if "memory-backend" in mo:
+                busy_memdevs.append(mo["memory-backend"])
         elif opt == "m":
             o = split_opts(val, "size")
             ram = _ram_size(o["size"])
@@ -134,8 +142,11 @@ def machine_from_argv(
                 maxmem = _ram_size(o["maxmem"])
             slots = int(o.get("slots", 0))
         elif opt == "numa":
-            if split_opts(val, "type").get("type") == "node":
+            no = split_opts(val, "type")
+            if no.get("type") == "node":
                 numa += 1
+                if "memdev" in no:
+                    busy_memdevs.append(no["memdev"])
         elif opt == "object":
             o = split_opts(val, "qom-type")
             if o.get("qom-type", "").startswith("memory-backend-"):
@@ -166,13 +177,16 @@ def machine_from_argv(
     if mlock:
         h = HostInfo(h.page_size, h.thp_size, True, h.discard_disabled, h.wakeup_suspend, h.acpi)
     m = Machine(machine_type, ram, maxmem, slots=slots, numa_nodes=numa, qemu_version=qemu_version,
-                host=h, incoming=incoming, amd_cpu=_is_amd(cpu), phys_bits=int(cpu.get("phys-bits", 40)))
+                host=h, incoming=incoming, amd_cpu=_is_amd(cpu), phys_bits=int(cpu.get("phys-bits", 40)),
+                max_ram_below_4g=max_below_4g)
     for o in objects:
         kind = o["qom-type"].removeprefix("memory-backend-")
         m.add_backend(
             o["id"], parse_size(o["size"]), kind=kind, share=_bool(o.get("share", "off")),
             prealloc=_bool(o.get("prealloc", "off")),
         )
+        if o["id"] in busy_memdevs:
+            m.backends[o["id"]].mapped = True
     # machine init creates the default VGA and NICs before any -device (QEMU 7.2, checked)
     if (vga if vga is not None else ("none" if nodefaults else "std")) != "none":
         m.pci_add(_VGA_DRIVERS.get(vga or "std", "VGA"))

@@ -17,7 +17,9 @@ What it reproduces:
 * sub-block mode (device block < 128 MiB Linux memory block): plugs fill partially plugged
   memory blocks first, then add new memory blocks in ascending order, only those that lie fully
   inside the usable region (-ENOSPC otherwise); unplugs go through memory blocks in reverse
-  order, partially plugged ones first, and inside a block from the highest sub-block down.
+  order, partially plugged ones first, and inside a block from the highest sub-block down, one
+  sub-block per request (Linux 6.1 unplugs an online memory block that way unless the whole
+  block goes at once).
   Big-block mode (block ≥ memory block) plugs/unplugs whole device blocks the same way.
 * ``busy_blocks``: device blocks Linux cannot offline (unmovable pages), skipped on unplug —
   this is what leaves plugged memory scattered after a shrink on a real guest.
@@ -86,7 +88,8 @@ class GuestDriver:
         device: the device model.
         legacy: a driver without UNPLUGGED_INACCESSIBLE support (pre-5.16 Linux).
         memory_block_size: Linux memory block size (128 MiB on x86).
-        min_subblock_size: smallest sub-block Linux uses (6.1: MAX_ORDER_NR_PAGES pages = 4 MiB).
+        min_subblock_size: smallest sub-block Linux uses (6.1 on x86: one pageblock = 2 MiB;
+            dmesg ``subblock size: 0x200000``, requested 258M → 129 plugged 2 MiB blocks).
         busy_blocks: device block indices whose memory cannot be offlined (skipped on unplug).
 
     Attributes:
@@ -101,7 +104,7 @@ class GuestDriver:
         *,
         legacy: bool = False,
         memory_block_size: int = MEMORY_BLOCK_SIZE,
-        min_subblock_size: int = 4 * MiB,
+        min_subblock_size: int = 2 * MiB,
         busy_blocks: set[int] | None = None,
     ) -> None:
         self.dev = device
@@ -153,6 +156,31 @@ class GuestDriver:
             self.unplug_all_required = True
         self.config_changed = True
         self.dev.driver_ok = True
+        self.probed = True
+        self.state = DriverState.IDLE
+        return self.run()
+
+    def attach(self) -> DriverState:
+        """Take over the driver of a running guest: the device already has DRIVER_OK and the
+        driver's plugged state is the device's (no UNPLUG_ALL, no reset); then run once, so a
+        pending ``requested_size`` change is followed. A device that never saw a driver
+        (``driver_ok`` off) is probed instead (:meth:`probe`, the guest boots).
+
+        The plugged state is taken from the device model itself: the simulated driver stands for
+        a guest whose bookkeeping matched the device when it was captured.
+        """
+        if not self.dev.driver_ok:
+            return self.probe()
+        cfg = self._read_config()
+        self.addr = cfg.addr
+        self.block_size = cfg.block_size
+        self.region_size = cfg.region_size
+        self.plugged_size = cfg.plugged_size
+        self.usable_region_size = cfg.usable_region_size
+        self.requested_size = cfg.requested_size
+        self._plugged = {int(b) for b in self.dev.bitmap.nonzero()[0]}
+        self.unplug_all_required = False
+        self.config_changed = True
         self.probed = True
         self.state = DriverState.IDLE
         return self.run()
@@ -333,23 +361,28 @@ class GuestDriver:
         full = [u for u in reversed(units) if u and all(map(plugged, u))]
         any_busy = False
         for subs in partial + full:
-            i = len(subs) - 1
-            while nb and i >= 0:
-                if not plugged(subs[i]):
-                    i -= 1
-                    continue
-                if busy(subs[i]):
-                    any_busy = True
-                    i -= 1
-                    continue
-                j = i
-                while j >= 0 and i - j < nb and plugged(subs[j]) and not busy(subs[j]):
-                    j -= 1
-                rc = self._request(RequestType.UNPLUG, subs[j + 1], (i - j) * per_sub)
+            whole = all(map(plugged, subs)) and not any(map(busy, subs))
+            if whole and nb >= len(subs):
+                # an online memory block wholly unplugged: one request for all its sub-blocks
+                rc = self._request(RequestType.UNPLUG, subs[0], len(subs) * per_sub)
                 if rc is not Rc.OK:
                     return rc
-                nb -= i - j
-                i = j
+                nb -= len(subs)
+            else:
+                # Linux 6.1 (online memory block, partly unplugged): one sub-block per request,
+                # from the highest down
+                for sb in reversed(subs):
+                    if not nb:
+                        break
+                    if not plugged(sb):
+                        continue
+                    if busy(sb):
+                        any_busy = True
+                        continue
+                    rc = self._request(RequestType.UNPLUG, sb, per_sub)
+                    if rc is not Rc.OK:
+                        return rc
+                    nb -= 1
             if not nb:
                 return Rc.OK
         return Rc.EBUSY if nb and any_busy else Rc.OK

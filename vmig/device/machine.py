@@ -98,6 +98,7 @@ class Machine:
         amd_cpu: CPU vendor AMD (the default TCG CPU qemu64 is); matters for the 1 TiB relocation.
         phys_bits: guest physical address bits (40 for TCG's qemu64).
         incoming: started with ``-incoming`` (runstate INMIGRATE).
+        max_ram_below_4g: ``-machine max-ram-below-4g=`` (None: the machine's default).
     """
 
     def __init__(
@@ -113,8 +114,12 @@ class Machine:
         amd_cpu: bool = True,
         phys_bits: int = 40,
         incoming: bool = False,
+        max_ram_below_4g: int | None = None,
     ) -> None:
         self.behaviour = Behaviour.for_qemu(qemu_version, machine)
+        self.max_ram_below_4g = max_ram_below_4g
+        self.warnings: list[str] = []  # warn_report lines (e.g. an alignment above the expected one)
+        self.firmware_reset_pending = False  # a refused reset's reboot still to come (see cont)
         self.ram_size = ram_size
         self.maxmem = maxmem if maxmem is not None else ram_size
         if self.maxmem < ram_size:
@@ -152,10 +157,15 @@ class Machine:
     def _split_ram(self) -> tuple[int, int]:
         ram = self.ram_size
         if self.behaviour.machine_family == "pc":
-            # i440fx with gigabyte_align: 3 GiB low once RAM reaches max-ram-below-4g (3.5 GiB)
-            low = 0xC0000000 if ram >= 0xE0000000 else ram
+            # pc_init1: low = max-ram-below-4g (3.5 GiB by default); with gigabyte_align at most
+            # 3 GiB once RAM reaches it
+            low = self.max_ram_below_4g or 0xE0000000
+            if ram >= low:
+                low = min(low, 0xC0000000)
         else:
+            # pc_q35_init: 2 GiB low from 2.75 GiB of RAM, else 2.75 GiB; max-ram-below-4g caps it
             low = 0x80000000 if ram >= 0xB0000000 else 0xB0000000
+            low = min(low, self.max_ram_below_4g or 1 << 32)
         low = min(low, ram)
         return low, ram - low
 
@@ -239,9 +249,7 @@ class Machine:
         """
         beh = self.behaviour
         if memdev is not None and memdev not in self.backends:
-            raise DeviceError(
-                f"Property 'virtio-mem.memdev' can't find value '{memdev}'"
-            )
+            raise DeviceError(f"Device '{memdev}' not found")  # QEMU 7.2's link-property lookup
         if block_size:
             VirtioMem.check_block_size_property(block_size, beh)
         backend = self.backends.get(memdev) if memdev is not None else None
@@ -252,14 +260,16 @@ class Machine:
             dynamic_memslots=dynamic_memslots, vectors=vectors,
         )
         if id is not None and any(d.id == id for d in self.devices):
-            raise DeviceError(f"Duplicate device ID '{id}'")
-        # --- pre-plug (memory_device_pre_plug) ---
+            raise DeviceError(f"Duplicate ID '{id}' for device")
+        # --- pre-plug: the device's own checks (memdev) come before memory_device_pre_plug ---
+        if backend is None:
+            raise DeviceError("'memdev' property must be set")
+        if backend.mapped:
+            raise DeviceError(f"'memdev' property specifies a busy memdev: {backend.id}")
         if not self.device_memory_size:
             raise DeviceError(
                 "memory devices (e.g. for memory hotplug) are not enabled, please specify the maxmem option"
             )
-        if backend is None:
-            raise DeviceError("'memdev' property must be set")
         used = self._used_region_size()
         if used + backend.size > self.maxmem - self.ram_size:
             raise DeviceError(
@@ -346,10 +356,10 @@ class Machine:
     def _free_addr(self, hint: int | None, align: int, size: int) -> int:
         """``memory_device_get_free_addr`` (first fit, spec §7.2)."""
         base, total = self.device_memory_base, self.device_memory_size
-        if base % align:
-            raise DeviceError(
-                f"the alignment (0x{align:x}) exceeds the expected maximum alignment (0x{base & -base:x})"
-            )
+        if base % align:  # QEMU 7.2: only a warning, the device is placed
+            self.warnings.append(
+                f"the alignment (0x{align:x}) exceeds the expected maximum alignment, memory will get "
+                "fragmented and not all 'maxmem' might be usable for memory devices.")
         if size % align:
             raise DeviceError(f"backend memory size must be multiple of 0x{align:x}")
         if hint is not None and hint % align:
@@ -370,7 +380,7 @@ class Machine:
             lo, hi = d.addr, d.addr + d.region_size
             if lo < start + size and start < hi:
                 if hint is not None:
-                    raise DeviceError(f"address range conflicts with memory device id='{d.id or ''}'")
+                    raise DeviceError(f"address range conflicts with memory device id='{d.id or '(unnamed)'}'")
                 start = round_up(hi, align)
             elif lo >= start + size:
                 break
@@ -441,6 +451,9 @@ class Machine:
         known = set(self._READ_ONLY_STATIC)
         if self.behaviour.has_early_migration_property:
             known.add("x-early-migration")
+        if prop == "memdev":  # a link property: QEMU 7.2's object_set_link_property wording
+            raise QmpError("Attempt to set link property 'memdev' on device '(null)' (type 'virtio-mem') "
+                           "after it was realized")
         if prop in known:
             raise QmpError(
                 f"Attempt to set property '{prop}' on anonymous device (type 'virtio-mem') after it was realized"
@@ -464,6 +477,9 @@ class Machine:
             return {}
         if command == "system_reset":
             self.system_reset()
+            return {}
+        if command == "cont":
+            self.cont()
             return {}
         if command == "human-monitor-command":
             return self.hmp(a["command-line"])
@@ -496,5 +512,22 @@ class Machine:
 
     # -- machine events -------------------------------------------------------------------------
     def system_reset(self, kind: str = "cold") -> dict[str, bool]:
-        """Run every device's system-reset hook; returns {qom_path: unplugged?}."""
-        return {d.qom_path: d.system_reset(kind) for d in self.devices}
+        """Run every device's system-reset hook; returns {qom_path: unplugged?}.
+
+        A reset that a busy device refused still reboots the guest: its firmware resets the
+        machine again once the VM runs (``RESET {"guest": true}``), see :meth:`cont`.
+        """
+        out = {d.qom_path: d.system_reset(kind) for d in self.devices}
+        if kind == "cold" and not all(out.values()):
+            self.firmware_reset_pending = True
+        return out
+
+    def cont(self) -> dict[str, bool]:
+        """QMP ``cont``: the VM runs again. After a reset a busy device refused, the rebooting
+        firmware's own resets unplug everything now (QEMU 7.2 with the Linux guest: size 0 at
+        once after the migration, without any UNPLUG_ALL from the guest). Returns the reset's
+        {qom_path: unplugged?} ({} when no reset was pending)."""
+        if not self.firmware_reset_pending or self.migration.busy:
+            return {}
+        self.firmware_reset_pending = False
+        return self.system_reset()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from vmig.errors import UsageError
 from vmig.units import MiB
 
-__all__ = ["Behaviour", "parse_version", "parse_machine", "KNOWN_VERSIONS", "MASTER"]
+__all__ = ["Behaviour", "parse_version", "parse_machine", "capture_qemu_version", "KNOWN_VERSIONS", "MASTER"]
 
 #: qemu/qemu master as described by the spec (newer than every numbered release we model).
 MASTER: tuple[int, int] = (99, 0)
@@ -182,3 +182,27 @@ class Behaviour:
     def ram_discard_manager(self) -> bool:
         """[6.1]+: device is the backend's RamDiscardManager (listeners replayed on post-load)."""
         return self.qemu >= (6, 1)
+
+
+def capture_qemu_version(machine: str | None, *, recorded: str | None = None,
+                         switchover_start: bool = False) -> str:
+    """The QEMU binary version to model for a capture (``"7.2"``, ``"10.0"``).
+
+    ``recorded`` (a capture manifest's ``qemu_version``, ``"10.0.13"``) wins. Otherwise the
+    capture's machine type decides: ``pc-i440fx-X.Y``/``pc-q35-X.Y`` exists from QEMU X.Y on, so
+    X.Y is the oldest binary that can have written it (7.2 at least: the oldest one modelled end
+    to end); a SWITCHOVER_START command in the stream means 10.0 at least (hw_compat_9_2 turns
+    it off for older machine types). Without a versioned machine type: 7.2.
+
+    Raises:
+        UsageError: ``recorded`` is not a version.
+    """
+    if recorded:
+        ver = parse_version(recorded)
+    else:
+        m = _MACHINE_RE.match(machine or "")
+        ver = (int(m.group(2)), int(m.group(3))) if m else (7, 2)
+        ver = max(ver, (7, 2))
+        if switchover_start:
+            ver = max(ver, (10, 0))
+    return "master" if ver == MASTER else f"{ver[0]}.{ver[1]}"

@@ -19,7 +19,9 @@ Theory of operation (QEMU's savevm.c load loop, ram.c ram_load_precopy/postcopy,
    reset then leaves plugged memory alone ("reboot during postcopy", spec virtio-mem.md §5.1).
 4. virtio-mem device sections are loaded into ``machine``'s device models with QEMU's sanity
    checks and post-load (:func:`vmig.device.sections.load_section`); a refused check fails the
-   load with QEMU's error chain.
+   load with QEMU's error chain. Post-load discards the unplugged blocks outside incoming
+   postcopy (:func:`vmig.device.virtio_mem.unplugged_discarded_at_load`): a page that arrived
+   for an unplugged block reads as zero afterwards, as on QEMU 7.2.
 5. :meth:`page_requests` answers what a running postcopy guest's accesses would ask the source
    for: pages not yet received, except unplugged virtio-mem blocks (satisfied locally with zero
    pages, never requested).
@@ -204,7 +206,13 @@ class Destination:
             dev = by_path.get(sec.dev_path)
             if dev is None:  # the section names no device of this machine
                 raise _unknown_section(sec.dev_path + "/virtio-mem", 0)
-            self.post_load[sec.dev_path] = load_section(sec, dev)
+            res = self.post_load[sec.dev_path] = load_section(sec, dev)
+            # post_load discards the unplugged runs (vmig.device.virtio_mem
+            # .unplugged_discarded_at_load): pages that arrived there read as zero again
+            img = self.images.get(self.machine.ram_block(dev)) if self.keep_ram else None
+            if img is not None:
+                for start, length in res.discarded:
+                    img[start : start + length] = 0
         self._pending_vmem.clear()
 
     def _command(self, ev: Command) -> None:

@@ -1,24 +1,28 @@
-"""The migration source: precopy passes and a postcopy switchover, written as QEMU 7.2 would.
+"""The migration source: precopy passes and a postcopy switchover, written as QEMU would.
 
 The device state the engine does not model (CPUs, chipset, ...) comes from a real capture: a
 :class:`StreamTemplate` keeps its header, configuration, RAM section ids, FULL device sections
-and trailer, in stream order. The source writes RAM from a :class:`~vmig.migration.ram.GuestRam`
-and can replace any device section's payload (e.g. virtio-mem re-encoded from the device model
-with :func:`vmig.device.sections.encode_section`).
+(before RAM START, at setup right after it, and at the end) and trailer, in stream order. The
+source writes RAM from a :class:`~vmig.migration.ram.GuestRam`; the sections of devices the
+engine models are serialized by their models when QEMU would save them (``models``,
+:func:`vmig.migration.models.model_sections`).
 
 Theory of operation (QEMU's migration.c / ram.c / savevm.c, precopy then optional postcopy):
 
 1. ``setup()``: header, configuration, the POSTCOPY_ADVISE command when postcopy is enabled,
-   early FULL sections, then the RAM START section (MEM_SIZE block list, EOS). The migration
+   early FULL sections, then the RAM START section (MEM_SIZE block list, EOS) and the setup
+   FULL sections (8.0+: ``virtio-mem-device-early``, right after RAM START). The migration
    bitmap is built: notifiers get SETUP, every page is set, one sync runs with
    BEFORE/AFTER_BITMAP_SYNC (virtio-mem drops its unplugged blocks there).
 2. ``iterate(max_pages)``: one RAM PART section with up to ``max_pages`` pages from the bitmap,
    in block then address order; when the bitmap is empty it syncs first (a new pass). All-zero
    pages go as ZERO records (fill byte 0), others as PAGE; the first record of a block in each
    section names the block, the next ones have CONTINUE. Each section ends with EOS.
-3. ``complete()`` (precopy): a final sync, a RAM END section with everything left, the device
-   FULL sections, EOF, the trailer.
-4. ``switchover()`` (postcopy): a final sync; every page still to send is first discarded on the
+3. ``complete()`` (precopy): a final sync, SWITCHOVER_START (QEMU 10.0 machine types, when the
+   template has it), a RAM END section with everything left, the device FULL sections, EOF,
+   the trailer.
+4. ``switchover()`` (postcopy): a final sync, SWITCHOVER_START as in 3; every page still to send
+   is first discarded on the
    destination (POSTCOPY_RAM_DISCARD, at most 12 ranges per command, per block), then PING 2,
    one PACKAGED command carrying LISTEN, the device FULL sections, PING 3 and RUN, and PING 4. ``postcopy_pages``
    then sends pages (requested ones first, see ``request``) in PART sections and
@@ -33,8 +37,8 @@ Everything returned is bytes for the caller to write; no I/O here.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -85,6 +89,11 @@ class StreamTemplate:
     footers: bool
     trailer: VmDescriptionEvent | None
     pre_commands: list[Command] = field(default_factory=list)  # before RAM START (postcopy)
+    #: FULL sections QEMU saves at setup, right after the RAM START section (8.0+: the
+    #: ``virtio-mem-device-early`` sections of the vmsds with ``early_setup``)
+    setup: list[_Full] = field(default_factory=list)
+    #: the capture has QEMU 10.0's SWITCHOVER_START command (machine types ≥ 10.0)
+    switchover_start: bool = False
 
     @property
     def advise(self) -> Command | None:
@@ -104,11 +113,14 @@ class StreamTemplate:
         early: list[_Full] = []
         devices: list[_Full] = []
         footers = False
+        setup: list[_Full] = []
+        ram_started = False  # a RAM PART/END section was seen: setup is over
+        switchover = False
         pending: dict[int, SectionHeader] = {}
         payloads: dict[int, bytes] = {}
 
         def walk(evs: Iterable[object]) -> None:
-            nonlocal header, configuration, ram, trailer, footers
+            nonlocal header, configuration, ram, trailer, footers, ram_started, switchover
             for ev in evs:
                 if isinstance(ev, FileHeader):
                     header = ev
@@ -117,6 +129,8 @@ class StreamTemplate:
                 elif isinstance(ev, SectionHeader):
                     if ev.type == SectionType.SECTION_START and ev.idstr == "ram":
                         ram = ev
+                    elif ev.idstr == "ram":
+                        ram_started = True
                     elif ev.type == SectionType.SECTION_FULL:
                         pending[ev.section_id] = ev
                 elif isinstance(ev, DeviceState) and ev.section_type == SectionType.SECTION_FULL:
@@ -125,19 +139,34 @@ class StreamTemplate:
                     footers = footers or ev.footer
                     h = pending.pop(ev.section_id, None)
                     if h is not None:
-                        (devices if ram is not None else early).append(
-                            _Full(h, payloads.pop(ev.section_id, b""), ev.footer))
+                        where = early if ram is None else setup if not ram_started else devices
+                        where.append(_Full(h, payloads.pop(ev.section_id, b""), ev.footer))
                 elif isinstance(ev, VmDescriptionEvent):
                     trailer = ev
                 elif isinstance(ev, Command):
                     if ram is None:
                         pre.append(ev)
+                    elif ev.cmd == MigCmd.SWITCHOVER_START:
+                        switchover = True
                     walk(ev.children)
 
         walk(events)
         if header is None or ram is None:
             raise UsageError("the template stream has no RAM START section")
-        return cls(header, configuration, ram, early, devices, footers, trailer, pre)
+        return cls(header, configuration, ram, early, devices, footers, trailer, pre, setup, switchover)
+
+
+def _with_postcopy_preamble(template: StreamTemplate, page_size: int) -> StreamTemplate:
+    """``template`` with the commands QEMU writes before RAM START when postcopy-ram is on
+    (OPEN_RETURN_PATH, PING 1, POSTCOPY_ADVISE with the OR of the RAMBlock page sizes and the
+    target page size), for a template captured without postcopy."""
+    def cmd(c: MigCmd, args: dict) -> Command:
+        return Command(0, 0, c, build_command_data(c, args), args=args)
+
+    advise = {"page_size_summary": page_size, "target_page_size": page_size}
+    pre = [cmd(MigCmd.OPEN_RETURN_PATH, {}), cmd(MigCmd.PING, {"value": 1}),
+           cmd(MigCmd.POSTCOPY_ADVISE, advise)]
+    return replace(template, pre_commands=pre)
 
 
 @dataclass
@@ -161,9 +190,14 @@ class PrecopySource:
         ram: guest RAM (its block list is the MEM_SIZE list; blocks should match the template VM).
         notifiers: precopy notifiers (e.g. :class:`~vmig.migration.notifiers.VirtioMemNotifier`).
         device_payloads: idstr -> payload replacing the template's FULL section of that idstr.
+        models: idstr -> a function returning the section's payload, called at the moment QEMU
+            saves that section (setup for early sections, stop-and-copy or the postcopy
+            package for the others): the sections of devices the engine models
+            (:func:`vmig.migration.models.model_sections`). They win over ``device_payloads``
+            and the template's bytes.
         migration: a device model's MigrationState to keep in step (``outgoing`` status).
-        postcopy: send POSTCOPY_ADVISE (the template must come from a postcopy capture, whose
-            ADVISE arguments are reused).
+        postcopy: send POSTCOPY_ADVISE (a postcopy capture's commands are reused; for another
+            template they are written as QEMU does with the RAMBlocks' page size).
         xbzrle: compress re-sent pages as QEMU 7.2 does with the ``xbzrle`` capability: from the
             second pass on, a page's first send fills the cache, later sends go as an XBZRLE
             delta against the cached copy (nothing when unchanged; a normal page when the delta
@@ -173,13 +207,15 @@ class PrecopySource:
     def __init__(self, template: StreamTemplate, ram: GuestRam, *,
                  notifiers: Sequence[PrecopyNotifier] = (),
                  device_payloads: Mapping[str, bytes] | None = None,
-                 migration: object | None = None, postcopy: bool = False, xbzrle: bool = False) -> None:
+                 migration: object | None = None, postcopy: bool = False, xbzrle: bool = False,
+                 models: Mapping[str, Callable[[], bytes]] | None = None) -> None:
         if postcopy and template.advise is None:
-            raise UsageError("postcopy needs a template captured with postcopy-ram (its ADVISE)")
+            template = _with_postcopy_preamble(template, ram.page_size)
         self.template = template
         self.ram = ram
         self.notifiers = list(notifiers)
         self.device_payloads = dict(device_payloads or {})
+        self.models = dict(models or {})
         self.migration = migration
         self.postcopy = postcopy
         self.stats = MigrationStats()
@@ -222,11 +258,19 @@ class PrecopySource:
         return bytes(self._enc.send(hdr)) + body + bytes(self._enc.send(end))
 
     def _full(self, f: _Full) -> bytes:
-        payload = self.device_payloads.get(f.header.idstr, f.payload)
+        model = self.models.get(f.header.idstr)
+        payload = model() if model is not None else self.device_payloads.get(f.header.idstr, f.payload)
         dev = DeviceState(0, len(payload), payload, f.header.idstr, f.header.instance_id,
                           f.header.version_id, SectionType.SECTION_FULL, f.header.section_id)
         end = SectionEnd(0, 0, f.header.section_id, f.footer, 0, 0)
         return b"".join(bytes(self._enc.send(e)) for e in (f.header, dev, end))
+
+    def _switchover_start(self) -> bytes:
+        """QEMU 10.0's SWITCHOVER_START command (machine types ≥ 10.0), when the template has it:
+        precopy writes it before the RAM END section, postcopy before the discards."""
+        if not self.template.switchover_start:
+            return b""
+        return bytes(self._enc.send(Command(0, 0, MigCmd.SWITCHOVER_START, b"")))
 
     def _ping(self, value: int) -> bytes:
         data = build_command_data(MigCmd.PING, {"value": value})
@@ -366,6 +410,8 @@ class PrecopySource:
             out += self._full(f)
         body = mem_size_record(self.ram.ram_blocks()) + EOS_RECORD
         out += self._section(SectionType.SECTION_START, body)
+        for f in t.setup:  # 8.0+: early-setup device sections right after RAM START
+            out += self._full(f)
         self._notify(PrecopyReason.SETUP)
         self.ram.start_tracking()
         self._sync()
@@ -389,7 +435,8 @@ class PrecopySource:
         self._expect("active")
         self._status("device")
         self._sync()
-        out = bytearray(self._section(SectionType.SECTION_END, self._pages(None) + EOS_RECORD))
+        out = bytearray(self._switchover_start())
+        out += bytearray(self._section(SectionType.SECTION_END, self._pages(None) + EOS_RECORD))
         self._notify(PrecopyReason.COMPLETE)
         for f in self.template.devices:
             out += self._full(f)
@@ -409,7 +456,7 @@ class PrecopySource:
             raise UsageError("switchover needs a source created with postcopy=True")
         self._status("postcopy-active")
         self._sync()
-        out = bytearray()
+        out = bytearray(self._switchover_start())
         for blk in self.ram:
             ps = self.ram.page_size
             runs = [(s * ps, (e - s) * ps) for s, e in true_runs(blk.bitmap)]

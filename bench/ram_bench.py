@@ -111,7 +111,8 @@ def make_ram_file(path: Path, size: int, pattern: str) -> None:
 
 def _migrate(args: list[str], out: Path, work: Path, *, boot: bool = False) -> dict:
     """Run QEMU with ``args``, migrate it into ``out``; returns the final query-migrate."""
-    from vmig.testing.qemu import GUEST_READY, Qemu, wait_for_text
+    from vmig.testing.guest import GUEST_READY
+    from vmig.testing.qemu import Qemu, wait_for_text
 
     tmp = out.with_suffix(".tmp")
     with Qemu(args, workdir=work) as q:
@@ -152,7 +153,7 @@ def make_stream(cache: Path, name: str) -> Path:
     try:
         base = ["-accel", "tcg", "-smp", "1", "-nodefaults", "-display", "none"]
         if name == "booted":
-            from vmig.testing.qemu import guest_args
+            from vmig.testing.guest import guest_args
 
             # no scrub: the pages the kernel freed while booting keep their bytes, as in any guest;
             # plus 64 MiB of file data in tmpfs

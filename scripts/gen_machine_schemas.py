@@ -55,7 +55,7 @@ def chroot_for(machine: str) -> Path | None:
     """The QEMU 10.0 chroot for the machine types QEMU 7.2 lacks, else None (the host's QEMU)."""
     if machine not in CHROOT_MACHINES:
         return None
-    from vmig.testing.qemu import ensure_trixie_chroot
+    from vmig.testing.trixie import ensure_trixie_chroot
 
     return ensure_trixie_chroot()
 

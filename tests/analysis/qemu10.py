@@ -51,7 +51,8 @@ CAPTURES: dict[str, tuple[list[str], str]] = {
 
 def trixie_or_fail() -> Path:
     """The QEMU 10.0 chroot (built on first use); fails under CI, skips otherwise when impossible."""
-    from vmig.testing.qemu import QemuLabError, ensure_trixie_chroot
+    from vmig.testing.qemu import QemuLabError
+    from vmig.testing.trixie import ensure_trixie_chroot
 
     try:
         return ensure_trixie_chroot()
@@ -151,7 +152,8 @@ def _capture(name: str) -> tuple[Path, dict[str, Any]]:
         assert info["status"] == "completed", info
         return out, info
     if how == "guest":
-        from vmig.testing.qemu import GUEST_DIR, GUEST_READY, guest_args, wait_for_text
+        from vmig.testing.guest import GUEST_DIR, GUEST_READY, guest_args
+        from vmig.testing.qemu import wait_for_text
 
         serial = wd / "serial.log"
         args = args + guest_args(serial)

@@ -3,7 +3,7 @@
 
 For each machine type (QEMU 7.2's pc-i440fx-7.2 and pc-q35-7.2, run by the host's QEMU; QEMU 10.0's
 pc-i440fx-10.0 and pc-q35-10.0 and its pc-i440fx-9.2, run from the Debian trixie chroot of
-``vmig.testing.qemu.ensure_trixie_chroot``) the script captures streams of
+``vmig.testing.trixie.ensure_trixie_chroot``) the script captures streams of
 a set of common configurations (paused and booted guests, default devices and -nodefaults, one
 and two virtio-mem devices, PCIe root ports, 1 and 2 CPUs), takes every capture's vmdesc trailer,
 and merges the section descriptions: per section idstr, the distinct field layouts ("variants")

@@ -7,6 +7,14 @@ source checkout. A conftest fixture of the same name simply shadows the plugin's
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# helpers shared by test folders (stream builders, capture scripts, fixtures of stored captures)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
 from vmig.testing.pytest_plugin import fixture_bytes, lab_dir, qemu_bin, qemu_loader, s1_path, vmig_roundtrip
+
+pytest_plugins = ["ram_captures"]
 
 __all__ = ["fixture_bytes", "lab_dir", "qemu_bin", "qemu_loader", "s1_path", "vmig_roundtrip"]

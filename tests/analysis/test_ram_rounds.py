@@ -1,7 +1,7 @@
 """``vmig ram``: rounds of the dirty-bitmap walk and unplugged virtio-mem pages, on real captures.
 
 Oracle: the ``query-migrate`` answer QEMU gave at the end of each capture (fixture manifests,
-tests/ram/data, and the QEMU 10.0 captures made here): a round needs a bitmap sync, so rounds
+tests/data/ram, and the QEMU 10.0 captures made here): a round needs a bitmap sync, so rounds
 <= ``dirty-sync-count``; the page totals equal ``normal`` and ``duplicate``, also for a
 mapped-ram file of a VM whose virtio-mem device has nothing plugged.
 """
@@ -19,7 +19,7 @@ from vmig.cli import main
 from vmig.testing import fixtures
 
 REPO = Path(__file__).resolve().parents[2]
-RAM_DATA = REPO / "tests" / "ram" / "data"
+RAM_DATA = REPO / "tests" / "data" / "ram"
 
 
 def _captures() -> list[tuple[str, Path, dict]]:

@@ -3,7 +3,7 @@
 The fast walkers (numpy galloping runs; the compiled walker when built — it must be built under
 CI=true) are compared with the scalar reference walker on generated layouts cut into random
 chunks, on corrupted layouts (same error, same message, same offset), and on every real capture
-of fixtures/ and tests/ram/data fed through ``StreamDecoder.receive_data`` in random pieces.
+of fixtures/ and tests/data/ram fed through ``StreamDecoder.receive_data`` in random pieces.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from vmig.stream.decoder import NEED_DATA, StreamDecoder
 from vmig.stream.ram import RamBlock, RamState, RamWalker, compiled_walker_available, walk_scalar
 from vmig.testing import fixtures as fx
 
-RAM_DATA = Path(__file__).resolve().parents[1] / "ram" / "data"
+RAM_DATA = Path(__file__).resolve().parents[1] / "data" / "ram"
 PS = 4096
 BLOCKS = [(b"pc.ram", 4096 * PS), (b"pc.bios", 64 * PS), (b"/rom@etc/acpi/tables", 32 * PS)]
 

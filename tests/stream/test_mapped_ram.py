@@ -1,4 +1,4 @@
-"""mapped-ram (QEMU 9.0+ file layout) on a real QEMU 10.0 capture (tests/ram/data)."""
+"""mapped-ram (QEMU 9.0+ file layout) on a real QEMU 10.0 capture (tests/data/ram)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from vmig.errors import RamError
 from vmig.stream import mapped_ram
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data" / "ram"
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""Fixtures of tests/ram: QEMU 7.2 captures with XBZRLE and compressed pages.
+"""pytest fixtures (a plugin loaded by tests/conftest.py): QEMU 7.2 captures with XBZRLE and compressed pages.
 
-``xbzrle_capture`` / ``compress_capture`` are stored real captures (tests/ram/data, made by
-``python3 tests/ram/qemu_capture.py``: a boot-sector guest dirtying memory while QEMU 7.2
+``xbzrle_capture`` / ``compress_capture`` are stored real captures (tests/data/ram, made by
+``python3 tests/support/qemu_capture.py``: a boot-sector guest dirtying memory while QEMU 7.2
 migrates it with the xbzrle / compress capability) with their ``query-migrate`` answers.
 They are stored because a live XBZRLE capture is not reproducible on a 2-core TCG machine:
 QEMU often converges after a handful of passes (a bitmap sync that finds nothing dirty).
@@ -11,24 +11,14 @@ QEMU often converges after a handful of passes (a bitmap sync that finds nothing
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import lz4.frame
 import pytest
+import qemu_capture
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import qemu_capture  # noqa: E402
-
-DATA = Path(__file__).parent / "data"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "peer: compares with QEMU's analyze-migration.py (fetched; fails under CI)"
-    )
+DATA = Path(__file__).resolve().parents[1] / "data" / "ram"
 
 
 def _stored(name: str) -> tuple[bytes, dict[str, Any]]:

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Extract the virtio-mem section payloads of real captures into small test files.
 
-Used once to make ``tests/virtio/data/*.payloads.lz4`` from captures of QEMU 10.0.13 (Debian
+Used once to make ``tests/data/virtio/*.payloads.lz4`` from captures of QEMU 10.0.13 (Debian
 trixie, run from a chroot as in lab-notes.md) so the 9.2/10.0 layouts (early section, MSI-X)
 are tested without that QEMU. Output per capture: an lz4 frame of JSON
 ``{"machine", "qemu", "query-memory-devices", "hmp", "sections": [{"idstr", "payload" (hex)}]}``.
 
-Usage: python tests/virtio/data/extract_payloads.py CAPTURE.bin [...]  (each with CAPTURE.bin.json
+Usage: python tests/data/virtio/extract_payloads.py CAPTURE.bin [...]  (each with CAPTURE.bin.json
 holding "query-memory-devices" and "hmp" from the source QEMU at migration time).
 """
 

@@ -1,4 +1,4 @@
-"""Hand-built RAM streams for tests/ram (struct from the spec, not vmig's encoder)."""
+"""Hand-built RAM streams for the RAM tests (struct from the spec, not vmig's encoder)."""
 
 from __future__ import annotations
 

@@ -7,18 +7,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streamwalk import qevm_fixtures
 
 from vmig.analysis.ram import KINDS, RamView, ram_view
 from vmig.stream import ram
 from vmig.stream.decoder import iter_decode
 from vmig.stream.vmdesc import find_trailer
 from vmig.testing import fixtures
-
-
-def qevm_fixtures() -> list[str]:
-    """Fixtures that are QEVM streams (not a recorded return path)."""
-    return [n for n in fixtures.names() if fixtures.manifest(n).get("qevm_header", True)
-            and fixtures.load(n)[:4] == b"QEVM"]
 
 
 def _events(name: str, **kw):

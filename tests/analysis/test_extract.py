@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import streamwalk
 import synth
-from test_ramview import qevm_fixtures
+from streamwalk import qevm_fixtures
 
 from vmig.analysis.extract import extract, machine_layout, safe_relpath
 from vmig.cli import main

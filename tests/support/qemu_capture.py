@@ -1,4 +1,4 @@
-"""Real-QEMU captures of RAM streams with XBZRLE and compressed pages (for tests/ram).
+"""Real-QEMU captures of RAM streams with XBZRLE and compressed pages (stored in tests/data/ram).
 
 The guest is a 512-byte boot sector (no kernel needed) that keeps rewriting memory while the
 migration runs, so the dirty log really reports re-dirtied pages and QEMU sends them again as
@@ -21,7 +21,7 @@ XBZRLE deltas or zlib pages. Source of the boot sector (GNU as, ``.code16``, lin
     .org 510; .word 0xaa55
 
 Captures are cached per process in a temporary directory by the pytest fixtures of
-tests/ram/conftest.py; each takes a few seconds under TCG.
+tests/support/ram_captures.py; each takes a few seconds under TCG.
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ def capture_dirtying(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Regenerate tests/ram/data/{xbzrle,compress}.bin.lz4 (+ .json with query-migrate).
+    """Regenerate tests/data/ram/{xbzrle,compress}.bin.lz4 (+ .json with query-migrate).
 
-    ``python3 tests/ram/qemu_capture.py [OUTDIR]`` — retries the XBZRLE capture until QEMU did
+    ``python3 tests/support/qemu_capture.py [OUTDIR]`` — retries the XBZRLE capture until QEMU did
     not converge early (see :func:`capture_dirtying`).
     """
     import sys
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     import lz4.frame
 
     args = sys.argv[1:] if argv is None else argv
-    out = Path(args[0]) if args else Path(__file__).parent / "data"
+    out = Path(args[0]) if args else Path(__file__).resolve().parents[1] / "data" / "ram"
     out.mkdir(parents=True, exist_ok=True)
     jobs = {
         "xbzrle": dict(capabilities={"xbzrle": True}, passes_seconds=1.0),

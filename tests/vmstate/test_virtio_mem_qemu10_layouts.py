@@ -19,7 +19,7 @@ from vmig.device.virtio_mem import VirtioMem
 from vmig.vmstate import virtio_mem as vm
 from vmig.vmstate.pci import PCI_CAP_ID_MSIX, pci_capabilities, pci_layout
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data" / "virtio"
 CAPTURES = sorted(p.name[: -len(".payloads.lz4")] for p in DATA.glob("*.payloads.lz4"))
 
 

@@ -1,4 +1,4 @@
-"""A minimal top-level walker for tests/ram: the RAM sections of a precopy stream as events.
+"""A minimal top-level walker for the RAM tests: the RAM sections of a precopy stream as events.
 
 :func:`apply_page_record` is the loader's effect of one page record, record at a time: the
 oracle the batch applier (``vmig.stream.ramcodec.apply_batch``) and extract are checked against.
@@ -76,3 +76,11 @@ def apply_page_record(flags: int, payload: bytes | memoryview, page: bytearray, 
         ramcodec.inflate_into(payload, page, offset=offset)
     else:
         raise RamError(f"not a page record: flags {flags:#x}", offset=offset)
+
+
+def qevm_fixtures() -> list[str]:
+    """Fixtures that are QEVM streams (not a recorded return path)."""
+    from vmig.testing import fixtures
+
+    return [n for n in fixtures.names() if fixtures.manifest(n).get("qevm_header", True)
+            and fixtures.load(n)[:4] == b"QEVM"]

@@ -55,3 +55,33 @@ def test_set_edit_and_drop_load(qemu_bin, lab_dir, capsys):
                   "--drop", "pcspk")
     data = _load(lab_dir, out)
     assert data["requested-size"] == 0x6000000, data
+
+
+def test_plugged_edit_on_early_layout_loads_into_qemu10(lab_dir, capsys):
+    """8.0+ machine types keep size and bitmap in ``virtio-mem-device-early``: a plugged= edit of
+    a QEMU 10.0 capture (pc-i440fx-10.0) rewrites both sections and QEMU 10.0 loads it."""
+    import os
+
+    from vmig.testing.qemu import Qemu
+    from vmig.testing.trixie import ensure_trixie_chroot, trixie_qemu_available
+
+    if not trixie_qemu_available() and os.environ.get("VMIG_TRIXIE") != "1":
+        pytest.skip("trixie chroot absent (set VMIG_TRIXIE=1 to build it)")
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    trixie = ensure_trixie_chroot()
+    args = [("pc-i440fx-10.0" if a == "pc" else a) for a in fixtures.manifest(NAME)["argv"]]
+    src = lab_dir / "q10.bin"
+    with Qemu(args, workdir=lab_dir, chroot=trixie) as q:
+        assert q.qmp("query-version")["qemu"]["major"] == 10
+        assert q.migrate_to_file(src)["status"] == "completed"
+    out = lab_dir / "edited.bin"
+    assert main(["rewrite", str(src), str(out), "--virtio-mem", "0000:00:02.0:plugged=0-9"]) == 0, \
+        capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 0
+    secs = {s["idstr"]: s for s in __import__("json").loads(capsys.readouterr().out)["sections"]}
+    assert "0000:00:02.0/virtio-mem-device-early" in secs
+    res = load_stream(args, out, workdir=lab_dir / "load", chroot=trixie)
+    assert res.ok, res.stderr
+    assert [d["data"]["size"] for d in res.memory_devices] == [10 * BS]

@@ -71,12 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B")
+    from vmig.errors import DeviceError
+    from vmig.units import parse_size
+
     try:
-        return int(t[:-1]) * units[t[-1]] if t and t[-1] in units else int(t, 0)
-    except (ValueError, KeyError) as e:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from e
+        return parse_size(text, "requested-size")
+    except DeviceError as e:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (bytes, 0x hex, or with a k/M/G suffix)") from e
 
 
 def _set_edit(text: str) -> tuple:

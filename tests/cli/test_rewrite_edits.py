@@ -101,6 +101,7 @@ def test_set_field_and_drop_section(paused, tmp_path, capsys):
     (["--set", "mc146818rtc.cmos_index=0x100"], "mc146818rtc"),
     (["--set", "mc146818rtc.no_such_field=1"], "no field 'no_such_field'"),
     (["--set", "dma.command=1"], "matches 2 sections"),
+    (["--set", "dma (2).command=1"], "no device section matches"),
     (["--drop", "ram"], "no device section"),
     (["--drop", "nothing-like-this"], "no device section"),
 ])
@@ -111,6 +112,16 @@ def test_refused_edits_one_line(paused, tmp_path, capsys, edit, why):
     assert len(err.strip().splitlines()) == 1 and why in err, err
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_instance_named_as_qemus_script_names_it(paused, tmp_path, capsys):
+    out = tmp_path / "out.bin"
+    rc, err = _rewrite(paused, out, capsys, "--set", "dma (1).mask=0x0f", "--drop", "i8259 (1)")
+    assert rc == 0, err
+    before, secs = _sections(_analyze(paused, capsys)), _sections(_analyze(out, capsys))
+    assert secs[("dma", 1)]["state"]["mask"] == 15
+    assert secs[("dma", 0)]["state"] == before[("dma", 0)]["state"]
+    assert ("i8259", 1) not in secs and ("i8259", 0) in secs
 
 
 def test_two_devices_by_index_and_path(tmp_path, capsys):

@@ -30,7 +30,7 @@ from vmig.stream.vmdesc import VmDescription, find_trailer
 from vmig.vmstate import virtio_mem as vm
 
 __all__ = ["Description", "as_description", "edit_device_state", "edit_virtio_mem", "set_virtio_mem_plugged",
-           "set_field", "split_section_path", "edit_virtio_mem_device", "parse_ranges", "drop_section"]
+           "set_field", "split_section_path", "section_matches", "edit_virtio_mem_device", "parse_ranges", "drop_section"]
 
 Description = VmDescription | bytes | None
 
@@ -48,6 +48,15 @@ def _device_states(events: Iterable[ev.Event]) -> Iterator[ev.DeviceState]:
             yield from _device_states(e.children)
         elif isinstance(e, ev.DeviceState):
             yield e
+
+
+def section_matches(e: ev.DeviceState, spec: str) -> bool:
+    """Whether section ``e`` is the one ``spec`` names: the end of its idstr, optionally followed
+    by `` (N)`` for instance N, as QEMU's analyze-migration.py names sections (``dma (1)``)."""
+    name, sep, rest = spec.rpartition(" (")
+    if sep and rest.endswith(")") and rest[:-1].isdigit():
+        return e.idstr.endswith(name) and e.instance_id == int(rest[:-1])
+    return e.idstr.endswith(spec)
 
 
 def _codec(e: ev.DeviceState, trailer: VmDescription | None) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
@@ -71,7 +80,7 @@ def edit_device_state(data: bytes, idstr_suffix: str, edit: Callable[[Any], None
     """Return ``data`` with one device section's state re-encoded after ``edit(values)``.
 
     The section is the only ``DeviceState`` (also inside postcopy PACKAGED blobs) whose idstr
-    ends with ``idstr_suffix``. Its payload is decoded with the built-in virtio-mem codecs
+    ends with ``idstr_suffix`` (``"dma (1)"``: instance 1 of it, :func:`section_matches`). Its payload is decoded with the built-in virtio-mem codecs
     (``…/virtio-mem``, ``…/virtio-mem-device-early``) or the schema the stream's own trailer
     (else ``description``, a :class:`VmDescription` or raw trailer JSON) gives for
     ``(idstr, instance)``; ``edit`` mutates the values in place. Sections are measured with the
@@ -90,12 +99,13 @@ def edit_device_state(data: bytes, idstr_suffix: str, edit: Callable[[Any], None
 
     desc = as_description(description)
     events = decode_bytes(data, description=desc)
-    matches = [e for e in _device_states(events) if e.idstr.endswith(idstr_suffix)]
+    matches = [e for e in _device_states(events) if section_matches(e, idstr_suffix)]
     if not matches:
         raise UsageError(f"no device section whose idstr ends with {idstr_suffix!r}")
     if len(matches) > 1:
         names = ", ".join(f"{e.idstr} instance {e.instance_id}" for e in matches)
-        raise UsageError(f"{idstr_suffix!r} matches {len(matches)} sections ({names}); use a longer suffix")
+        raise UsageError(f"{idstr_suffix!r} matches {len(matches)} sections ({names}); use a longer suffix "
+                         "or add the instance as 'IDSTR (N)'")
     e = matches[0]
     found = find_trailer(data)
     trailer = found[1] if found is not None else desc
@@ -184,11 +194,12 @@ def split_section_path(data: bytes, text: str, *, description: Description = Non
     Raises:
         UsageError: no section matches any prefix.
     """
-    idstrs = {e.idstr for e in _all_device_states(data, description)}
+    states = _all_device_states(data, description)
     for i, ch in enumerate(text):
-        if ch == "." and any(s.endswith(text[:i]) for s in idstrs):
+        if ch == "." and any(section_matches(e, text[:i]) for e in states):
             return text[:i], text[i + 1:]
-    raise UsageError(f"--set {text}: no device section's idstr ends with any dotted prefix of it")
+    raise UsageError(f"--set {text}: no device section matches the part before any dot (SECTION is "
+                     "an idstr, a unique end of one, or 'IDSTR (N)' for instance N)")
 
 
 def _walk(node: Any, path: str, where: str) -> tuple[Any, Any]:
@@ -395,13 +406,14 @@ def drop_section(data: bytes, section: str, *, description: Description = None) 
     from vmig.io.decoding import decode_bytes
 
     events = decode_bytes(data, description=as_description(description))
-    nested = [e for e in _device_states(events) if e.idstr.endswith(section)]
-    top = [e for e in events if isinstance(e, ev.DeviceState) and e.idstr.endswith(section)]
+    nested = [e for e in _device_states(events) if section_matches(e, section)]
+    top = [e for e in events if isinstance(e, ev.DeviceState) and section_matches(e, section)]
     if not nested:
         raise UsageError(f"--drop {section}: no device section whose idstr ends with it")
     if len(nested) > 1:
         names = ", ".join(f"{e.idstr} instance {e.instance_id}" for e in nested)
-        raise UsageError(f"--drop {section}: matches {len(nested)} sections ({names}); use a longer suffix")
+        raise UsageError(f"--drop {section}: matches {len(nested)} sections ({names}); use a longer suffix "
+                         "or add the instance as 'IDSTR (N)'")
     if not top:
         raise UsageError(f"--drop {section}: {nested[0].idstr} is inside a postcopy PACKAGED blob; "
                          "dropping it would change the blob's length")

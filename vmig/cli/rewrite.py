@@ -36,7 +36,8 @@ is compressed.
 
 Edits, applied in the order given (the stream is read into memory):
   --set SECTION.PATH=VALUE   a field, with SECTION and PATH as 'vmig analyze' prints them
-                             (SECTION: an idstr or a unique end of one); VALUE an integer
+                             (SECTION: an idstr or a unique end of one, 'IDSTR (N)' for
+                             instance N as QEMU's analyze-migration.py names it); VALUE an integer
                              (decimal or 0x hex), true/false or text, as the field needs
   --virtio-mem DEV:requested-size=SIZE   the device's requested-size (K/M/G suffixes)
   --virtio-mem DEV:plugged=RANGES        exactly these blocks plugged (0-127,200-255);

@@ -81,7 +81,8 @@ def edit_device_state(data: bytes, idstr_suffix: str, edit: Callable[[Any], None
 
     The section is the only ``DeviceState`` (also inside postcopy PACKAGED blobs) whose idstr
     ends with ``idstr_suffix`` (``"dma (1)"``: instance 1 of it, :func:`section_matches`). Its
-    payload is decoded with the built-in virtio-mem codecs (``…/virtio-mem``, ``…/virtio-mem-device-early``) or the schema the stream's own trailer
+    payload is decoded with the built-in virtio-mem codecs (``…/virtio-mem``,
+    ``…/virtio-mem-device-early``) or the schema the stream's own trailer
     (else ``description``, a :class:`VmDescription` or raw trailer JSON) gives for
     ``(idstr, instance)``; ``edit`` mutates the values in place. Sections are measured with the
     trailer, ``description`` and the bundled machine schema sets (:func:`vmig.io.streams.decode_bytes`).

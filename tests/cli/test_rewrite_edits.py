@@ -141,3 +141,19 @@ def test_two_devices_by_index_and_path(tmp_path, capsys):
     doc = _analyze(out, capsys)
     assert _vmem(doc, "0000:00:02.0/virtio-mem")["size"] == 4 * (4 << 20)
     assert _vmem(doc, "0000:00:01.0/virtio-mem") == _vmem(_analyze(src, capsys), "0000:00:01.0/virtio-mem")
+
+
+def test_trailerless_postcopy_stream_uses_bundled_schemas(tmp_path, capsys):
+    """postcopy-main has no trailer and its device sections are inside PACKAGED: --set decodes
+    them with the bundled machine schema set; --drop of a packaged section is refused."""
+    src = tmp_path / "pc.bin"
+    src.write_bytes(fixtures.load("postcopy-main"))
+    out = tmp_path / "out.bin"
+    rc, err = _rewrite(src, out, capsys, "--set", "mc146818rtc.cmos_index=0x0c")
+    assert rc == 0, err
+    assert out.stat().st_size == src.stat().st_size
+    secs = _sections(_analyze(out, capsys))
+    assert secs[("mc146818rtc", 0)]["state"]["cmos_index"] == 12
+    out.unlink()
+    rc, err = _rewrite(src, out, capsys, "--drop", "serial")
+    assert rc == 2 and "inside a postcopy PACKAGED blob" in err

@@ -85,3 +85,19 @@ def test_plugged_edit_on_early_layout_loads_into_qemu10(lab_dir, capsys):
     res = load_stream(args, out, workdir=lab_dir / "load", chroot=trixie)
     assert res.ok, res.stderr
     assert [d["data"]["size"] for d in res.memory_devices] == [10 * BS]
+
+
+def test_postcopy_stream_edit_loads(qemu_bin, lab_dir, capsys):
+    """A postcopy capture (no trailer; device state inside the PACKAGED blob, decoded with the
+    bundled pc-i440fx-7.2 schemas): requested-size through the model and a --set of another
+    device; QEMU 7.2 with postcopy-ram loads it and reports the new requested-size."""
+    src = lab_dir / "pc.bin"
+    src.write_bytes(fixtures.load("postcopy-main"))
+    out = lab_dir / "edited.bin"
+    assert main(["rewrite", str(src), str(out), "--virtio-mem", "0:requested-size=640M",
+                 "--set", "mc146818rtc.cmos_index=0x0c"]) == 0, capsys.readouterr().err
+    args = fixtures.resolve_args(fixtures.manifest("postcopy-main")["argv"], lab_dir)
+    res = load_stream(args, out, workdir=lab_dir, postcopy=True)
+    assert res.ok, res.stderr
+    [dev] = res.memory_devices
+    assert dev["data"]["requested-size"] == 640 << 20

@@ -59,19 +59,27 @@ def section_matches(e: ev.DeviceState, spec: str) -> bool:
     return e.idstr.endswith(spec)
 
 
-def _codec(e: ev.DeviceState, trailer: VmDescription | None) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
+def _codec(e: ev.DeviceState, trailer: VmDescription | None,
+           machine: str | None = None) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
     section = f"{e.idstr} instance {e.instance_id}"
     if e.idstr.endswith(vm.IDSTR_SUFFIX):
         return (lambda p: vm.decode_virtio_mem(p, offset=e.offset, section=section)), vm.encode_virtio_mem
     if e.idstr.endswith(vm.IDSTR_SUFFIX_EARLY):
         return (lambda p: vm.decode_early(p, offset=e.offset, section=section)), vm.encode_early
-    if trailer is None:
-        raise UsageError(f"cannot decode {section}: the stream has no trailer and no description was given")
-    from vmig.vmstate.engine import SchemaSet
+    schema = None
+    if trailer is not None:
+        from vmig.vmstate.engine import SchemaSet
 
-    schema = SchemaSet(trailer.root).for_section(e.idstr, e.instance_id)
+        schema = SchemaSet(trailer.root).for_section(e.idstr, e.instance_id)
     if schema is None:
-        raise UsageError(f"cannot decode {section}: not in the description ({trailer.source})")
+        # no description of its own (postcopy, suppress-vmdesc): the bundled set of the machine type
+        from vmig.vmstate.vmig_json import builtin_schema
+
+        schema = builtin_schema(machine, e.idstr, bytes(e.payload), e.offset)
+    if schema is None:
+        where = trailer.source if trailer is not None else "no trailer, no description"
+        raise UsageError(f"cannot decode {section}: not in the description ({where}) nor in vmig's "
+                         f"bundled schemas of machine type {machine or '(unknown)'}; give --desc-from")
     return (lambda p: schema.decode(p, offset=e.offset, section=section)), schema.encode
 
 
@@ -110,7 +118,8 @@ def edit_device_state(data: bytes, idstr_suffix: str, edit: Callable[[Any], None
     e = matches[0]
     found = find_trailer(data)
     trailer = found[1] if found is not None else desc
-    decode_payload, encode_payload = _codec(e, trailer)
+    machine = next((c.name for c in events if isinstance(c, ev.Configuration)), None)
+    decode_payload, encode_payload = _codec(e, trailer, machine)
     values = decode_payload(bytes(e.payload))
     edit(values)
     new = encode_payload(values)

@@ -101,3 +101,19 @@ def test_postcopy_stream_edit_loads(qemu_bin, lab_dir, capsys):
     assert res.ok, res.stderr
     [dev] = res.memory_devices
     assert dev["data"]["requested-size"] == 640 << 20
+
+
+@pytest.mark.parametrize("name", ["pc-nofooter", "pc-noconfig", "pc-novmdesc"])
+def test_drop_keeps_framing_qemu_loads(qemu_bin, lab_dir, capsys, name):
+    """Dropped sections leave a stream QEMU's loader frames, with or without section footers,
+    configuration section or trailer (each capture loaded into QEMU with its own command line)."""
+    src = lab_dir / "in.bin"
+    src.write_bytes(fixtures.load(name))
+    out = lab_dir / "edited.bin"
+    assert main(["rewrite", str(src), str(out), "--drop", "pcspk", "--drop", "dma (1)",
+                 "--virtio-mem", "0:plugged=5-7"]) == 0, capsys.readouterr().err
+    assert out.stat().st_size < src.stat().st_size
+    args = fixtures.resolve_args(fixtures.manifest(name)["argv"], lab_dir)
+    res = load_stream(args, out, workdir=lab_dir / "load")
+    assert res.ok, res.stderr
+    assert [d["data"]["size"] for d in res.memory_devices] == [3 * BS]

@@ -82,6 +82,6 @@ def test_dest_memaddr_prediction_matches_qemu(tmp_path: Path) -> None:
     for ev in iter_stream_events(str(fixtures.path(name))):
         problems += chk(ev) or []
     assert len(problems) == 1
-    predicted = problems[0].split("destination would fail to load: ", 1)[1].split(" / ")
+    predicted = problems[0].split("destination would fail to load:\n", 1)[1].splitlines()
     qemu_lines = [ln.split(": ", 1)[1] for ln in res.stderr.splitlines() if ln.startswith("qemu-system")]
     assert qemu_lines[: len(predicted)] == predicted

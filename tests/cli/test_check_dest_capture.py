@@ -26,7 +26,7 @@ def test_dest_capture_prediction_matches_qemu(qemu_bin, lab_dir, capsys, stream,
         return
     qemu_lines = [ln.split(": ", 1)[1] for ln in res.stderr.splitlines() if ln.startswith("qemu-system")]
     assert rc == 1
-    assert err.strip().endswith("would fail to load: " + " / ".join(qemu_lines))
+    assert err.strip().endswith("would fail to load:\n" + "\n".join(qemu_lines)), err
 
 
 @pytest.mark.parametrize("change", [
@@ -53,4 +53,4 @@ def test_dest_capture_with_another_virtio_mem_config(qemu_bin, lab_dir, capsys, 
     rc = main(["check", str(fixtures.path("pc-paused")), "--dest-capture", str(lab_dir / "dest.bin")])
     err = capsys.readouterr().err.strip()
     assert rc == 1
-    assert err.endswith("would fail to load: " + " / ".join(qemu_lines)), (err, qemu_lines)
+    assert err.endswith("would fail to load:\n" + "\n".join(qemu_lines)), (err, qemu_lines)

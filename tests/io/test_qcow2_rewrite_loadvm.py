@@ -1,4 +1,4 @@
-"""``vmig rewrite IMAGE.qcow2 OUT.qcow2 --snapshot NAME [--requested-size SIZE]`` gives an image
+"""``vmig rewrite IMAGE.qcow2 OUT.qcow2 --snapshot NAME [--virtio-mem DEV:requested-size=SIZE]`` gives an image
 that real QEMU 7.2 restores with ``-loadvm NAME`` (the capture's command line, ``-S``), reporting
 the memory devices expected: the capture's QMP answer unchanged, or with the edited
 ``requested-size``. The input image is never modified; ``qemu-img check`` finds the copy clean.
@@ -48,7 +48,7 @@ def test_rewritten_snapshot_restored_by_qemu(snap, requested, tmp_path, capsys):
     out = tmp_path / "out.qcow2"
     argv = ["rewrite", str(image), str(out), "--snapshot", snap["name"]]
     if requested is not None:
-        argv += ["--requested-size", str(requested)]
+        argv += ["--virtio-mem", f"0:requested-size={requested}"]
     assert main(argv) == 0, capsys.readouterr().err
     assert hashlib.sha256(image.read_bytes()).hexdigest() == before
     if requested is None:

@@ -136,7 +136,7 @@ class VirtioMemChecker:
             for dev in targets:
                 lines = predict_load_failure(dev, dest)
                 if lines:
-                    problems.append(f"{dev.path}: destination would fail to load: " + " / ".join(lines))
+                    problems.append("\n".join([f"{dev.path}: destination would fail to load:", *lines]))
         return problems
 
 

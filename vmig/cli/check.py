@@ -41,7 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "[,dev=PATH]': report the load failure QEMU would print; repeatable")
     p.add_argument("--dest-capture", metavar="OTHER", default=None,
                    help="a capture of the destination VM's configuration: report the load failure "
-                        "QEMU would print (machine type, RAM blocks, missing sections)")
+                        "QEMU would print (configuration section, section footers, machine type, "
+                        "postcopy, RAM blocks, missing sections, virtio-mem properties)")
+    p.add_argument("--dest-postcopy-ram", choices=("on", "off"), default=None,
+                   help="whether the destination enables the postcopy-ram capability (a capture "
+                        "does not say; default: from OTHER's manifest OTHER.json if there is one)")
     p.set_defaults(handler=handler)
 
 
@@ -64,6 +68,25 @@ def _return_path_file(path: str) -> bool:
     return looks_like_return_path(bytes(head[:4096]))
 
 
+def _dest_postcopy_ram(args: argparse.Namespace) -> bool | None:
+    """--dest-postcopy-ram, else the ``capabilities`` of the destination capture's manifest
+    (OTHER.json, as ``vmig migrate`` finds it), else unknown (None)."""
+    flag = getattr(args, "dest_postcopy_ram", None)
+    if flag is not None:
+        return flag == "on"
+    capture = getattr(args, "dest_capture", None)
+    if not capture:
+        return None
+    from vmig.cli.migrate import manifest_for
+    from vmig.errors import UsageError
+
+    try:
+        caps = manifest_for(capture, None).get("capabilities")
+    except UsageError:
+        return None
+    return bool(caps.get("postcopy-ram", False)) if isinstance(caps, dict) else None
+
+
 def handler(args: argparse.Namespace) -> int:
     if _return_path_file(args.stream):
         if not args.quiet:
@@ -75,7 +98,8 @@ def handler(args: argparse.Namespace) -> int:
 
     problems = run_checks(args.stream, description_from_args(args),
                           {"virtio_mem_dest": list(getattr(args, "dest", []) or []),
-                           "dest_capture": getattr(args, "dest_capture", None)},
+                           "dest_capture": getattr(args, "dest_capture", None),
+                           "dest_postcopy_ram": _dest_postcopy_ram(args)},
                           watch=lambda events: with_progress(events, args.stream, "check"))
     if problems:
         if not args.quiet:

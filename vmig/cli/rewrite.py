@@ -10,8 +10,9 @@ VM state is the re-encoded stream (QEMU's ``loadvm`` restores it); the VM state 
 place over the snapshot's own clusters in the copy, so it must keep its length. IMAGE is never
 modified.
 
-Edits: ``--requested-size SIZE`` sets the virtio-mem ``requested-size`` (``[--device PATH]``
-when the stream has several devices); the payload keeps its length.
+Edits (applied in the order given, by :mod:`vmig.analysis.edit`): ``--set SECTION.PATH=VALUE``,
+``--virtio-mem DEV:requested-size=SIZE`` / ``DEV:plugged=RANGES`` (through the device model),
+``--drop SECTION``. An edit QEMU would reject is refused with one line naming why.
 """
 
 from __future__ import annotations
@@ -33,8 +34,24 @@ the input for every stream QEMU writes, so this checks that vmig reads every byt
 base for edits. OUT is written atomically; - writes to standard output; a name ending in .lz4
 is compressed.
 
-Example:
+Edits, applied in the order given (the stream is read into memory):
+  --set SECTION.PATH=VALUE   a field, with SECTION and PATH as 'vmig analyze' prints them
+                             (SECTION: an idstr or a unique end of one, 'IDSTR (N)' for
+                             instance N as QEMU's analyze-migration.py names it); VALUE an integer
+                             (decimal or 0x hex), true/false or text, as the field needs
+  --virtio-mem DEV:requested-size=SIZE   the device's requested-size (K/M/G suffixes)
+  --virtio-mem DEV:plugged=RANGES        exactly these blocks plugged (0-127,200-255);
+                             size follows (plugged blocks x block-size)
+                             DEV: the device path 'vmig info memory-devices' shows, or its index
+                             (may be left out with one device: --virtio-mem requested-size=1G)
+  --drop SECTION             remove a device section (and its entry in the trailer)
+Edits that QEMU would refuse, or that the device could never be in, are refused.
+
+Examples:
   vmig rewrite guest.bin copy.bin && cmp guest.bin copy.bin
+  vmig rewrite guest.bin big.bin --virtio-mem 0000:00:02.0:requested-size=512M
+  vmig rewrite guest.bin edited.bin --set mc146818rtc.cmos_index=0x0a --drop pcspk
+  vmig rewrite vm.qcow2 out.qcow2 --snapshot s1 --virtio-mem 0:plugged=0-63
 """
 
 
@@ -44,41 +61,78 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_stream_argument(p, "input")
     p.add_argument("output", metavar="OUT", help="output path ('-' = stdout; *.lz4 compresses)")
     add_desc_from_argument(p)
-    p.add_argument("--requested-size", type=_size, default=None, metavar="SIZE",
-                   help="edit: the virtio-mem device's requested-size (bytes, or with K/M/G suffix)")
-    p.add_argument("--device", default=None, metavar="PATH",
-                   help="the virtio-mem device to edit (e.g. 0000:00:02.0) when there are several")
+    p.add_argument("--set", dest="edits", action="append", type=_set_edit, metavar="SECTION.PATH=VALUE",
+                   help="edit: set one field of a device section")
+    p.add_argument("--virtio-mem", dest="edits", action="append", type=_virtio_mem_edit,
+                   metavar="DEV:requested-size=SIZE|DEV:plugged=RANGES",
+                   help="edit: a virtio-mem device, through the device model")
+    p.add_argument("--drop", dest="edits", action="append", type=lambda s: ("drop", s), metavar="SECTION",
+                   help="edit: remove a device section")
     p.set_defaults(handler=handler, stream_attr="input")
 
 
 def _size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B")
+    from vmig.errors import DeviceError
+    from vmig.units import parse_size
+
     try:
-        return int(t[:-1]) * units[t[-1]] if t and t[-1] in units else int(t, 0)
-    except (ValueError, KeyError) as e:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from e
+        return parse_size(text, "requested-size")
+    except DeviceError as e:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (bytes, 0x hex, or with a k/M/G suffix)") from e
+
+
+def _set_edit(text: str) -> tuple:
+    target, eq, value = text.partition("=")
+    if not eq or "." not in target:
+        raise argparse.ArgumentTypeError(f"expected SECTION.PATH=VALUE, got {text!r}")
+    return ("set", target, value)
+
+
+def _virtio_mem_edit(text: str) -> tuple:
+    spec, eq, value = text.partition("=")
+    device, _, key = spec.rpartition(":")
+    if not eq or key not in ("requested-size", "plugged"):
+        raise argparse.ArgumentTypeError(
+            f"expected DEV:requested-size=SIZE or DEV:plugged=RANGES, got {text!r}")
+    if key == "requested-size":
+        return ("virtio-mem", device or None, {"requested_size": _size(value)})
+    from vmig.analysis.edit import parse_ranges
+    from vmig.errors import UsageError as _UsageError
+
+    try:
+        return ("virtio-mem", device or None, {"plugged": parse_ranges(value)})
+    except _UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _apply_edits(data: bytes, edits: list[tuple], description) -> bytes:  # noqa: ANN001
+    from vmig.analysis import edit
+
+    for e in edits:
+        if e[0] == "set":
+            section, path = edit.split_section_path(data, e[1], description=description)
+            data = edit.set_field(data, section, path, e[2], description=description)
+        elif e[0] == "virtio-mem":
+            data = edit.edit_virtio_mem_device(data, e[1], description=description, **e[2])
+        else:
+            data = edit.drop_section(data, e[1], description=description)
+    return data
 
 
 def _output_chunks(args: argparse.Namespace):
-    """The bytes to write: the re-encoded events, or with ``--requested-size`` the stream edited
-    in memory by :func:`vmig.analysis.edit.edit_virtio_mem`."""
+    """The bytes to write: the re-encoded events, or with edits the stream edited in memory by
+    :mod:`vmig.analysis.edit`."""
     from vmig.stream.encoder import StreamEncoder
 
-    if args.requested_size is None:
+    if not args.edits:
         enc = StreamEncoder()
         for ev in stream_events(args, "input", progress="rewrite"):
             yield enc.send_view(ev)
         return
-    from vmig.analysis.edit import edit_virtio_mem
     from vmig.cli._common import description_from_args
     from vmig.io.streams import read_all
 
-    def edit(state) -> None:  # noqa: ANN001
-        state.device.requested_size = args.requested_size
-
-    yield edit_virtio_mem(read_all(args.input), edit, device=args.device,
-                          description=description_from_args(args))
+    yield _apply_edits(read_all(args.input), args.edits, description_from_args(args))
 
 
 def _is_qcow2(path: str) -> bool:

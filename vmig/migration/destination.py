@@ -45,7 +45,16 @@ import numpy as np
 from vmig.errors import MigrationError
 from vmig.runs import true_runs
 from vmig.stream.constants import MigCmd, RpMsg, SectionType
-from vmig.stream.events import Command, Configuration, DeviceState, EndOfStream, RamRecords, SectionHeader
+from vmig.stream.events import (
+    Command,
+    Configuration,
+    DeviceState,
+    EndOfStream,
+    FileHeader,
+    RamRecords,
+    SectionEnd,
+    SectionHeader,
+)
 from vmig.stream.ramcodec import BlockBuffers, apply_batch
 from vmig.stream.return_path import encode_rp, rp_message
 
@@ -59,6 +68,10 @@ def _unknown_section(idstr: str, instance: int) -> MigrationError:
         f"Unknown savevm section or instance '{idstr}' {instance}. Make sure that your current VM "
         "setup matches your saved VM setup, including any hotplugged devices\n"
         "load of migration failed: Invalid argument")
+
+
+def _load_failure(line: str) -> MigrationError:
+    return MigrationError(f"{line}\nload of migration failed: Invalid argument")
 
 
 def _ram_failure(line: str) -> MigrationError:
@@ -87,6 +100,12 @@ class Destination:
             fails the load as QEMU's does. None: every section is accepted.
         machine_type: the destination's machine type (``pc-q35-7.2``); a CONFIGURATION record
             naming another fails the load as QEMU's does. None: any.
+        configuration: whether the destination expects a CONFIGURATION record first
+            (``migration.send-configuration``); None: either.
+        footers: whether the destination expects section footers
+            (``migration.send-section-footer``); None: either.
+        postcopy_ram: whether the destination enables the ``postcopy-ram`` capability (a
+            16-byte POSTCOPY_ADVISE needs it, a 0-byte one must not have it); None: either.
 
     :meth:`like` builds one with the blocks, sections and machine type of a capture of the
     destination's configuration.
@@ -97,7 +116,13 @@ class Destination:
     def __init__(self, blocks: Mapping[str, int] | None = None, *, machine: Machine | None = None,
                  page_size: int = 4096,
                  keep_ram: bool = True, sections: Iterable[tuple[str, int]] | None = None,
-                 machine_type: str | None = None) -> None:
+                 machine_type: str | None = None, configuration: bool | None = None,
+                 footers: bool | None = None, postcopy_ram: bool | None = None) -> None:
+        self.configuration = configuration
+        self.footers = footers
+        self.postcopy_ram = postcopy_ram
+        self._first_record = True
+        self._section_names: dict[int, str] = {}
         self.expected = dict(blocks) if blocks is not None else None
         self.machine = machine
         self.page_size = page_size
@@ -119,25 +144,31 @@ class Destination:
     @classmethod
     def like(cls, events: Iterable[Any], **kw: Any) -> Destination:
         """A destination configured as the VM that wrote ``events`` (a capture of the
-        destination's configuration): its RAMBlocks, savevm sections and machine type."""
+        destination's configuration): its RAMBlocks, savevm sections, machine type, whether it
+        sends (so expects) a CONFIGURATION record and section footers. Whether it enables
+        ``postcopy-ram`` is not in a stream; pass ``postcopy_ram=`` when known."""
         blocks: dict[str, int] = {}
         sections: set[tuple[str, int]] = set()
         machine_type = None
+        footers: bool | None = None
 
         def walk(evs: Iterable[Any]) -> None:
-            nonlocal machine_type
+            nonlocal machine_type, footers
             for ev in evs:
                 if isinstance(ev, RamRecords) and ev.batch.mem_size:
                     blocks.update((b.idstr, b.used_length) for b in ev.batch.mem_size)
                 elif isinstance(ev, SectionHeader):
                     sections.add((ev.idstr, ev.instance_id))
+                elif isinstance(ev, SectionEnd) and footers is None:
+                    footers = ev.footer
                 elif isinstance(ev, Configuration):
                     machine_type = ev.name
                 elif isinstance(ev, Command):
                     walk(ev.children)
 
         walk(events)
-        return cls(blocks, sections=sections, machine_type=machine_type, **kw)
+        return cls(blocks, sections=sections, machine_type=machine_type,
+                   configuration=machine_type is not None, footers=footers, **kw)
 
     # -- state ------------------------------------------------------------------------------------
     def _set_postcopy(self, state: str) -> None:
@@ -171,7 +202,21 @@ class Destination:
         Raises:
             MigrationError: QEMU would fail the load here (its error lines, one per line).
         """
-        if isinstance(ev, RamRecords):
+        if self._first_record and not isinstance(ev, FileHeader):
+            # qemu_loadvm_state: the CONFIGURATION record comes first when the destination
+            # sends one itself; otherwise its type byte (7) is an unknown section type
+            self._first_record = False
+            if self.configuration and not isinstance(ev, Configuration):
+                raise _load_failure("Configuration section missing")
+            if self.configuration is False and isinstance(ev, Configuration):
+                raise _load_failure("Unknown savevm section type 7")
+        if isinstance(ev, SectionEnd):
+            # check_section_footer, or the footer byte (0x7e) read as the next section type
+            if self.footers and not ev.footer:
+                raise _load_failure(f"Missing section footer for {self._section_names.get(ev.section_id, '')}")
+            if self.footers is False and ev.footer:
+                raise _load_failure("Unknown savevm section type 126")
+        elif isinstance(ev, RamRecords):
             self._ram(ev.batch)
         elif isinstance(ev, Command):
             self._command(ev)
@@ -191,6 +236,8 @@ class Destination:
                 raise MigrationError(f"Machine type received is '{ev.name}' and local is "
                                      f"'{self.machine_type}'\nload of migration failed: Invalid argument")
         elif isinstance(ev, SectionHeader):
+            if ev.type in (SectionType.SECTION_START, SectionType.SECTION_FULL):
+                self._section_names[ev.section_id] = ev.idstr
             if self.sections is not None and ev.type in (SectionType.SECTION_START, SectionType.SECTION_FULL) \
                     and (ev.idstr, ev.instance_id) not in self.sections:
                 raise _unknown_section(ev.idstr, ev.instance_id)
@@ -218,6 +265,12 @@ class Destination:
     def _command(self, ev: Command) -> None:
         cmd = ev.cmd
         if cmd == MigCmd.POSTCOPY_ADVISE:
+            # loadvm_postcopy_handle_advise: 16 bytes (page sizes) need postcopy-ram, 0 bytes
+            # (dirty bitmaps only) must not have it
+            if self.postcopy_ram is False and len(ev.data) == 16:
+                raise _load_failure("RAM postcopy is disabled but have 16 byte advise")
+            if self.postcopy_ram and len(ev.data) == 0:
+                raise _load_failure("RAM postcopy is enabled but have 0 byte advise")
             self._set_postcopy("advise")
         elif cmd == MigCmd.POSTCOPY_RAM_DISCARD:
             if self.postcopy == "advise":

@@ -65,7 +65,7 @@ from vmig.stream.constants import RamFlag, SectionType
 from vmig.vmstate.engine import BodyNode, FieldItem, SchemaSet, VmsdSchema
 from vmig.vmstate.registry import Registry
 
-__all__ = ["FORMAT", "analyze", "render_body", "jsonable"]
+__all__ = ["FORMAT", "analyze", "render_body", "jsonable", "builtin_schema"]
 
 FORMAT = "vmig-analyze/1"
 
@@ -199,6 +199,14 @@ class _Builtin:
             except SchemaError:
                 continue
         return None
+
+
+def builtin_schema(machine: str | None, idstr: str, payload: bytes, offset: int) -> VmsdSchema | None:
+    """The schema of the bundled ``machine`` schema set that decodes ``payload`` (a FULL section
+    of ``idstr``) exactly, as ``analyze`` picks it for a stream without a description; None when
+    vmig ships no set for the machine or no variant fits."""
+    found = _Builtin(machine, SchemaSet._DEFAULT).decode(idstr, payload, offset)
+    return found[0] if found is not None else None
 
 
 class _RamSummary:

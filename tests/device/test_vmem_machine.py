@@ -212,3 +212,29 @@ def test_amd_1tib_relocation_and_phys_bits():
     with pytest.raises(DeviceError) as e:
         Machine("pc", 4 * GiB, 1010 * GiB)
     assert str(e.value) == "Address space limit 0xffffffffff < 0x1fc3fffffff phys-bits too low (40)"
+
+
+@pytest.mark.parametrize(("huge", "block_size"), [
+    (1 * GiB, 1 * GiB),    # hugetlbfs page above 1 MiB: the page size (QEMU 7.2, default_block_size)
+    (None, 2 * MiB),       # not hugetlbfs: base pages, the THP size
+])
+def test_mem_path_page_size_decides_default_block_size(huge, block_size):
+    from vmig.device.cmdline import machine_from_argv
+
+    seen: list[str] = []
+
+    def page_size_of(path: str) -> int | None:
+        seen.append(path)
+        return huge
+
+    m = machine_from_argv(["-m", "1G,maxmem=8G", "-object", "memory-backend-file,id=f,size=2G,mem-path=/hp",
+                           "-device", "virtio-mem-pci,id=vm0,memdev=f"], mem_path_page_size=page_size_of)
+    dev = m.devices[0]
+    assert seen == ["/hp"]
+    assert dev.block_size == block_size
+    assert m.ram_block_page_size(dev) == (huge or 4096)
+    if huge:
+        with pytest.raises(DeviceError, match=r"at least the page size \(0x40000000\)"):
+            machine_from_argv(["-m", "1G,maxmem=8G", "-object", "memory-backend-file,id=f,size=2G,mem-path=/hp",
+                               "-device", "virtio-mem-pci,id=vm0,memdev=f,block-size=512M"],
+                              mem_path_page_size=page_size_of)

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import pytest
+from relay import relay_class
 
 from vmig.device.versions import capture_qemu_version
 from vmig.io.decoding import decode_bytes
@@ -158,23 +159,6 @@ def test_vmig_migrate_postcopy_from_a_qemu10_capture_loads_into_qemu10(captures,
     assert f"vm0: size {260 * MiB} requested-size {260 * MiB}" in printed
 
 
-def _relay_class():
-    """fixtures/capture.py's recording TCP relay (postcopy needs a return path)."""
-    import importlib.util
-    import sys
-
-    if "vmig_fixture_capture" in sys.modules:
-        mod = sys.modules["vmig_fixture_capture"]
-        return mod.Relay, mod._free_port
-    path = Path(__file__).resolve().parents[2] / "fixtures" / "capture.py"
-    spec = importlib.util.spec_from_file_location("vmig_fixture_capture", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
-    return mod.Relay, mod._free_port
-
-
 def _postcopy_framing(events) -> list[str]:
     """:func:`_framing`, descending into PACKAGED, with runs of discards as one entry."""
     out: list[str] = []
@@ -206,7 +190,7 @@ def test_engine_postcopy_framing_is_qemu10s(captures, trixie, tmp_path):
     from vmig.io.streams import load_description
     from vmig.testing.qemu import Qemu
 
-    relay_cls, free_port = _relay_class()
+    relay_cls, free_port = relay_class()
     machine = "pc-i440fx-10.0"
     args = _args(machine)
     port = free_port()

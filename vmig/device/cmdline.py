@@ -3,7 +3,8 @@
 Understands the subset of ``qemu-system-x86_64`` options that decide virtio-mem's behaviour:
 ``-machine``/``-M`` (type, ``memory-backend``), ``-m size[,slots=N][,maxmem=S]``,
 ``-numa node,...`` (counted), ``-object memory-backend-{ram,memfd,file},id=,size=[,share=]
-[,prealloc=]``, ``-cpu model[,phys-bits=N][,vendor=...]`` (vendor and physical address bits only),
+[,prealloc=][,mem-path=]`` (a file backend on hugetlbfs has the mount's huge page size),
+``-cpu model[,phys-bits=N][,vendor=...]`` (vendor and physical address bits only),
 ``-device virtio-mem-pci,...`` (id, bus, addr, memdev, node, memaddr, block-size,
 requested-size, prealloc, unplugged-inaccessible, x-early-migration, dynamic-memslots,
 vectors), other PCI ``-device`` entries (only the slot they take: ``bus=``, ``addr=``, PCIe root
@@ -11,13 +12,16 @@ ports adding their bus) after the machine's default VGA and NIC (``-nodefaults``
 ``-nic``/``-net``/``-netdev`` decide those), ``-overcommit mem-lock=on`` and ``-incoming``.
 Everything else is ignored, so a
 fixture's full ``argv`` can be handed over unchanged. Mirrors QEMU's option parsing only as far
-as the values go (qemu_opts / keyval size suffixes); no I/O.
+as the values go (qemu_opts / keyval size suffixes); no I/O of its own (the page size of a
+``mem-path`` comes from the ``mem_path_page_size`` callable, by default
+:func:`vmig.device.hostmem.mem_path_page_size`, which asks the host as QEMU does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from vmig.device.hostmem import mem_path_page_size as _host_mem_path_page_size
 from vmig.device.machine import PCI_BRIDGES, Machine
 from vmig.device.virtio_mem import HostInfo, VirtioMem
 from vmig.errors import UsageError
@@ -87,6 +91,7 @@ def machine_from_argv(
     *,
     qemu_version: str = "7.2",
     host: HostInfo | None = None,
+    mem_path_page_size: Callable[[str], int | None] = _host_mem_path_page_size,
 ) -> Machine:
     """Create the machine, backends and virtio-mem devices an argv describes (in argv order).
 
@@ -94,6 +99,8 @@ def machine_from_argv(
         argv: QEMU arguments (with or without the binary as first element).
         qemu_version: the binary's version (``"7.2"``, ``"10.0"``).
         host: host facts.
+        mem_path_page_size: huge page size of a ``mem-path`` (None: not hugetlbfs, the host's
+            base page size); called once per ``memory-backend-file`` with a ``mem-path``.
 
     Returns:
         The model machine; devices realized (a system reset is *not* run: call
@@ -181,9 +188,12 @@ def machine_from_argv(
                 max_ram_below_4g=max_below_4g)
     for o in objects:
         kind = o["qom-type"].removeprefix("memory-backend-")
+        page_size = h.page_size
+        if kind == "file" and "mem-path" in o:
+            page_size = mem_path_page_size(o["mem-path"]) or h.page_size
         m.add_backend(
             o["id"], parse_size(o["size"]), kind=kind, share=_bool(o.get("share", "off")),
-            prealloc=_bool(o.get("prealloc", "off")),
+            prealloc=_bool(o.get("prealloc", "off")), page_size=page_size,
         )
         if o["id"] in busy_memdevs:
             m.backends[o["id"]].mapped = True

@@ -346,6 +346,13 @@ class Machine:
         assert dev.memdev is not None
         return f"{self.pci_path(dev)}/{dev.memdev.id}"
 
+    def ram_block_page_size(self, dev: VirtioMem) -> int:
+        """Page size of ``dev``'s RAMBlock: its backend's (a huge page size on hugetlbfs). QEMU
+        writes it after the block's length in the RAM setup list when it differs from the host
+        page size and postcopy-ram is on (``ram_save_setup``)."""
+        assert dev.memdev is not None
+        return dev.memdev.page_size
+
     def pci_path(self, dev: VirtioMem) -> str:
         """PCI dev-path of the device (``0000:00:02.0``), the prefix of its section idstrs."""
         for s in self._slots:

@@ -89,8 +89,17 @@ def run_checks(path: str, desc_from: VmDescription | None = None,
     problems: list[str] = []
     try:
         from vmig.io.streams import iter_events
+        from vmig.stream.events import VmDescriptionEvent
+        from vmig.stream.vmdesc import check_trailer
 
         for ev in iter_events(path, desc_from=desc_from, schema_sets=True):
+            if isinstance(ev, VmDescriptionEvent):
+                # every command that reads the trailer must be able to: one bad byte in it is
+                # a stream problem, even though its framing is intact
+                try:
+                    check_trailer(ev.raw, ev.offset)
+                except StreamError as e:
+                    raise e.with_path(path) from e
             for name, fn in checks:
                 found = fn(ev)
                 if found:

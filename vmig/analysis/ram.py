@@ -19,8 +19,9 @@ Theory of operation:
    (word, idstr, payload headers, payload).
 3. Blocks are keyed by idstr; a later MEM_SIZE list (RAM state re-initialised) adds or resizes
    blocks, never forgets pages already seen.
-4. Per-page state uses target pages (``page_size`` of the batch), allocated with ``np.zeros``
-   (calloc: untouched pages of a huge block cost no memory).
+4. Per-page state uses target pages (``page_size`` of the batch), kept in chunks of
+   ``PAGE_CHUNK`` pages created when a record first writes into them: memory grows with the
+   records present, never with the length a block claims (a stream may claim 2^63 bytes).
 """
 
 from __future__ import annotations
@@ -48,6 +49,22 @@ _LUT[int(RamFlag.COMPRESS_PAGE)] = 3
 _NK = len(KINDS)
 
 
+#: pages per chunk of per-page state (16 MiB of guest RAM with 4 KiB pages; 40 KiB of state)
+PAGE_CHUNK_BITS = 12
+PAGE_CHUNK = 1 << PAGE_CHUNK_BITS
+
+
+class _Chunk:
+    """Per-page state of ``PAGE_CHUNK`` consecutive pages."""
+
+    __slots__ = ("sent", "kind", "offset")
+
+    def __init__(self) -> None:
+        self.sent = np.zeros(PAGE_CHUNK, dtype=np.bool_)
+        self.kind = np.full(PAGE_CHUNK, KIND_NONE, dtype=np.int8)
+        self.offset = np.full(PAGE_CHUNK, -1, dtype=np.int64)
+
+
 @dataclass
 class BlockView:
     """One RAMBlock as the stream describes it, with per-page state.
@@ -57,11 +74,14 @@ class BlockView:
         length: used_length from the block list.
         page_size: the block's page size field (postcopy huge pages) or the target page size.
         mr_addr: the MemoryRegion address (x-ignore-shared streams) or None.
-        sent: bool per target page: sent at least once.
-        last_kind: int8 per page: kind index of the last write, -1 never written.
-        last_offset: int64 per page: absolute offset of the last record that wrote the page.
         counts / nbytes: records / record bytes per kind over the whole stream.
         resent: records that re-sent a page already sent earlier.
+
+    Per-page state (chunked, see :meth:`write_pages`) is read through :meth:`pages_sent`,
+    :meth:`final_counts`, :meth:`never_sent`, or as whole arrays (``sent``: bool per target page,
+    sent at least once; ``last_kind``: int8, kind index of the last write, -1 never written;
+    ``last_offset``: int64, absolute offset of the last record that wrote the page) — those
+    arrays are built on demand, one entry per page of the block: for small blocks only.
     """
 
     idstr: str
@@ -69,36 +89,98 @@ class BlockView:
     page_size: int
     target_page_size: int
     mr_addr: int | None = None
-    sent: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
-    last_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
-    last_offset: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     counts: np.ndarray = field(default_factory=lambda: np.zeros(_NK, dtype=np.int64))
     nbytes: np.ndarray = field(default_factory=lambda: np.zeros(_NK, dtype=np.int64))
     resent: int = 0
+    chunks: dict[int, _Chunk] = field(default_factory=dict)
 
     @property
     def npages(self) -> int:
         return -(-self.length // self.target_page_size)
 
-    def _ensure(self) -> None:
-        n = self.npages
-        if len(self.sent) < n:
-            self.sent = _grow(self.sent, n)
-            self.last_kind = _grow(self.last_kind, n, KIND_NONE)
-            self.last_offset = _grow(self.last_offset, n, -1)
+    def write_pages(self, pages: np.ndarray, kinds: np.ndarray, offsets: np.ndarray) -> int:
+        """Record writes of distinct ``pages`` (sorted ascending) with their kind and record
+        offset; returns how many of them had never been sent."""
+        newly = 0
+        cid = pages >> PAGE_CHUNK_BITS
+        cuts = np.flatnonzero(cid[1:] != cid[:-1]) + 1
+        bounds = [0, *cuts.tolist(), len(pages)]
+        for a, z in zip(bounds[:-1], bounds[1:]):
+            c = int(cid[a])
+            ch = self.chunks.get(c)
+            if ch is None:
+                ch = self.chunks[c] = _Chunk()
+            local = pages[a:z] & (PAGE_CHUNK - 1)
+            newly += int(np.count_nonzero(~ch.sent[local]))
+            ch.sent[local] = True
+            ch.kind[local] = kinds[a:z]
+            ch.offset[local] = offsets[a:z]
+        return newly
+
+    def pages_sent(self) -> int:
+        """Pages of the block sent at least once."""
+        return sum(int(np.count_nonzero(self._clip(c, ch.sent))) for c, ch in self.chunks.items())
+
+    def final_counts(self) -> list[int]:
+        """Pages whose last write was of each kind (in :data:`KINDS` order)."""
+        out = [0] * _NK
+        for c, ch in self.chunks.items():
+            kind = self._clip(c, ch.kind)
+            for i in range(_NK):
+                out[i] += int(np.count_nonzero(kind == i))
+        return out
+
+    def _clip(self, c: int, arr: np.ndarray) -> np.ndarray:
+        """The part of chunk ``c``'s array inside the block (a later, shorter block list)."""
+        room = self.npages - (c << PAGE_CHUNK_BITS)
+        return arr if room >= PAGE_CHUNK else arr[: max(0, room)]
+
+    def _dense(self, attr: str, fill: int, dtype: Any) -> np.ndarray:
+        out = np.full(self.npages, fill, dtype=dtype)
+        for c, ch in self.chunks.items():
+            part = self._clip(c, getattr(ch, attr))
+            base = c << PAGE_CHUNK_BITS
+            out[base: base + len(part)] = part
+        return out
+
+    @property
+    def sent(self) -> np.ndarray:
+        return self._dense("sent", 0, np.bool_)
+
+    @property
+    def last_kind(self) -> np.ndarray:
+        return self._dense("kind", KIND_NONE, np.int8)
+
+    @property
+    def last_offset(self) -> np.ndarray:
+        return self._dense("offset", -1, np.int64)
 
     def never_sent(self) -> list[tuple[int, int]]:
         """Byte ranges ``[start, end)`` of the block that no record ever carried."""
         n = self.npages
-        sent = self.sent[:n] if len(self.sent) >= n else _grow(self.sent, n)
         ps = self.target_page_size
-        return [(a * ps, min(b * ps, self.length)) for a, b in runs(~sent)]
+        ranges: list[list[int]] = []
 
+        def add(a: int, b: int) -> None:
+            if a >= b:
+                return
+            if ranges and ranges[-1][1] == a:
+                ranges[-1][1] = b
+            else:
+                ranges.append([a, b])
 
-def _grow(arr: np.ndarray, n: int, fill: int = 0) -> np.ndarray:
-    out = np.zeros(n, dtype=arr.dtype) if fill == 0 else np.full(n, fill, dtype=arr.dtype)
-    out[: len(arr)] = arr[:n]
-    return out
+        pos = 0
+        for c in sorted(self.chunks):
+            base = c << PAGE_CHUNK_BITS
+            if base >= n:
+                break
+            add(pos, base)
+            sent = self._clip(c, self.chunks[c].sent)
+            for a, b in runs(~sent):
+                add(base + a, base + b)
+            pos = base + len(sent)
+        add(pos, n)
+        return [(a * ps, min(b * ps, self.length)) for a, b in ranges]
 
 
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -250,7 +332,6 @@ class RamView:
         for bi in np.flatnonzero(cnt.sum(axis=1)):
             name = names[bi]
             bv = self.blocks[name]
-            bv._ensure()
             bv.counts += cnt[bi]
             bv.nbytes += byt[bi]
             pc = self._cur.counts.setdefault(name, np.zeros(_NK, dtype=np.int64))
@@ -265,13 +346,10 @@ class RamView:
             else:
                 rev_u, rev_i = np.unique(p[::-1], return_index=True)
                 last = len(p) - 1 - rev_i
-            newly = rev_u[~bv.sent[rev_u]]
-            bv.resent += len(p) - len(newly)
-            bv.sent[rev_u] = True
             ksel = k[sel] if not sel.all() else k
             osel = off[sel] if not sel.all() else off
-            bv.last_kind[rev_u] = ksel[last]
-            bv.last_offset[rev_u] = osel[last]
+            newly = bv.write_pages(rev_u, ksel[last], osel[last])
+            bv.resent += len(p) - newly
 
     def _mapped_ram(self, batch: Any) -> None:
         """Mapped-ram blocks (QEMU 9.0+ ``file:``): no page records; each page has a fixed
@@ -286,7 +364,6 @@ class RamView:
             if b.pages_offset is None or (b.pages_offset == 0 and b.bitmap_offset == 0):
                 continue
             bv = self.blocks[b.idstr]
-            bv._ensure()
             ps = batch.page_size
             n = -(-b.used_length // ps)
             start = b.bitmap_offset - batch.base
@@ -301,10 +378,10 @@ class RamView:
             bv.nbytes += nbytes
             self._cur.counts.setdefault(b.idstr, np.zeros(_NK, dtype=np.int64))[:] += add
             self._cur.nbytes.setdefault(b.idstr, np.zeros(_NK, dtype=np.int64))[:] += nbytes
-            bv.sent[:n] = True
-            bv.last_kind[:n] = np.where(present, KINDS.index("normal"), KINDS.index("zero"))
-            bv.last_offset[:n] = np.where(present, b.pages_offset + np.arange(n, dtype=np.int64) * ps,
-                                          b.bitmap_offset)
+            pages = np.arange(n, dtype=np.int64)
+            bv.write_pages(pages,
+                           np.where(present, KINDS.index("normal"), KINDS.index("zero")).astype(np.int8),
+                           np.where(present, b.pages_offset + pages * ps, b.bitmap_offset))
 
     @staticmethod
     def _check_payloads(batch: Any, types: np.ndarray) -> None:
@@ -331,7 +408,7 @@ class RamView:
         out: dict[str, int] = dict(tot)
         out["bytes"] = b
         out["resent"] = sum(bv.resent for bv in self.blocks.values())
-        out["pages_sent"] = sum(int(np.count_nonzero(bv.sent)) for bv in self.blocks.values())
+        out["pages_sent"] = sum(bv.pages_sent() for bv in self.blocks.values())
         out["multifd_flush"] = self.flushes
         out["hook"] = self.hooks
         return out
@@ -341,6 +418,7 @@ class RamView:
         blocks = []
         for bv in self.blocks.values():
             ps = bv.target_page_size
+            final = bv.final_counts()
             blocks.append({
                 "idstr": bv.idstr,
                 "length": bv.length,
@@ -350,11 +428,9 @@ class RamView:
                 **{k: int(bv.counts[i]) for i, k in enumerate(KINDS)},
                 "bytes": int(bv.nbytes.sum()),
                 "bytes_by_kind": {k: int(bv.nbytes[i]) for i, k in enumerate(KINDS)},
-                "pages_sent": int(np.count_nonzero(bv.sent[: bv.npages])),
+                "pages_sent": bv.pages_sent(),
                 "resent": bv.resent,
-                "final": {
-                    k: int(np.count_nonzero(bv.last_kind[: bv.npages] == i)) for i, k in enumerate(KINDS)
-                },
+                "final": {k: final[i] for i, k in enumerate(KINDS)},
                 "never_sent": [[a, b] for a, b in bv.never_sent()],
                 "target_page_size": ps,
             })

@@ -2,19 +2,19 @@
 
 The output is built by the encoder (vmig.stream.encoder), so ``rewrite`` of a valid stream is
 byte-identical to its input; it is the end-to-end check of ``encode(decode(b)) == b`` and the
-base for tools that edit events. The write is atomic: a temporary file in OUT's directory,
-then ``os.replace``. OUT may be ``-`` (stdout); an OUT ending in ``.lz4`` is lz4-compressed.
+base for tools that edit events. The write is atomic (vmig.io.output.AtomicFile): a temporary
+file in OUT's directory, every write checked, fsync, then a rename; on any failure nothing is
+left behind. OUT may not be a directory or the input. OUT may be ``-`` (stdout); an OUT ending in ``.lz4`` is lz4-compressed.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument, stream_events
 from vmig.errors import UsageError
+from vmig.io.output import AtomicFile, same_file
 
 __all__ = ["register", "handler", "same_file"]
 
@@ -26,18 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("output", metavar="OUT", help="output path ('-' = stdout; *.lz4 compresses)")
     add_desc_from_argument(p)
     p.set_defaults(handler=handler, stream_attr="input")
-
-
-def same_file(a: str, b: str) -> bool:
-    """True when paths a and b name the same file (or the same path)."""
-    if a == "-" or b == "-":
-        return False
-    if os.path.abspath(a) == os.path.abspath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -54,24 +42,14 @@ def handler(args: argparse.Namespace) -> int:
             out.write(enc.send_view(ev))
         out.flush()
         return 0
-    directory = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=".vmig-rewrite-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if dst.endswith(".lz4"):
-                import lz4.frame
+    with AtomicFile(dst, inputs=[p for p in (src, args.desc_from) if p is not None]) as raw:
+        if dst.endswith(".lz4"):
+            import lz4.frame
 
-                with lz4.frame.LZ4FrameFile(raw, mode="wb") as out:
-                    for ev in events:
-                        out.write(enc.send_view(ev))
-            else:
+            with lz4.frame.LZ4FrameFile(raw, mode="wb") as out:
                 for ev in events:
-                    raw.write(enc.send_view(ev))
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+                    out.write(enc.send_view(ev))
+        else:
+            for ev in events:
+                raw.write(enc.send_view(ev))
     return 0

@@ -309,7 +309,8 @@ def _innermost(tb_text: str) -> str:
     if not frames:
         return "?"
     path, line, func = frames[-1]
-    rel = path[path.rfind("vmig"):]
+    path = path.replace("\\", "/")
+    rel = path[path.rfind("/vmig/") + 1:]
     return f"{rel}:{line} {func}"
 
 
@@ -563,7 +564,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=50)
-    ap.add_argument("--timeout", type=float, default=10.0, help="seconds per input")
+    ap.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds per input (a hang, not a slow input under load)")
     ap.add_argument("--memory", type=int, default=1536, help="MB of address space per worker")
     ap.add_argument("--commands", default=None, help="only these commands (comma-separated)")
     ap.add_argument("--report-every", type=float, default=60.0)

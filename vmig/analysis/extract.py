@@ -121,10 +121,10 @@ class NameMapper:
         self._taken_files: set[bytes] = set(self.RESERVED)
         self._taken_dirs: set[bytes] = set()
 
-    def _unique(self, parent: list[bytes], comp: bytes, taken: set[bytes]) -> bytes:
+    def _unique(self, parent: list[bytes], comp: bytes, *taken: set[bytes]) -> bytes:
         n = 1
         cand = comp
-        while b"/".join(parent + [cand]) in taken:
+        while any(b"/".join(parent + [cand]) in t for t in taken):
             cand = comp + b"~%d" % n
             n += 1
         return cand
@@ -138,7 +138,7 @@ class NameMapper:
         for i in range(len(parts) - 1):
             parts[i] = self._unique(parts[:i], parts[i], self._taken_files)
         # ...and the file itself may be neither a file nor a directory already
-        parts[-1] = self._unique(parts[:-1], parts[-1], self._taken_files | self._taken_dirs)
+        parts[-1] = self._unique(parts[:-1], parts[-1], self._taken_files, self._taken_dirs)
         for i in range(1, len(parts)):
             self._taken_dirs.add(b"/".join(parts[:i]))
         path = b"/".join(parts)
@@ -704,7 +704,8 @@ def extract_mapped_ram(buf: bytes | memoryview, out_dir: str, *, inputs: Iterabl
         decode_bytes(buf)  # validates the whole file (mapped-ram pages are skipped, not read)
         blocks, _ = mapped_ram.find_block_list(buf)
     except StreamError as e:
-        raise e.with_path(name) from None
+        e.path = name  # decoded from memory: name the file
+        raise
     with _staged(out_dir, inputs=inputs) as (tmp, images):
         result = ExtractResult()
         mv = memoryview(buf)

@@ -238,6 +238,7 @@ class RamView:
         self._ram_ids: set[int] = set()
         self._cur: PassStats | None = None
         self._map_cache: tuple[tuple[Any, ...], np.ndarray] | None = None
+        self._block_index: dict[str, int] = {}  # position of each idstr in ``blocks``
 
     # -- events -----------------------------------------------------------------------------
     def feed(self, event: Any) -> None:
@@ -289,7 +290,7 @@ class RamView:
                 bv.length = max(bv.length, b.used_length)
                 bv.page_size = ps
                 bv.mr_addr = b.mr_addr
-            idx.append(list(self.blocks).index(b.idstr))
+            idx.append(self._block_index.setdefault(b.idstr, len(self._block_index)))
         arr = np.array(idx, dtype=np.int64)
         self._map_cache = (key, arr)
         return arr

@@ -207,8 +207,31 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _syncfs(path: str) -> bool:
+    """``syncfs(2)`` on the file system holding ``path`` (Linux): one call instead of one fsync
+    per file for a folder of many files. False when not available."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if fn(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+    return True
+
+
 def fsync_tree(root: str) -> None:
-    """fsync every regular file and folder under ``root`` (symlinks are not followed)."""
+    """Make every file and folder under ``root`` durable: ``syncfs`` of its file system where
+    available, else fsync of each regular file and folder (symlinks are not followed)."""
+    if _syncfs(root):
+        return
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             p = os.path.join(dirpath, name)

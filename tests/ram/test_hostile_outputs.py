@@ -116,6 +116,16 @@ def test_ram_on_a_2_63_byte_block_reports_it(capsys, tmp_path) -> None:
     assert pc["pages_sent"] == (512 << 20) // 4096
 
 
+def test_diff_and_check_on_a_2_63_byte_block(tmp_path) -> None:
+    src = tmp_path / "huge.bin"
+    src.write_bytes(huge_pc_ram(1 << 63))
+    rc, err, rss = vmig_child("diff", str(S1), str(src))
+    assert rc == 1, err  # the block lengths differ, nothing else
+    assert rss < 300 * 1024, f"peak RSS {rss} kB"
+    rc, err, rss = vmig_child("check", str(src))
+    assert rc == 0 and rss < 300 * 1024, (err, rss)
+
+
 @pytest.mark.parametrize("length", [1 << 63, 4 << 40])
 def test_extract_refuses_a_block_over_the_bound(tmp_path, length) -> None:
     src = tmp_path / "huge.bin"

@@ -34,14 +34,48 @@ MAX_FIELDS = 20  # differing fields listed per section
 MAX_RANGES = 10  # differing page ranges listed per block
 
 
+#: pages per chunk of per-page digests: chunks exist only where records wrote, so memory grows
+#: with the records present, not with the length a block claims
+PAGE_CHUNK_BITS = 12
+_CHUNK = 1 << PAGE_CHUNK_BITS
+
+
+class _BlockPages:
+    """Digest and "not compared" flag per page of one block, in chunks created on first write
+    (a missing chunk: never sent, digest of a zero page = 0)."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        ch = self.chunks.get(c)
+        if ch is None:
+            ch = self.chunks[c] = (np.zeros(_CHUNK, dtype=np.uint64), np.zeros(_CHUNK, dtype=bool))
+        return ch
+
+    def set(self, pages: np.ndarray, digests: np.ndarray | None, uncompared: bool) -> None:
+        """Record writes of ``pages`` (record order; a later write of a page wins)."""
+        cid = pages >> PAGE_CHUNK_BITS
+        for c in np.unique(cid).tolist():
+            sel = cid == c
+            dig, unc = self._chunk(c)
+            local = pages[sel] & (_CHUNK - 1)
+            if digests is not None:
+                dig[local] = digests[sel]
+            unc[local] = uncompared
+
+    def get(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        ch = self.chunks.get(c)
+        return ch if ch is not None else (np.zeros(_CHUNK, dtype=np.uint64), np.zeros(_CHUNK, dtype=bool))
+
+
 class PageDigests:
     """Per-RAMBlock digests of the final page contents of one stream (fed RAM batches)."""
 
     def __init__(self) -> None:
         self.page_size = 0
         self.lengths: dict[str, int] = {}
-        self.digests: dict[str, np.ndarray] = {}
-        self.uncompared: dict[str, np.ndarray] = {}
+        self.digests: dict[str, _BlockPages] = {}
         self._weights: np.ndarray | None = None
         self._fill: np.ndarray | None = None
 
@@ -55,15 +89,7 @@ class PageDigests:
         self._fill = np.array([(b * 0x0101010101010101 * wsum) % 2**64 for b in range(256)], dtype=np.uint64)
 
     def _block(self, idstr: str, length: int) -> None:
-        n = -(-length // self.page_size)
-        old = self.digests.get(idstr)
-        if old is None or len(old) < n:
-            d = np.zeros(n, dtype=np.uint64)
-            u = np.zeros(n, dtype=bool)
-            if old is not None:
-                d[: len(old)] = old
-                u[: len(old)] = self.uncompared[idstr]
-            self.digests[idstr], self.uncompared[idstr] = d, u
+        self.digests.setdefault(idstr, _BlockPages())
         self.lengths[idstr] = max(length, self.lengths.get(idstr, 0))
 
     def _page_digests(self, batch: Any, doff: np.ndarray) -> np.ndarray:
@@ -106,15 +132,13 @@ class PageDigests:
             pages = (batch.addr[r] // np.uint64(ps)).astype(np.int64)
             doff = batch.data_offset[r] - batch.base
             typ = int(t[a])
-            dig, unc = self.digests[block.idstr], self.uncompared[block.idstr]
+            table = self.digests[block.idstr]
             if typ == _ZERO:
-                dig[pages] = self._fill[raw[doff]]
-                unc[pages] = False
+                table.set(pages, self._fill[raw[doff]], False)
             elif typ == _PAGE:
-                dig[pages] = self._page_digests(batch, doff)
-                unc[pages] = False
+                table.set(pages, self._page_digests(batch, doff), False)
             else:
-                unc[pages] = True
+                table.set(pages, None, True)
 
 
 @dataclass
@@ -193,8 +217,8 @@ def _sections(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _ranges(mask: np.ndarray, ps: int) -> list[tuple[int, int]]:
-    idx = np.flatnonzero(mask)
+def _ranges(idx: np.ndarray, ps: int) -> list[tuple[int, int]]:
+    """Byte ranges of the sorted page indices ``idx``."""
     if len(idx) == 0:
         return []
     cut = np.flatnonzero(np.diff(idx) != 1) + 1
@@ -244,14 +268,26 @@ def diff_events(a: Iterable[Any], b: Iterable[Any], *, desc_from: Any = None) ->
         la, lb = da.lengths[blk], db.lengths[blk]
         if la != lb:
             s["length"] = (la, lb)
-        n = min(len(da.digests[blk]), len(db.digests[blk]))
-        unc = da.uncompared[blk][:n] | db.uncompared[blk][:n]
-        differ = (da.digests[blk][:n] != db.digests[blk][:n]) & ~unc
-        if differ.any():
-            s["pages"] = int(differ.sum())
-            s["ranges"] = _ranges(differ, ps)
-        if unc.any():
-            s["not_compared"] = int(unc.sum())
+        n = -(-min(la, lb) // ps)  # pages both blocks have
+        ta, tb = da.digests[blk], db.digests[blk]
+        differ_pages: list[np.ndarray] = []
+        not_compared = 0
+        for c in sorted(set(ta.chunks) | set(tb.chunks)):
+            room = n - (c << PAGE_CHUNK_BITS)
+            if room <= 0:
+                continue
+            (dig_a, unc_a), (dig_b, unc_b) = ta.get(c), tb.get(c)
+            k = min(room, _CHUNK)
+            unc = (unc_a | unc_b)[:k]
+            differ = (dig_a[:k] != dig_b[:k]) & ~unc
+            not_compared += int(unc.sum())
+            differ_pages.append(np.flatnonzero(differ) + (c << PAGE_CHUNK_BITS))
+        idx = np.concatenate(differ_pages) if differ_pages else np.zeros(0, dtype=np.int64)
+        if len(idx):
+            s["pages"] = len(idx)
+            s["ranges"] = _ranges(idx, ps)
+        if not_compared:
+            s["not_compared"] = not_compared
         if s:
             res.ram[blk] = s
     return res

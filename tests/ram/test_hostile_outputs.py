@@ -77,7 +77,10 @@ def vmig_child(*argv: str, limits: dict[int, int] | None = None, timeout: float 
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "from vmig.cli import main\n"
         "rc = main(sys.argv[1:])\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        # VmHWM: this process image's peak RSS (ru_maxrss would keep the forking parent's)
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+        "print(int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+        " file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))

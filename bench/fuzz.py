@@ -499,6 +499,29 @@ class Campaign:
         for n in range(self.args.jobs):
             start(n)
         last_report = time.monotonic()
+        interrupted = False
+
+        def stop(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            self._loop(sel, workers, give, start, t0, last_report)
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: stop the workers, report what ran
+            interrupted = True
+            for p, _, _ in workers.values():
+                p.kill()
+                p.wait()
+        elapsed = time.monotonic() - t0
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        print(json.dumps({"seed": self.args.seed, "inputs": self.done, "seconds": round(elapsed, 1),
+                          "rate": round(self.done / max(elapsed, 1e-9), 1), "jobs": self.args.jobs,
+                          "interrupted": interrupted, "failures": self.failure_count,
+                          "distinct": [dict(v, key=list(k)) for k, v in self.failures.items()]}),
+              flush=True)
+        return 1 if self.failure_count or interrupted else 0
+
+    def _loop(self, sel, workers, give, start, t0: float, last_report: float) -> None:
         while workers:
             for key, _ in sel.select(timeout=5):
                 n = key.data
@@ -534,14 +557,6 @@ class Campaign:
                 el = time.monotonic() - t0
                 print(f"[{el:8.0f} s] {self.done} inputs, {self.done / max(el, 1e-9):.1f}/s, "
                       f"{self.failure_count} failures ({len(self.failures)} distinct)", flush=True)
-        elapsed = time.monotonic() - t0
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        print(json.dumps({"seed": self.args.seed, "inputs": self.done, "seconds": round(elapsed, 1),
-                          "rate": round(self.done / max(elapsed, 1e-9), 1), "jobs": self.args.jobs,
-                          "failures": self.failure_count,
-                          "distinct": [dict(v, key=list(k)) for k, v in self.failures.items()]}),
-              flush=True)
-        return 1 if self.failure_count else 0
 
 
 def show(args: argparse.Namespace) -> int:

@@ -210,3 +210,18 @@ def test_truncated_unknown_machine_reports_truncation(capsys, tmp_path) -> None:
     path.write_bytes(data[:off])
     rc, _, err = run(capsys, "check", str(path))
     assert rc == 1 and "--desc-from" in one_line(err) and "truncated at" not in err
+
+
+def test_trailer_that_parses_but_does_not_describe_is_refused_by_check(capsys, tmp_path) -> None:
+    import json
+
+    _, desc = find_trailer(s1())
+    doc = json.loads(desc.raw)
+    dev = next(d for d in doc["devices"] if d["name"] == "timer")
+    dev["vmsd_name"] = ["timer", "timer"]  # valid JSON, not a description
+    path = tmp_path / "bad.bin"
+    path.write_bytes(with_trailer(json.dumps(doc, separators=(",", ":")).encode()))
+    rc, _, err = run(capsys, "check", str(path))
+    assert rc == 1 and "vmsd_name is not a string" in one_line(err)
+    rc, _, err = run(capsys, "analyze", str(path))
+    assert rc == 2 and "vmsd_name is not a string" in one_line(err)

@@ -327,3 +327,14 @@ def test_truncated_mapped_ram_extract_fails(capsys, tmp_path, mapped_ram_capture
         assert not out.exists(), cut
     with contextlib.suppress(FileNotFoundError):
         src.unlink()
+
+
+def test_physical_inside_a_new_dir_is_published_with_it(capsys, tmp_path) -> None:
+    out = tmp_path / "out"
+    rc, err = run(capsys, "extract", str(S1), "-o", str(out), "--physical", str(out / "phys.img"))
+    assert rc == 0, err
+    assert (out / "phys.img").stat().st_size == 512 << 20  # pc: 512 MiB of RAM below 4 GiB
+    assert (out / "phys.img").read_bytes()[:1 << 20] == (out / "pc.ram").read_bytes()[:1 << 20]
+    rc, err = run(capsys, "extract", str(S1), "-o", str(out), "--physical", str(out / "pc.ram"))
+    assert rc == 2 and "would replace an extracted file" in err
+    assert sorted(os.listdir(tmp_path)) == ["out"]

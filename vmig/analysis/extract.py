@@ -574,8 +574,22 @@ def extract(
             result.files[idstr] = os.fsdecode(b.path)
         _write_json(tmp, kept, trailer, fmt)
         if physical is not None:
-            result.physical = _physical(images, machine, vm_devices, physical, elf)
+            _physical(images, machine, vm_devices, _staged_target(physical, out_dir, tmp), elf)
+            result.physical = physical
     return result
+
+
+def _staged_target(path: str, out_dir: str, tmp: str) -> str:
+    """Where to write ``path``: inside the staged folder when it names a file inside DIR (so it
+    is published with the rest), else ``path`` itself (written atomically on its own)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
+    if rel == os.curdir or rel.split(os.sep)[0] == os.pardir:
+        return path
+    target = os.path.join(tmp, rel)
+    if os.path.lexists(target):
+        raise UsageError(f"{path}: --physical would replace an extracted file; choose another name")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    return target
 
 
 def _virtio_mem_state(ev: Any) -> tuple[str, Any] | None:

@@ -33,7 +33,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from types import TracebackType
 
 from vmig.errors import UsageError
@@ -359,11 +359,3 @@ def _plan(src: str, dst: str, moves: list[tuple[str, str]]) -> None:
             raise UsageError(f"{d}: exists as a directory")
         else:
             moves.append((s, d))
-
-
-@contextlib.contextmanager
-def staged_dir(out_dir: str, *, inputs: Iterable[str] = ()) -> Iterator[StagedDir]:
-    """``with staged_dir(DIR) as st:`` write under ``st.path``; published on success."""
-    st = StagedDir(out_dir, inputs=inputs)
-    with st:
-        yield st

@@ -225,3 +225,17 @@ def test_trailer_that_parses_but_does_not_describe_is_refused_by_check(capsys, t
     assert rc == 1 and "vmsd_name is not a string" in one_line(err)
     rc, _, err = run(capsys, "analyze", str(path))
     assert rc == 2 and "vmsd_name is not a string" in one_line(err)
+
+
+def test_trailer_device_name_that_is_an_object(capsys, tmp_path) -> None:
+    import json
+
+    _, desc = find_trailer(s1())
+    doc = json.loads(desc.raw)
+    dev = next(d for d in doc["devices"] if d["name"] == "timer")
+    dev["name"] = {"not": "a name"}  # the entry then describes no section
+    path = tmp_path / "bad.bin"
+    path.write_bytes(with_trailer(json.dumps(doc, separators=(",", ":")).encode()))
+    for cmd in ("check", "analyze"):
+        rc, _, err = run(capsys, cmd, str(path))
+        assert rc in (0, 1, 2) and "internal error" not in err and "Traceback" not in err

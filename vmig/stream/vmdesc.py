@@ -194,9 +194,11 @@ class VmDescription:
         if self._index is None:
             index: dict[tuple[str, int], JsonObject] = {}
             for dev in self.root["devices"]:
-                if isinstance(dev, JsonObject):
-                    key = (dev.get("name"), dev.get("instance_id"))
-                    index.setdefault(key, dev)  # type: ignore[arg-type]
+                name, inst = (dev.get("name"), dev.get("instance_id")) if isinstance(
+                    dev, JsonObject) else (None, None)
+                # an entry whose name or instance is not a string/int describes no section
+                if isinstance(name, str) and isinstance(inst, int):
+                    index.setdefault((name, inst), dev)
             self._index = index
         return self._index.get((idstr, instance_id))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from streamwalk import qevm_fixtures
 
@@ -164,7 +164,7 @@ def record_runs(draw: st.DrawFn) -> bytes:
     return bytes(out)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.data_too_large])
 @given(record_runs(), st.sampled_from([4200, 9000, 1 << 20]))
 def test_fast_path_equals_scalar_on_generated_runs(payload: bytes, batch_bytes: int) -> None:
     def walk(fn):

@@ -51,14 +51,48 @@ _ZERO, _PAGE, _XBZRLE, _COMPRESS = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(Ra
 MAX_LISTED = 40  # text output: differences listed without --all
 
 
+#: pages per chunk of per-page digests: chunks exist only where records wrote, so memory grows
+#: with the records present, not with the length a block claims
+PAGE_CHUNK_BITS = 12
+_CHUNK = 1 << PAGE_CHUNK_BITS
+
+
+class _BlockPages:
+    """Digest and "not compared" flag per page of one block, in chunks created on first write
+    (a missing chunk: never sent, digest of a zero page = 0)."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        ch = self.chunks.get(c)
+        if ch is None:
+            ch = self.chunks[c] = (np.zeros(_CHUNK, dtype=np.uint64), np.zeros(_CHUNK, dtype=bool))
+        return ch
+
+    def set(self, pages: np.ndarray, digests: np.ndarray | None, uncompared: bool) -> None:
+        """Record writes of ``pages`` (record order; a later write of a page wins)."""
+        cid = pages >> PAGE_CHUNK_BITS
+        for c in np.unique(cid).tolist():
+            sel = cid == c
+            dig, unc = self._chunk(c)
+            local = pages[sel] & (_CHUNK - 1)
+            if digests is not None:
+                dig[local] = digests[sel]
+            unc[local] = uncompared
+
+    def get(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        ch = self.chunks.get(c)
+        return ch if ch is not None else (np.zeros(_CHUNK, dtype=np.uint64), np.zeros(_CHUNK, dtype=bool))
+
+
 class PageDigests:
     """Per-RAMBlock digests of the final page contents of one stream (fed RAM batches)."""
 
     def __init__(self) -> None:
         self.page_size = 0
         self.lengths: dict[str, int] = {}
-        self.digests: dict[str, np.ndarray] = {}
-        self.uncompared: dict[str, np.ndarray] = {}
+        self.digests: dict[str, _BlockPages] = {}
         self._weights: np.ndarray | None = None
         self._fill: np.ndarray | None = None
 
@@ -72,15 +106,7 @@ class PageDigests:
         self._fill = np.array([(b * 0x0101010101010101 * wsum) % 2**64 for b in range(256)], dtype=np.uint64)
 
     def _block(self, idstr: str, length: int) -> None:
-        n = -(-length // self.page_size)
-        old = self.digests.get(idstr)
-        if old is None or len(old) < n:
-            d = np.zeros(n, dtype=np.uint64)
-            u = np.zeros(n, dtype=bool)
-            if old is not None:
-                d[: len(old)] = old
-                u[: len(old)] = self.uncompared[idstr]
-            self.digests[idstr], self.uncompared[idstr] = d, u
+        self.digests.setdefault(idstr, _BlockPages())
         self.lengths[idstr] = max(length, self.lengths.get(idstr, 0))
 
     def _page_digests(self, batch: Any, doff: np.ndarray) -> np.ndarray:
@@ -123,15 +149,13 @@ class PageDigests:
             pages = (batch.addr[r] // np.uint64(ps)).astype(np.int64)
             doff = batch.data_offset[r] - batch.base
             typ = int(t[a])
-            dig, unc = self.digests[block.idstr], self.uncompared[block.idstr]
+            table = self.digests[block.idstr]
             if typ == _ZERO:
-                dig[pages] = self._fill[raw[doff]]
-                unc[pages] = False
+                table.set(pages, self._fill[raw[doff]], False)
             elif typ == _PAGE:
-                dig[pages] = self._page_digests(batch, doff)
-                unc[pages] = False
+                table.set(pages, self._page_digests(batch, doff), False)
             else:
-                unc[pages] = True
+                table.set(pages, None, True)
 
 
 @dataclass(frozen=True)
@@ -324,15 +348,31 @@ def diff_events(a: Iterable[Any], b: Iterable[Any], *, desc_from: Any = None,
         la, lb = da.lengths[blk], db.lengths[blk]
         if la != lb:
             diffs.append(Difference("ram", blk, {"length": la}, {"length": lb}))
-        n = min(len(da.digests[blk]), len(db.digests[blk]))
-        unc = da.uncompared[blk][:n] | db.uncompared[blk][:n]
-        differ = (da.digests[blk][:n] != db.digests[blk][:n]) & ~unc
-        for first, stop in true_runs(differ):
-            start, end = first * ps, stop * ps
-            pa, pb = da.digests[blk][first:stop], db.digests[blk][first:stop]
-            diffs.append(Difference("ram", f"{blk}[{start:#x}, {end:#x})",
-                                    int(np.count_nonzero(pa != zero)), int(np.count_nonzero(pb != zero))))
-        if unc.any():
-            res.not_compared[blk] = int(unc.sum())
+        n = -(-min(la, lb) // ps)  # pages both blocks have
+        ta, tb = da.digests[blk], db.digests[blk]
+        runs: list[list[int]] = []  # [first, stop, non-zero in A, non-zero in B], page indices
+        not_compared = 0
+        for c in sorted(set(ta.chunks) | set(tb.chunks)):
+            base = c << PAGE_CHUNK_BITS
+            if n - base <= 0:
+                continue
+            (dig_a, unc_a), (dig_b, unc_b) = ta.get(c), tb.get(c)
+            k = min(n - base, _CHUNK)
+            unc = (unc_a | unc_b)[:k]
+            differ = (dig_a[:k] != dig_b[:k]) & ~unc
+            not_compared += int(unc.sum())
+            for first, stop in true_runs(differ):
+                nz_a = int(np.count_nonzero(dig_a[first:stop] != zero))
+                nz_b = int(np.count_nonzero(dig_b[first:stop] != zero))
+                if runs and runs[-1][1] == base + first:  # a run across a chunk boundary
+                    runs[-1][1] = base + stop
+                    runs[-1][2] += nz_a
+                    runs[-1][3] += nz_b
+                else:
+                    runs.append([base + first, base + stop, nz_a, nz_b])
+        for first, stop, nz_a, nz_b in runs:
+            diffs.append(Difference("ram", f"{blk}[{first * ps:#x}, {stop * ps:#x})", nz_a, nz_b))
+        if not_compared:
+            res.not_compared[blk] = not_compared
     res.differences = [d for d in diffs if not _ignored(d.path, ignore)]
     return res

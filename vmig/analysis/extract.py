@@ -14,16 +14,20 @@ zlib pages build on what earlier records wrote, and the last write wins.
 
 Theory of operation:
 
-1. Nothing is written outside DIR: every output goes into a private temporary directory created
-   inside DIR, with names from :func:`safe_relpath` (no absolute paths, no ``..``, no NUL, no
-   over-long components; collisions get a ``~N`` suffix); files are opened with ``O_EXCL`` and
-   ``O_NOFOLLOW``. At the end the top-level entries are renamed into DIR (atomic per entry).
-2. Block files are created at their used length with ``ftruncate`` (sparse). Records are applied
-   by :func:`vmig.stream.ramcodec.apply_batch` (the engine's destination uses the same applier)
-   with :class:`BlockImages` as its page target: a run of PAGE records at consecutive addresses
-   goes out as ``pwritev`` calls whose iovecs point into the input; ZERO records write nothing
-   unless the page held data before (vmig format) — ``--format qemu`` mimics the script, which
-   never writes a zero fill.
+1. Nothing is written outside DIR: every output goes into a private temporary folder
+   (:class:`vmig.io.output.StagedDir`: beside a new DIR, inside an existing one), with names
+   from :func:`safe_relpath` (no absolute paths, no ``..``, no NUL, no over-long components;
+   collisions get a ``~N`` suffix); files are opened with ``O_EXCL`` and ``O_NOFOLLOW``. On
+   success the folder is published at once (one rename, or a merge checked before any move);
+   on any failure or Ctrl-C it is removed.
+2. Block files are created at their used length with ``ftruncate`` (sparse); a block longer
+   than :data:`MAX_BLOCK_BYTES` is refused. At most :data:`MAX_OPEN_FILES` block files are
+   open at once (least recently used closed first), so any number of blocks fits the process's
+   file limit. Records are applied by :func:`vmig.stream.ramcodec.apply_batch` (the engine's
+   destination uses the same applier) with :class:`BlockImages` as its page target: a run of
+   PAGE records at consecutive addresses goes out as ``pwritev`` calls whose iovecs point into
+   the input; ZERO records write nothing unless the page held data before (vmig format) —
+   ``--format qemu`` mimics the script, which never writes a zero fill.
 3. Page state needed across records (was this page written?) is one bool per target page.
 """
 
@@ -33,10 +37,8 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import struct
-import tempfile
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from vmig.errors import RamError, StreamError, UsageError
+from vmig.io.output import AtomicFile, StagedDir, pwrite_all, write_all
 from vmig.runs import true_runs
 from vmig.stream.events import Configuration, DeviceState, RamRecords, VmDescriptionEvent
 from vmig.stream.ramcodec import apply_batch
@@ -61,7 +64,15 @@ __all__ = [
     "write_elf_core",
     "main_ram_blocks",
     "extract_mapped_ram",
+    "MAX_BLOCK_BYTES",
+    "MAX_OPEN_FILES",
 ]
+
+#: the longest RAMBlock extracted (1 TiB, the guest-physical space of QEMU's default 40 physical
+#: address bits): a stream may claim up to 2^64 bytes, and a sparse file that large is refused
+MAX_BLOCK_BYTES = 1 << 40
+#: block files kept open at once (a stream may declare any number of blocks)
+MAX_OPEN_FILES = 64
 
 _MAX_COMPONENT = 200  # bytes; leaves room for a "~N" suffix under NAME_MAX (255)
 _MAX_PATH = 3000
@@ -109,10 +120,10 @@ class NameMapper:
         self._taken_files: set[bytes] = set(self.RESERVED)
         self._taken_dirs: set[bytes] = set()
 
-    def _unique(self, parent: list[bytes], comp: bytes, taken: set[bytes]) -> bytes:
+    def _unique(self, parent: list[bytes], comp: bytes, *taken: set[bytes]) -> bytes:
         n = 1
         cand = comp
-        while b"/".join(parent + [cand]) in taken:
+        while any(b"/".join(parent + [cand]) in t for t in taken):
             cand = comp + b"~%d" % n
             n += 1
         return cand
@@ -126,7 +137,7 @@ class NameMapper:
         for i in range(len(parts) - 1):
             parts[i] = self._unique(parts[:i], parts[i], self._taken_files)
         # ...and the file itself may be neither a file nor a directory already
-        parts[-1] = self._unique(parts[:-1], parts[-1], self._taken_files | self._taken_dirs)
+        parts[-1] = self._unique(parts[:-1], parts[-1], self._taken_files, self._taken_dirs)
         for i in range(1, len(parts)):
             self._taken_dirs.add(b"/".join(parts[:i]))
         path = b"/".join(parts)
@@ -158,6 +169,7 @@ class BlockImages:
         self.qemu_compat = qemu_compat
         self.names = NameMapper()
         self.blocks: dict[str, _Block] = {}
+        self._open_fds: OrderedDict[str, _Block] = OrderedDict()  # blocks whose fd is open, LRU
         self._map_key: Any = None
         self._map: list[_Block | None] = []
         self.pages_written = 0
@@ -182,20 +194,43 @@ class BlockImages:
             self._pending.popleft().result()
 
     def _open(self, idstr: str, length: int) -> _Block:
+        if length > MAX_BLOCK_BYTES:
+            raise RamError(f"RAMBlock {idstr!r} claims {length:#x} bytes; vmig extracts blocks "
+                           f"of at most {MAX_BLOCK_BYTES:#x} bytes (1 TiB)",
+                           expected=f"<= {MAX_BLOCK_BYTES:#x}", found=f"{length:#x}")
         blk = self.blocks.get(idstr)
         if blk is not None:
             if length > blk.length:  # a later MEM_SIZE grew the block
-                os.ftruncate(blk.fd, length)
+                os.ftruncate(self.fd(blk), length)
                 blk.length = length
             return blk
         rel = self.names.path_for(idstr)
         full = os.path.join(self.root, rel)
         os.makedirs(os.path.dirname(full), exist_ok=True)
         fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        os.ftruncate(fd, length)
         blk = _Block(idstr, length, fd, rel, np.zeros(0, dtype=np.bool_))
         self.blocks[idstr] = blk
+        self._track(blk)
+        os.ftruncate(fd, length)
         return blk
+
+    def fd(self, blk: _Block) -> int:
+        """The open descriptor of ``blk``'s file (re-opened if it was closed to save fds)."""
+        if blk.fd < 0:
+            path = os.path.join(self.root, blk.path)
+            blk.fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+            self._track(blk)
+        else:
+            self._open_fds.move_to_end(blk.idstr)
+        return blk.fd
+
+    def _track(self, blk: _Block) -> None:
+        self._open_fds[blk.idstr] = blk
+        if len(self._open_fds) > MAX_OPEN_FILES:
+            self.drain()  # queued writes may use the descriptor about to be closed
+            _, old = self._open_fds.popitem(last=False)
+            os.close(old.fd)
+            old.fd = -1
 
     def set_blocks(self, blocks: Iterable[Any]) -> None:
         """Create files for a MEM_SIZE block list (``RamBlock`` objects)."""
@@ -239,7 +274,7 @@ class BlockImages:
         pos = addr
         for c in range(0, len(offs_l), _IOV_MAX):
             bufs = [mv[o : o + ps] for o in offs_l[c : c + _IOV_MAX]]
-            self._submit(_pwritev_all, b.fd, bufs, pos)
+            self._submit(_pwritev_all, self.fd(b), bufs, pos)
             pos += len(bufs) * ps
 
     def fill_pages(self, block: Any, addrs: np.ndarray, fills: np.ndarray) -> None:
@@ -251,7 +286,7 @@ class BlockImages:
         if self.qemu_compat:
             # the script writes nothing for a zero fill (and fails on a non-zero one)
             for i in np.flatnonzero(nz).tolist():
-                self._submit(os.pwrite, b.fd, bytes((int(fills[i]),)) * ps, int(pages[i]) * ps)
+                self._submit(pwrite_all, self.fd(b), bytes((int(fills[i]),)) * ps, int(pages[i]) * ps)
                 written[pages[i]] = True
             return
         if not nz.any() and not written[pages].any():
@@ -259,18 +294,18 @@ class BlockImages:
         for i in range(len(pages)):
             p = int(pages[i])
             if nz[i] or written[p]:
-                self._submit(os.pwrite, b.fd, bytes((int(fills[i]),)) * ps, p * ps)
+                self._submit(pwrite_all, self.fd(b), bytes((int(fills[i]),)) * ps, p * ps)
                 written[p] = bool(nz[i])
 
     def read_page(self, block: Any, addr: int) -> bytearray:
         b, ps = self._open(block.idstr, block.used_length), self._ps
         self.drain()
-        page = bytearray(os.pread(b.fd, ps, addr)) if self._written(b, ps)[addr // ps] else bytearray(ps)
+        page = bytearray(os.pread(self.fd(b), ps, addr)) if self._written(b, ps)[addr // ps] else bytearray(ps)
         return page + bytes(ps - len(page))
 
     def write_page(self, block: Any, addr: int, page: bytearray) -> None:
         b, ps = self._open(block.idstr, block.used_length), self._ps
-        os.pwrite(b.fd, page[: max(0, min(ps, b.length - addr))], addr)
+        pwrite_all(self.fd(b), page[: max(0, min(ps, b.length - addr))], addr)
         self._written(b, ps)[addr // ps] = True
         self.pages_written += 1
 
@@ -279,22 +314,20 @@ class BlockImages:
             self.drain()
         finally:
             self._writer.shutdown(wait=True)
-        for b in self.blocks.values():
+        for b in self._open_fds.values():
             try:
                 os.close(b.fd)
             except OSError:
                 pass
+            b.fd = -1
+        self._open_fds.clear()
 
 
 def _pwritev_all(fd: int, bufs: list[memoryview], pos: int) -> None:
-    total = len(bufs) * len(bufs[0])  # all page-sized
+    total = sum(len(x) for x in bufs)
     done = os.pwritev(fd, bufs, pos)
     if done < total:  # short write (rare): finish with plain writes
-        data = b"".join(bytes(x) for x in bufs)[done:]
-        while data:
-            n = os.pwrite(fd, data, pos + done)
-            data = data[n:]
-            done += n
+        pwrite_all(fd, b"".join(bytes(x) for x in bufs)[done:], pos + done)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -359,7 +392,9 @@ def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: in
         while p < hole:
             n = min(hole - p, 8 << 20)
             buf = os.pread(src_fd, n, p)
-            os.pwrite(dst_fd, buf, dst_off + (p - src_off))
+            if not buf:
+                return  # the source is shorter than the range: the rest reads as zero
+            pwrite_all(dst_fd, buf, dst_off + (p - src_off))
             p += len(buf)
         pos = hole
 
@@ -394,7 +429,7 @@ def write_elf_core(ranges: list[PhysRange], images: dict[str, tuple[int, int]], 
         phs += struct.pack("<IIQQQQQQ", 1, 7, off, 0, r.gpa, r.length, r.length, 4096)
         off += -(-r.length // 4096) * 4096
     os.ftruncate(out_fd, off)
-    os.pwrite(out_fd, eh + bytes(phs), 0)
+    pwrite_all(out_fd, eh + bytes(phs), 0)
     for r, o in zip(ranges, offsets):
         fd, _ = images[r.idstr]
         _copy_range(fd, out_fd, r.block_offset, o, r.length)
@@ -427,23 +462,16 @@ def _slim(ev: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _staged(out_dir: str, *, qemu_compat: bool = False) -> Iterator[tuple[str, BlockImages]]:
-    """A temporary folder inside ``out_dir`` with the block images; published into ``out_dir``
-    only if the body succeeds, removed otherwise (nothing half-written is left behind)."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".vmig-extract-", dir=out_dir)
-    except OSError as e:
-        raise UsageError(f"{out_dir}: cannot create output directory: {e.strerror}") from e
-    images = BlockImages(tmp, qemu_compat=qemu_compat)
-    try:
-        yield tmp, images
-        images.close()
-        _publish(tmp, out_dir)
-    except BaseException:
-        images.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _staged(out_dir: str, *, qemu_compat: bool = False,
+            inputs: Iterable[str] = ()) -> Iterator[tuple[str, BlockImages]]:
+    """A temporary folder with the block images, published into ``out_dir`` at once only if the
+    body succeeds, removed otherwise (nothing half-written is left behind, on Ctrl-C too)."""
+    with StagedDir(out_dir, inputs=inputs) as staged:
+        images = BlockImages(staged.path, qemu_compat=qemu_compat)
+        try:
+            yield staged.path, images
+        finally:
+            images.close()
 
 
 def extract(
@@ -454,6 +482,7 @@ def extract(
     physical: str | None = None,
     elf: bool = False,
     progress: Callable[[int], None] | None = None,
+    inputs: Iterable[str] = (),
 ) -> ExtractResult:
     """Extract RAM blocks, ``state.json`` and ``desc.json`` from decoded events into ``out_dir``.
 
@@ -466,18 +495,25 @@ def extract(
         physical: also write a guest-physical image to this path (written atomically).
         elf: the physical image as an ELF core instead of raw.
         progress: called with the absolute offset reached, now and then.
+        inputs: the input paths (DIR and ``physical`` may not be one of them).
 
     Raises:
-        UsageError: DIR cannot be used; a target entry exists as a directory.
+        UsageError: DIR cannot be used; a target entry exists as a directory or a symlink is
+            in the way; ``physical`` is a directory or an input.
+        OSError: writing failed (ENOSPC…): nothing was published.
         StreamError: the stream is invalid (from the decoder or a bad page payload).
     """
     if fmt not in ("vmig", "qemu", "qemu-10.0"):
         raise UsageError(f"unknown extract format {fmt!r}")
+    if physical is not None:
+        from vmig.io.output import refuse_output
+
+        refuse_output(physical, inputs, what="--physical image")
     kept: list[Any] = []
     machine: str | None = None
     trailer: bytes | None = None
     vm_devices: list[tuple[str, Any]] = []
-    with _staged(out_dir, qemu_compat=fmt.startswith("qemu")) as (tmp, images):
+    with _staged(out_dir, qemu_compat=fmt.startswith("qemu"), inputs=inputs) as (tmp, images):
         for ev in events:
             if isinstance(ev, RamRecords):
                 images.add_batch(ev.batch)
@@ -500,8 +536,22 @@ def extract(
             result.files[idstr] = os.fsdecode(b.path)
         _write_json(tmp, kept, trailer, fmt)
         if physical is not None:
-            result.physical = _physical(images, machine, vm_devices, physical, elf)
+            _physical(images, machine, vm_devices, _staged_target(physical, out_dir, tmp), elf)
+            result.physical = physical
     return result
+
+
+def _staged_target(path: str, out_dir: str, tmp: str) -> str:
+    """Where to write ``path``: inside the staged folder when it names a file inside DIR (so it
+    is published with the rest), else ``path`` itself (written atomically on its own)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
+    if rel == os.curdir or rel.split(os.sep)[0] == os.pardir:
+        return path
+    target = os.path.join(tmp, rel)
+    if os.path.lexists(target):
+        raise UsageError(f"{path}: --physical would replace an extracted file; choose another name")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    return target
 
 
 def _virtio_mem_state(ev: Any) -> tuple[str, Any] | None:
@@ -544,36 +594,9 @@ def _write_json(tmp: str, kept: list[Any], trailer: bytes | None, fmt: str) -> N
 def _write_new(root: str, name: str, data: bytes) -> None:
     fd = os.open(os.path.join(root, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
-        os.write(fd, data)
+        write_all(fd, data)  # every byte, or an OSError (a short write is never ignored)
     finally:
         os.close(fd)
-
-
-def _publish(tmp: str, out_dir: str) -> None:
-    """Move the temp dir's top-level entries into DIR (files replace files; dirs must be new)."""
-    entries = os.listdir(tmp)
-    for e in entries:
-        target = os.path.join(out_dir, e)
-        if os.path.isdir(os.path.join(tmp, e)) and os.path.lexists(target):
-            if not os.path.isdir(target) or os.path.islink(target):
-                raise UsageError(f"{target}: exists and is not a directory")
-            _merge_dir(os.path.join(tmp, e), target)
-            continue
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise UsageError(f"{target}: exists as a directory")
-        os.replace(os.path.join(tmp, e), target)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _merge_dir(src: str, dst: str) -> None:
-    for e in os.listdir(src):
-        s, d = os.path.join(src, e), os.path.join(dst, e)
-        if os.path.isdir(s) and os.path.isdir(d) and not os.path.islink(d):
-            _merge_dir(s, d)
-        elif os.path.isdir(d) and not os.path.islink(d):
-            raise UsageError(f"{d}: exists as a directory")
-        else:
-            os.replace(s, d)
 
 
 _ROM_BLOCKS = ("pc.bios", "pc.rom", "isa-bios")
@@ -622,41 +645,55 @@ def _physical(images: BlockImages, machine: str | None, devices: list[tuple[str,
               path: str, elf: bool) -> str:
     blocks = {n: b.length for n, b in images.blocks.items()}
     ranges = _main_ranges(machine, blocks) + _virtio_mem_ranges(devices, blocks)
-    fds = {n: (b.fd, b.length) for n, b in images.blocks.items()}
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmpname = tempfile.mkstemp(prefix=".vmig-physical-", dir=d)
+    images.drain()
+    fds: dict[str, tuple[int, int]] = {}
     try:
-        (write_elf_core if elf else write_physical)(ranges, fds, fd)
-        os.fchmod(fd, 0o644)
-        os.close(fd)
-        os.replace(tmpname, path)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmpname)
-        raise
+        for name in {r.idstr for r in ranges}:  # own read-only descriptors: few, and stable
+            b = images.blocks[name]
+            fds[name] = (os.open(os.path.join(images.root, b.path), os.O_RDONLY | os.O_NOFOLLOW),
+                         b.length)
+        with AtomicFile(path) as out:
+            (write_elf_core if elf else write_physical)(ranges, fds, out.fd)
+    finally:
+        for fd, _ in fds.values():
+            os.close(fd)
     return path
 
 
-def extract_mapped_ram(buf: bytes | memoryview, out_dir: str) -> ExtractResult:
+def extract_mapped_ram(buf: bytes | memoryview, out_dir: str, *, inputs: Iterable[str] = (),
+                       name: str = "<bytes>") -> ExtractResult:
     """Block files (and ``desc.json``, the trailer) of a mapped-ram file (QEMU 9.0+ ``file:``).
 
     Pages whose bitmap bit is set are copied from their fixed offsets; the others stay holes.
-    ``state.json`` is not written: the device sections after the RAM area are not decoded here.
+    ``state.json`` is not written: the device sections after the RAM area are not decoded here,
+    but the whole file is decoded first, so a file cut short (or otherwise invalid) anywhere is
+    refused before anything is written.
+
+    Raises:
+        StreamError: the file is not a complete, valid mapped-ram stream (``path`` = ``name``).
     """
+    from vmig.io.decoding import decode_bytes
     from vmig.stream import mapped_ram
     from vmig.stream.vmdesc import find_trailer
 
-    blocks, _ = mapped_ram.find_block_list(buf)
-    with _staged(out_dir) as (tmp, images):
+    try:
+        decode_bytes(buf)  # validates the whole file (mapped-ram pages are skipped, not read)
+        blocks, _ = mapped_ram.find_block_list(buf)
+    except StreamError as e:
+        e.path = name  # decoded from memory: name the file
+        raise
+    with _staged(out_dir, inputs=inputs) as (tmp, images):
         result = ExtractResult()
         mv = memoryview(buf)
         for b in blocks:
             blk = images._open(b.idstr, b.used_length)
             result.files[b.idstr] = os.fsdecode(blk.path)
+            if b.ignored:
+                continue
             present = mapped_ram.present_pages(buf, b)
             for a, z in true_runs(present):
                 start = b.pages_offset + a * b.page_size
-                _pwritev_all(blk.fd, [mv[start : start + (z - a) * b.page_size]], a * b.page_size)
+                _pwritev_all(images.fd(blk), [mv[start : start + (z - a) * b.page_size]], a * b.page_size)
                 result.pages_written += z - a
         found = find_trailer(buf)
         if found is not None:

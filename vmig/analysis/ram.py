@@ -29,8 +29,9 @@ Theory of operation:
    (word, idstr, payload headers, payload).
 3. Blocks are keyed by idstr; a later MEM_SIZE list (RAM state re-initialised) adds or resizes
    blocks, never forgets pages already seen.
-4. Per-page state uses target pages (``page_size`` of the batch), allocated with ``np.zeros``
-   (calloc: untouched pages of a huge block cost no memory).
+4. Per-page state uses target pages (``page_size`` of the batch), kept in chunks of
+   ``PAGE_CHUNK`` pages created when a record first writes into them: memory grows with the
+   records present, never with the length a block claims (a stream may claim 2^63 bytes).
 5. Unplugged virtio-mem blocks (from the device's bitmap: the early section on 8.0+ machine
    types, else the late one) are never scanned by QEMU (hw/virtio/virtio-mem.c's precopy
    notifier clears them from the dirty bitmap), so QEMU counts them neither as ``normal`` nor
@@ -66,6 +67,22 @@ _LUT[int(RamFlag.COMPRESS_PAGE)] = 3
 _NK = len(KINDS)
 
 
+#: pages per chunk of per-page state (16 MiB of guest RAM with 4 KiB pages; 40 KiB of state)
+PAGE_CHUNK_BITS = 12
+PAGE_CHUNK = 1 << PAGE_CHUNK_BITS
+
+
+class _Chunk:
+    """Per-page state of ``PAGE_CHUNK`` consecutive pages."""
+
+    __slots__ = ("sent", "kind", "offset")
+
+    def __init__(self) -> None:
+        self.sent = np.zeros(PAGE_CHUNK, dtype=np.bool_)
+        self.kind = np.full(PAGE_CHUNK, KIND_NONE, dtype=np.int8)
+        self.offset = np.full(PAGE_CHUNK, -1, dtype=np.int64)
+
+
 @dataclass
 class BlockView:
     """One RAMBlock as the stream describes it, with per-page state.
@@ -75,11 +92,14 @@ class BlockView:
         length: used_length from the block list.
         page_size: the block's page size field (postcopy huge pages) or the target page size.
         mr_addr: the MemoryRegion address (x-ignore-shared streams) or None.
-        sent: bool per target page: sent at least once.
-        last_kind: int8 per page: kind index of the last write, -1 never written.
-        last_offset: int64 per page: absolute offset of the last record that wrote the page.
         counts / nbytes: records / record bytes per kind over the whole stream.
         resent: records that re-sent a page already sent earlier.
+
+    Per-page state (chunked, see :meth:`write_pages`) is read through :meth:`pages_sent`,
+    :meth:`final_counts`, :meth:`never_sent`, or as whole arrays (``sent``: bool per target page,
+    sent at least once; ``last_kind``: int8, kind index of the last write, -1 never written;
+    ``last_offset``: int64, absolute offset of the last record that wrote the page) — those
+    arrays are built on demand, one entry per page of the block: for small blocks only.
     """
 
     idstr: str
@@ -87,38 +107,111 @@ class BlockView:
     page_size: int
     target_page_size: int
     mr_addr: int | None = None
-    sent: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
-    last_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
-    last_offset: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     counts: np.ndarray = field(default_factory=lambda: np.zeros(_NK, dtype=np.int64))
     nbytes: np.ndarray = field(default_factory=lambda: np.zeros(_NK, dtype=np.int64))
     resent: int = 0
     mapped: bool = False  # pages counted from a mapped-ram bitmap
     unplugged: int = 0  # pages in unplugged virtio-mem blocks that the stream did not carry
+    chunks: dict[int, _Chunk] = field(default_factory=dict)
 
     @property
     def npages(self) -> int:
         return -(-self.length // self.target_page_size)
 
-    def _ensure(self) -> None:
-        n = self.npages
-        if len(self.sent) < n:
-            self.sent = _grow(self.sent, n)
-            self.last_kind = _grow(self.last_kind, n, KIND_NONE)
-            self.last_offset = _grow(self.last_offset, n, -1)
+    def write_pages(self, pages: np.ndarray, kinds: np.ndarray, offsets: np.ndarray) -> int:
+        """Record writes of distinct ``pages`` (sorted ascending) with their kind and record
+        offset; returns how many of them had never been sent."""
+        newly = 0
+        cid = pages >> PAGE_CHUNK_BITS
+        cuts = np.flatnonzero(cid[1:] != cid[:-1]) + 1
+        bounds = [0, *cuts.tolist(), len(pages)]
+        for a, z in zip(bounds[:-1], bounds[1:]):
+            c = int(cid[a])
+            ch = self.chunks.get(c)
+            if ch is None:
+                ch = self.chunks[c] = _Chunk()
+            local = pages[a:z] & (PAGE_CHUNK - 1)
+            newly += int(np.count_nonzero(~ch.sent[local]))
+            ch.sent[local] = True
+            ch.kind[local] = kinds[a:z]
+            ch.offset[local] = offsets[a:z]
+        return newly
+
+    def sent_at(self, pages: np.ndarray) -> np.ndarray:
+        """Whether each of ``pages`` was sent before (looked up in its chunk; no dense array)."""
+        out = np.zeros(len(pages), dtype=np.bool_)
+        cid = pages >> PAGE_CHUNK_BITS
+        for c in np.unique(cid).tolist():
+            ch = self.chunks.get(c)
+            if ch is not None:
+                sel = cid == c
+                out[sel] = ch.sent[pages[sel] & (PAGE_CHUNK - 1)]
+        return out
+
+    def pages_sent(self) -> int:
+        """Pages of the block sent at least once."""
+        return sum(int(np.count_nonzero(self._clip(c, ch.sent))) for c, ch in self.chunks.items())
+
+    def final_counts(self) -> list[int]:
+        """Pages whose last write was of each kind (in :data:`KINDS` order)."""
+        out = [0] * _NK
+        for c, ch in self.chunks.items():
+            kind = self._clip(c, ch.kind)
+            for i in range(_NK):
+                out[i] += int(np.count_nonzero(kind == i))
+        return out
+
+    def _clip(self, c: int, arr: np.ndarray) -> np.ndarray:
+        """The part of chunk ``c``'s array inside the block (a later, shorter block list)."""
+        room = self.npages - (c << PAGE_CHUNK_BITS)
+        return arr if room >= PAGE_CHUNK else arr[: max(0, room)]
+
+    def _dense(self, attr: str, fill: int, dtype: Any) -> np.ndarray:
+        out = np.full(self.npages, fill, dtype=dtype)
+        for c, ch in self.chunks.items():
+            part = self._clip(c, getattr(ch, attr))
+            base = c << PAGE_CHUNK_BITS
+            out[base: base + len(part)] = part
+        return out
+
+    @property
+    def sent(self) -> np.ndarray:
+        return self._dense("sent", 0, np.bool_)
+
+    @property
+    def last_kind(self) -> np.ndarray:
+        return self._dense("kind", KIND_NONE, np.int8)
+
+    @property
+    def last_offset(self) -> np.ndarray:
+        return self._dense("offset", -1, np.int64)
 
     def never_sent(self) -> list[tuple[int, int]]:
         """Byte ranges ``[start, end)`` of the block that no record ever carried."""
         n = self.npages
-        sent = self.sent[:n] if len(self.sent) >= n else _grow(self.sent, n)
         ps = self.target_page_size
-        return [(a * ps, min(b * ps, self.length)) for a, b in true_runs(~sent)]
+        ranges: list[list[int]] = []
 
+        def add(a: int, b: int) -> None:
+            if a >= b:
+                return
+            if ranges and ranges[-1][1] == a:
+                ranges[-1][1] = b
+            else:
+                ranges.append([a, b])
 
-def _grow(arr: np.ndarray, n: int, fill: int = 0) -> np.ndarray:
-    out = np.zeros(n, dtype=arr.dtype) if fill == 0 else np.full(n, fill, dtype=arr.dtype)
-    out[: len(arr)] = arr[:n]
-    return out
+        pos = 0
+        for c in sorted(self.chunks):
+            base = c << PAGE_CHUNK_BITS
+            if base >= n:
+                break
+            add(pos, base)
+            sent = self._clip(c, self.chunks[c].sent)
+            for a, b in true_runs(~sent):
+                add(base + a, base + b)
+            pos = base + len(sent)
+        add(pos, n)
+        return [(a * ps, min(b * ps, self.length)) for a, b in ranges]
 
 
 @dataclass
@@ -212,6 +305,7 @@ class RamView:
         from vmig.analysis.virtio_mem import MemoryDeviceCollector
 
         self._vmem = MemoryDeviceCollector(keep_pages=False)
+        self._block_index: dict[str, int] = {}  # position of each idstr in ``blocks``
 
     # -- events -----------------------------------------------------------------------------
     def feed(self, event: Any) -> None:
@@ -281,7 +375,7 @@ class RamView:
                 bv.length = max(bv.length, b.used_length)
                 bv.page_size = ps
                 bv.mr_addr = b.mr_addr
-            idx.append(list(self.blocks).index(b.idstr))
+            idx.append(self._block_index.setdefault(b.idstr, len(self._block_index)))
         arr = np.array(idx, dtype=np.int64)
         self._map_cache = (key, arr)
         return arr
@@ -325,7 +419,6 @@ class RamView:
         for bi in np.flatnonzero(cnt.sum(axis=1)):
             name = names[bi]
             bv = self.blocks[name]
-            bv._ensure()
             bv.counts += cnt[bi]
             bv.nbytes += byt[bi]
             pc = self._cur.counts.setdefault(name, np.zeros(_NK, dtype=np.int64))
@@ -335,7 +428,7 @@ class RamView:
             sel = blk == bi
             p = pages[sel] if not sel.all() else pages
             # last occurrence of each page in this batch wins
-            again = bv.sent[p]  # pages an earlier batch carried
+            again = bv.sent_at(p)  # pages an earlier batch carried
             if len(p) < 2 or bool((p[1:] > p[:-1]).all()):
                 rev_u, last = p, np.arange(len(p))  # strictly increasing (the usual run): as is
             else:
@@ -343,13 +436,10 @@ class RamView:
                 last = len(p) - 1 - rev_i
                 again[np.setdiff1d(np.arange(len(p)), np.unique(p, return_index=True)[1])] = True
             resent_rec[sel] = again
-            newly = rev_u[~bv.sent[rev_u]]
-            bv.resent += len(p) - len(newly)
-            bv.sent[rev_u] = True
             ksel = k[sel] if not sel.all() else k
             osel = off[sel] if not sel.all() else off
-            bv.last_kind[rev_u] = ksel[last]
-            bv.last_offset[rev_u] = osel[last]
+            newly = bv.write_pages(rev_u, ksel[last], osel[last])
+            bv.resent += len(p) - newly
         self._add_rounds(blk, pages, k, off, rec_bytes, resent_rec)
 
     def _add_rounds(self, blk: np.ndarray, pages: np.ndarray, k: np.ndarray, off: np.ndarray,
@@ -398,7 +488,6 @@ class RamView:
             if b.pages_offset is None or (b.pages_offset == 0 and b.bitmap_offset == 0):
                 continue
             bv = self.blocks[b.idstr]
-            bv._ensure()
             if not self.rounds:
                 self.rounds.append(RoundStats(index=0, offset=int(batch.base), section=len(self.sections)))
             ps = batch.page_size
@@ -419,10 +508,10 @@ class RamView:
             self.rounds[-1].nbytes += nbytes
             self._cur.counts.setdefault(b.idstr, np.zeros(_NK, dtype=np.int64))[:] += add
             self._cur.nbytes.setdefault(b.idstr, np.zeros(_NK, dtype=np.int64))[:] += nbytes
-            bv.sent[:n] = True
-            bv.last_kind[:n] = np.where(present, KINDS.index("normal"), KINDS.index("zero"))
-            bv.last_offset[:n] = np.where(present, b.pages_offset + np.arange(n, dtype=np.int64) * ps,
-                                          b.bitmap_offset)
+            pages = np.arange(n, dtype=np.int64)
+            bv.write_pages(pages,
+                           np.where(present, KINDS.index("normal"), KINDS.index("zero")).astype(np.int8),
+                           np.where(present, b.pages_offset + pages * ps, b.bitmap_offset))
 
     @staticmethod
     def _check_payloads(batch: Any, types: np.ndarray) -> None:
@@ -438,47 +527,55 @@ class RamView:
             xbzrle.apply(batch.data(i), scratch, offset=int(batch.data_offset[i]))
 
     # -- results ----------------------------------------------------------------------------
-    def unplugged_pages(self) -> dict[str, np.ndarray]:
-        """Per RAMBlock of a virtio-mem device: a bool per target page, True in unplugged blocks
-        (from the device's bitmap in the stream)."""
-        out: dict[str, np.ndarray] = {}
+    def _unplugged_bitmaps(self) -> dict[str, tuple[np.ndarray, int]]:
+        """Per RAMBlock of a virtio-mem device: (plugged bool per device block, target pages per
+        block), from the device's bitmap in the stream."""
+        out: dict[str, tuple[np.ndarray, int]] = {}
         for dev in self._vmem.result():
             bv = self.blocks.get(dev.ramblock or "")
             model = dev.device
             if bv is None or model is None or not model.block_size:
                 continue  # no bitmap in the stream for this device (cut stream)
-            plugged = np.asarray(model.bitmap, dtype=np.bool_)
-            per_block = model.block_size // bv.target_page_size
-            pages = np.repeat(~plugged, per_block)
-            mask = np.zeros(bv.npages, dtype=np.bool_)
-            mask[: min(len(pages), bv.npages)] = pages[: bv.npages]
-            out[bv.idstr] = mask
+            per_block = max(1, model.block_size // bv.target_page_size)
+            out[bv.idstr] = (np.asarray(model.bitmap, dtype=np.bool_), per_block)
         return out
 
     def finish(self) -> None:
         """Count the pages of unplugged virtio-mem blocks apart (theory of operation, 5); once,
-        after the last event (``totals``/``to_json`` call it)."""
+        after the last event (``totals``/``to_json`` call it). Works chunk by chunk: memory
+        stays with the pages the stream wrote."""
         if self._finished:
             return
         self._finished = True
         zi = KINDS.index("zero")
-        for idstr, mask in self.unplugged_pages().items():
+        for idstr, (plugged, per_block) in self._unplugged_bitmaps().items():
             bv = self.blocks[idstr]
-            bv._ensure()
             n = bv.npages
-            if bv.mapped:
-                gone = mask & (bv.last_kind[:n] == zi)  # bit clear: never written, never scanned
-                g = int(np.count_nonzero(gone))
-                bv.counts[zi] -= g
+            limit = min(n, len(plugged) * per_block)  # pages the bitmap covers
+            total = sum(min(e * per_block, limit) - min(s * per_block, limit) for s, e in true_runs(~plugged))
+            carried = 0
+            gone_total = 0
+            for c, ch in bv.chunks.items():
+                base = c << PAGE_CHUNK_BITS
+                if base >= limit:
+                    continue
+                k = min(PAGE_CHUNK, limit - base)
+                mask = ~plugged[(base + np.arange(k, dtype=np.int64)) // per_block]
+                if bv.mapped:
+                    gone = mask & (ch.kind[:k] == zi)  # bit clear: never written, never scanned
+                    gone_total += int(np.count_nonzero(gone))
+                    ch.sent[:k][gone] = False
+                    ch.kind[:k][gone] = KIND_NONE
+                    ch.offset[:k][gone] = -1
+                carried += int(np.count_nonzero(mask & ch.sent[:k]))
+            if gone_total:
+                bv.counts[zi] -= gone_total
                 for name, sec, rnd in self._mapped_rows:
                     if name == idstr:
-                        sec.counts[name][zi] -= g
-                        rnd.counts[zi] -= g
+                        sec.counts[name][zi] -= gone_total
+                        rnd.counts[zi] -= gone_total
                         break
-                bv.sent[:n][gone] = False
-                bv.last_kind[:n][gone] = KIND_NONE
-                bv.last_offset[:n][gone] = -1
-            bv.unplugged = int(np.count_nonzero(mask & ~bv.sent[:n]))
+            bv.unplugged = total - carried
 
     def totals(self) -> dict[str, int]:
         """Record counts per kind and bytes over the whole stream (re-sends counted each time)."""
@@ -492,7 +589,7 @@ class RamView:
         out: dict[str, int] = dict(tot)
         out["bytes"] = b
         out["resent"] = sum(bv.resent for bv in self.blocks.values())
-        out["pages_sent"] = sum(int(np.count_nonzero(bv.sent)) for bv in self.blocks.values())
+        out["pages_sent"] = sum(bv.pages_sent() for bv in self.blocks.values())
         out["multifd_flush"] = self.flushes
         out["hook"] = self.hooks
         out["unplugged"] = sum(bv.unplugged for bv in self.blocks.values())
@@ -504,6 +601,7 @@ class RamView:
         blocks = []
         for bv in self.blocks.values():
             ps = bv.target_page_size
+            final = bv.final_counts()
             blocks.append({
                 "idstr": bv.idstr,
                 "length": bv.length,
@@ -513,11 +611,9 @@ class RamView:
                 **{k: int(bv.counts[i]) for i, k in enumerate(KINDS)},
                 "bytes": int(bv.nbytes.sum()),
                 "bytes_by_kind": {k: int(bv.nbytes[i]) for i, k in enumerate(KINDS)},
-                "pages_sent": int(np.count_nonzero(bv.sent[: bv.npages])),
+                "pages_sent": bv.pages_sent(),
                 "resent": bv.resent,
-                "final": {
-                    k: int(np.count_nonzero(bv.last_kind[: bv.npages] == i)) for i, k in enumerate(KINDS)
-                },
+                "final": {k: final[i] for i, k in enumerate(KINDS)},
                 "never_sent": [[a, b] for a, b in bv.never_sent()],
                 "unplugged": bv.unplugged,
                 "target_page_size": ps,

@@ -57,12 +57,37 @@ def run_checks(path: str, desc_from: VmDescription | None = None,
     try:
         # checkers read RAM columns only for device blocks (built on demand): the walk
         # validates and counts
+        from vmig.stream.events import RamRecords, VmDescriptionEvent
+        from vmig.stream.vmdesc import check_trailer
+
+        kept: list[Event] = []  # everything but RAM records: decoded again below as analyze does
         events = iter_events(path, desc_from=desc_from, schema_sets=True, ram_columns=False)
         for ev in (watch(events) if watch is not None else events):
+            if isinstance(ev, VmDescriptionEvent):
+                # every command that reads the trailer must be able to: one bad byte in it is a
+                # stream problem, even though its framing is intact
+                check_trailer(ev.raw, ev.offset)
+            if not isinstance(ev, RamRecords):
+                kept.append(ev)
             for name, fn in checks:
                 found = fn(ev)
                 if found:
                     problems.extend(f"{name}: {p}" for p in found)
+        if not problems:
+            _decode_devices(kept, desc_from)
     except StreamError as e:
-        problems.append(e.one_line())
+        problems.append(e.with_path(path).one_line())
     return problems
+
+
+def _decode_devices(events: list[Event], desc_from: VmDescription | None) -> None:
+    """Decode every device section through the descriptions, as ``analyze`` and ``extract`` do,
+    so that a stream ``check`` accepts never makes them fail (``analyze --format qemu`` may still
+    refuse, by design, what QEMU's script cannot read: a section its trailer does not describe).
+
+    Raises:
+        StreamError: a device section does not fit the description that covers it.
+    """
+    from vmig.vmstate import vmig_json
+
+    vmig_json.analyze(events, desc_from=desc_from)

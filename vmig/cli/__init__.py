@@ -2,8 +2,12 @@
 
 Each command lives in its own module under ``vmig.cli`` and exposes ``register(subparsers)``;
 the list of command modules below is the explicit registry (nothing is discovered by scanning).
-``main(argv)`` returns the exit code: 0 success, 1 a finding (``check``), 2 any ``VmigError``
-(printed as one line on stderr, never a traceback).
+``main(argv)`` returns the exit code (:data:`EXIT_CODES`): 0 success; 1 a finding (``check``,
+``diff``) or a partial result; 2 bad input (any ``VmigError``) or an I/O error (``OSError``:
+ENOSPC, EMFILE, EPIPE, EIO…), printed as one line on stderr naming the file; 130 interrupted
+(Ctrl-C, after the command's clean-up ran); 3 an internal error (a bug: one line with the
+exception and a request to report it; ``VMIG_DEBUG=1`` also prints the traceback). Never a bare
+traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from vmig.errors import VmigError
@@ -19,6 +24,16 @@ from vmig.errors import VmigError
 # vmig does no linear algebra: keep OpenBLAS from starting a thread pool when numpy is imported
 # by a command module (measured: 0.2 s of every command's start-up on a 2-core machine).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+#: exit codes of every command (documented in README's Commands section)
+EXIT_OK, EXIT_FINDING, EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FINDING: "a finding (check, diff) or a partial result",
+    EXIT_ERROR: "bad input, bad usage or an I/O error (one line on stderr)",
+    EXIT_INTERNAL: "internal error (a bug; one line asking for a report)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); partial outputs removed",
+}
 
 # Explicit registry: module name under vmig.cli (a missing module is a packaging bug and fails loudly).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -67,22 +82,99 @@ def main(argv: Sequence[str] | None = None) -> int:
     for dest in getattr(args, "_early_map", ()):
         if getattr(args, dest, None) is not None:  # optional STREAM given another way (-f)
             mapping.open_early(getattr(args, dest))  # warm while the handler imports the codec
+    real_stdout = sys.stdout
+    sys.stdout = _NamedStream(real_stdout, "stdout")  # type: ignore[assignment]
     try:
         from vmig.cli._common import apply_input_options, input_cuts
 
         apply_input_options(args)
         rc = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a full device or a closed pipe on stdout is reported here, not at exit
         cuts = input_cuts(args)
         for line in cuts:
             print(f"vmig {args.command}: {line}", file=sys.stderr)
         return max(rc, 1) if cuts else rc
     except VmigError as e:
         print(f"vmig {args.command}: {e.one_line()}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
+        return EXIT_ERROR
+    except OSError as e:
+        print(f"vmig {args.command}: {_os_error_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"vmig {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the one place a bug becomes a line, not a traceback
+        return _internal(args.command, e)
     finally:
+        sys.stdout = real_stdout
         mapping.close_early()
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for an I/O error: the file(s) it concerns and the system's words."""
+    import errno
+
+    what = e.strerror or str(e)
+    if e.errno is not None:
+        what = f"{what} ({errno.errorcode.get(e.errno, e.errno)})"
+    names = [os.fsdecode(n) for n in (e.filename, e.filename2) if n is not None]
+    if names == ["stdout"]:
+        _silence_stdout()
+    if names:
+        return " -> ".join(names) + f": {what}"
+    return f"I/O error: {what}"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter does not report the same failure again
+    when it flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class _NamedStream:
+    """stdout for a command: an ``OSError`` from writing it names ``stdout`` (a closed pipe, a
+    full device), so that it is reported like any other file."""
+
+    def __init__(self, inner: object, name: str) -> None:
+        self._inner = inner
+        self._name = name
+
+    def _call(self, fn: object, *a: object) -> object:
+        try:
+            return fn(*a)  # type: ignore[operator]
+        except OSError as e:
+            if e.filename is None:
+                e.filename = self._name
+            raise
+
+    def write(self, data: object) -> object:
+        return self._call(self._inner.write, data)  # type: ignore[attr-defined]
+
+    def flush(self) -> object:
+        return self._call(self._inner.flush)  # type: ignore[attr-defined]
+
+    @property
+    def buffer(self) -> _NamedStream:
+        return _NamedStream(self._inner.buffer, self._name)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def _internal(command: str, e: BaseException) -> int:
+    if os.environ.get("VMIG_DEBUG") == "1":
+        traceback.print_exception(e, file=sys.stderr)
+    msg = " ".join(str(e).split())
+    if len(msg) > 300:
+        msg = msg[:300] + "..."
+    print(f"vmig {command}: internal error: {type(e).__name__}: {msg} "
+          "(please report this with the input that caused it)", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def entry_point() -> None:

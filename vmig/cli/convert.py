@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from typing import Any
 
 from vmig.cli._common import add_stream_argument
-from vmig.cli.rewrite import same_file
 from vmig.errors import StreamError, UsageError
+from vmig.io.output import AtomicFile, same_file
 
 __all__ = ["register", "handler"]
 
@@ -67,39 +66,23 @@ def handler(args: argparse.Namespace) -> int:
     if dst == "-" or src == dst or same_file(src, dst):
         raise UsageError(f"convert needs an OUT file other than the input (got {dst!r})")
     kind = args.compress or SUFFIXES.get(os.path.splitext(dst)[1], "none")
-    from vmig.io.streams import new_decoder, open_source
+    from vmig.io.decoding import new_decoder
+    from vmig.io.streams import open_source
 
-    directory = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=".vmig-convert-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw, open_source(src, use_mmap=False) as source:
-            write, finish = _compressor(kind, raw)
-            dec = new_decoder(name=source.name)
-            try:
-                for chunk in source.chunks():
-                    dec.receive_data(chunk)
-                    for _ in dec.events():
-                        pass
-                    write(chunk)
-                dec.receive_data(b"")
+    with open_source(src, use_mmap=False) as source, AtomicFile(dst, inputs=[src]) as raw:
+        write, finish = _compressor(kind, raw)
+        dec = new_decoder(name=source.name, ram_columns=False)  # checked while copied
+        try:
+            for chunk in source.chunks():
+                dec.receive_data(chunk)
                 for _ in dec.events():
                     pass
-            except StreamError as e:
-                e.with_path(source.name)
-                raise
-            finish()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, dst)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+                write(chunk)
+            dec.receive_data(b"")
+            for _ in dec.events():
+                pass
+        except StreamError as e:
+            e.with_path(source.name)
+            raise
+        finish()
     return 0

@@ -73,11 +73,12 @@ def handle(args: argparse.Namespace) -> int:
         if args.format != "vmig" or args.physical:
             raise UsageError("a mapped-ram file supports only the default format, no --physical")
         with open(args.stream, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            extract_mapped_ram(m, args.output)
+            extract_mapped_ram(m, args.output, inputs=[args.stream], name=args.stream)
         return 0
+    inputs = [p for p in (args.stream, args.desc_from) if p is not None]
     with Progress(input_size(args.stream), "extract") as prog:
         # resident_lag: extract's writer thread copies pages up to 8 writes behind the decoder
         extract(iter_events(args.stream, desc_from=args.desc_from, schema_sets=True,
                             resident_lag=64 << 20), args.output, fmt=args.format,
-                physical=args.physical, elf=args.elf, progress=prog)
+                physical=args.physical, elf=args.elf, progress=prog, inputs=inputs)
     return 0

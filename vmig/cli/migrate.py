@@ -15,11 +15,8 @@ inputs, writes OUT atomically (a temporary file beside it, then a rename) and pr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from vmig.errors import UsageError
@@ -118,16 +115,10 @@ def handler(args: argparse.Namespace) -> int:
     plan = Plan(postcopy=args.postcopy, passes=args.passes, seed=args.seed, writes=args.writes,
                 resizes=resizes, resize_during=args.resize_during, return_path=rp)
     out = run(vm, plan)
-    dst = Path(args.output)
-    fd, tmp = tempfile.mkstemp(prefix=".vmig-migrate-", dir=dst.resolve().parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(out.stream)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from vmig.io.output import AtomicFile
+
+    with AtomicFile(args.output, inputs=[args.template]) as fh:
+        fh.write(out.stream)
     sys.stdout.write(f"QEMU {vm.qemu_version}, {'postcopy' if args.postcopy else 'precopy'}\n")
     for line in out.summary():
         sys.stdout.write(line + "\n")

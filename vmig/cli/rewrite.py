@@ -2,8 +2,9 @@
 
 The output is built by the encoder (vmig.stream.encoder), so ``rewrite`` of a valid stream is
 byte-identical to its input; it is the end-to-end check of ``encode(decode(b)) == b`` and the
-base for tools that edit events. The write is atomic: a temporary file in OUT's directory,
-then ``os.replace``. OUT may be ``-`` (stdout); an OUT ending in ``.lz4`` is lz4-compressed.
+base for tools that edit events. The write is atomic (vmig.io.output.AtomicFile): a temporary
+file in OUT's directory, every write checked, fsync, then a rename; on any failure nothing is
+left behind. OUT may not be a directory or the input. OUT may be ``-`` (stdout); an OUT ending in ``.lz4`` is lz4-compressed.
 
 ``vmig rewrite IMAGE.qcow2 OUT.qcow2 --snapshot NAME``: a copy of the qcow2 image whose snapshot
 VM state is the re-encoded stream (QEMU's ``loadvm`` restores it); the VM state is written in
@@ -20,12 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 from vmig.cli._common import add_desc_from_argument, add_stream_argument, stream_events
 from vmig.errors import UsageError
+from vmig.io.output import AtomicFile, pwrite_all, same_file
 
-__all__ = ["register", "handler", "same_file"]
+__all__ = ["register", "handler"]
 
 
 HELP = """\
@@ -162,38 +163,14 @@ def _rewrite_image(args: argparse.Namespace) -> int:
         runs = qcow2.writable_vm_state(img, snap, pread)
     finally:
         os.close(fd_in)
-    directory = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=".vmig-rewrite-", dir=directory)
-    try:
-        with os.fdopen(fd, "r+b") as out:
-            with open(src, "rb") as inp:
-                shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            writer = qcow2.VmStateWriter(runs, lambda off, b: os.pwrite(out.fileno(), b, off), str(dst))
-            for chunk in _output_chunks(args):
-                writer.write(chunk)
-            writer.finish()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with AtomicFile(dst, inputs=[src]) as out:
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+        writer = qcow2.VmStateWriter(runs, lambda off, b: pwrite_all(out.fd, b, off), str(dst))
+        for chunk in _output_chunks(args):
+            writer.write(chunk)
+        writer.finish()
     return 0
-
-
-def same_file(a: str, b: str) -> bool:
-    """True when paths a and b name the same file (or the same path)."""
-    if a == "-" or b == "-":
-        return False
-    if os.path.abspath(a) == os.path.abspath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -209,24 +186,14 @@ def handler(args: argparse.Namespace) -> int:
             out.write(chunk)
         out.flush()
         return 0
-    directory = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=".vmig-rewrite-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if dst.endswith(".lz4"):
-                import lz4.frame
+    with AtomicFile(dst, inputs=[p for p in (src, args.desc_from) if p is not None]) as raw:
+        if dst.endswith(".lz4"):
+            import lz4.frame
 
-                with lz4.frame.LZ4FrameFile(raw, mode="wb") as out:
-                    for chunk in chunks:
-                        out.write(chunk)
-            else:
+            with lz4.frame.LZ4FrameFile(raw, mode="wb") as out:
                 for chunk in chunks:
-                    raw.write(chunk)
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+                    out.write(chunk)
+        else:
+            for chunk in chunks:
+                raw.write(chunk)
     return 0

@@ -432,8 +432,9 @@ class StreamDecoder(BufferedInput):
             except NeedMoreInput as e:
                 if not self._eof:
                     return NEED_DATA
-                raise TruncatedError("input ends inside the section payload", offset=self.offset,
-                                     section=self._open.name) from e
+                end = self.offset + len(self._buf) - self._pos
+                raise TruncatedError(f"truncated at offset {end:#x}: the input ends inside the section payload",
+                                     offset=self.offset, section=self._open.name) from e
             except SchemaError:
                 # The given descriptions do not fit; the stream's own trailer (at the end) wins.
                 if full and not self._trailer_tried:
@@ -452,6 +453,8 @@ class StreamDecoder(BufferedInput):
                 if self._tail_trailer():
                     continue
             kind = "FULL" if full else hdr.type.name.replace("SECTION_", "")
+            if self._eof and not self.nested:
+                self._end_problem(f"{kind} section {hdr.idstr!r} instance {hdr.instance_id}")
             hint = DESC_FROM_HINT if full else "vmig has no layout for this live section"
             raise SchemaError(
                 f"cannot find the length of {kind} section {hdr.idstr!r} instance {hdr.instance_id} "
@@ -464,6 +467,52 @@ class StreamDecoder(BufferedInput):
         self._state = _FOOTER
         return DeviceState(off, n, payload, hdr.idstr, hdr.instance_id, hdr.version_id,
                            hdr.type, hdr.section_id)
+
+    def _end_problem(self, what: str) -> None:
+        """At end of input with a section nothing measures: raise TruncatedError if the input
+        does not end the way a stream ends (the EOF byte, or EOF + a whole trailer), or
+        SchemaError if it ends with a whole trailer that is not a vmdesc.
+
+        A complete stream without a trailer ends with the EOF record (``00``, after the last
+        section's footer ``7e be32 id`` when the stream has footers); one with a trailer ends with
+        ``00 06 be32 L`` and L bytes of JSON. Anything else was cut short, and saying
+        "no description" would send the user looking for one.
+        """
+        with memoryview(self._buf) as mv:
+            tail = mv[self._pos:]
+            end = self.offset + len(tail)
+            p = bytes(tail[max(0, len(tail) - (64 << 20)):]).rfind(b"\x00\x06")
+            if p >= 0:
+                p += max(0, len(tail) - (64 << 20))
+                hdr_end = p + 2 + 4
+                if hdr_end <= len(tail):
+                    n = BE32.unpack_from(tail, p + 2)[0]
+                    body = tail[hdr_end:]
+                    if len(body) == n and n and body[0] == ord("{"):
+                        try:
+                            VmDescription(body, source="stream trailer")
+                        except SchemaError as e:
+                            raise SchemaError(
+                                f"cannot measure {what}: the stream's trailer is unusable "
+                                f"({e.message})", offset=self.offset + p + 1) from e
+                        return  # a whole, valid trailer that does not describe the section
+                    elif len(body) < n and (not body or body[0] == ord("{")):
+                        raise TruncatedError(
+                            f"truncated at offset {end:#x}: the input ends inside the "
+                            f"VMDESCRIPTION trailer ({len(body)} of {n} bytes), so {what} "
+                            "cannot be measured", offset=end)
+                elif len(tail) - p - 2 < 4:
+                    raise TruncatedError(
+                        f"truncated at offset {end:#x}: the input ends inside the VMDESCRIPTION "
+                        f"header, so {what} cannot be measured", offset=end)
+            # with section footers, the last section's footer (7e be32 id) precedes the EOF byte
+            ends = bool(tail) and tail[-1] == 0 and (
+                not self._footers or (len(tail) >= 6 and tail[-6] == 0x7E))
+            if not ends:
+                raise TruncatedError(
+                    f"truncated at offset {end:#x}: the input ends without the EOF record or a "
+                    f"trailer, so {what} (and everything after it) cannot be measured",
+                    offset=end)
 
     def _tail_trailer(self) -> bool:
         """At end of input: look for the vmdesc trailer in the buffered tail (once)."""

@@ -120,8 +120,9 @@ def parse_block_list(buf: bytes | memoryview, pos: int, total: int, *, page_size
         if pos + 1 > len(buf):
             raise TruncatedError("input ends inside the mapped-ram block list", offset=pos)
         n = buf[pos]
-        if n == 0 or pos + 1 + n + 8 > len(buf):
+        if n == 0:
             raise RamError("bad block entry in the mapped-ram block list", offset=pos, found=n)
+        _need(buf, pos + 1, n + 8, "a block entry of the mapped-ram block list")
         idstr = bytes(buf[pos + 1 : pos + 1 + n]).decode("latin-1")
         used = _W.unpack_from(buf, pos + 1 + n)[0]
         if used > remaining:
@@ -129,6 +130,7 @@ def parse_block_list(buf: bytes | memoryview, pos: int, total: int, *, page_size
                            expected=f"<= {remaining:#x}", found=f"{used:#x}")
         q = pos + 1 + n + 8
         bps = mr = None
+        _need(buf, q, 8 * (bool(page_size_field) + bool(ignore_shared)), f"block {idstr!r}'s entry")
         if page_size_field:
             bps = _W.unpack_from(buf, q)[0]
             q += 8
@@ -167,26 +169,42 @@ def is_mapped_ram(buf: bytes | memoryview) -> bool:
     return head.startswith(b"\x05\x1aconfiguration/capabilities") and b"\x0amapped-ram" in head
 
 
+def _need(buf: bytes | memoryview, pos: int, n: int, what: str) -> None:
+    if pos + n > len(buf):
+        raise TruncatedError(f"input ends inside {what}", offset=min(pos, len(buf)),
+                             expected=f"{n} bytes", found=f"{max(0, len(buf) - pos)}")
+
+
 def find_block_list(buf: bytes | memoryview) -> tuple[list[MappedRamBlock], int]:
     """Locate the ``ram`` START section of a mapped-ram file and parse its block list.
+
+    Every length and count read is checked against the buffer before it is used.
 
     Returns (blocks, offset where the stream continues after the last block's pages).
 
     Raises:
+        TruncatedError: the file ends before the block list does.
         RamError: no ``ram`` START section right after the configuration.
     """
+    _need(buf, 0, 13, "the header and configuration record")
     n = struct.unpack_from(">I", buf, 9)[0]
     pos = 13 + n
+    _need(buf, 13, n, "the machine type name")
     # configuration subsections: 05, u8 len, name, be32 version, payload (capabilities here)
     while pos < len(buf) and buf[pos] == 0x05:
+        _need(buf, pos, 2, "a configuration subsection header")
         ln = buf[pos + 1]
+        _need(buf, pos + 2, ln + 4, "a configuration subsection header")
         name = bytes(buf[pos + 2 : pos + 2 + ln])
         q = pos + 2 + ln + 4
         if name == b"configuration/capabilities":
+            _need(buf, q, 4, "the capability count")
             count = struct.unpack_from(">I", buf, q)[0]
             q += 4
             for _ in range(count):
+                _need(buf, q, 1, "a capability name")
                 q += 1 + buf[q]
+            _need(buf, q, 0, "the capability names")
         elif name == b"configuration/target-page-bits":
             q += 4
         elif name == b"configuration/uuid":
@@ -194,6 +212,7 @@ def find_block_list(buf: bytes | memoryview) -> tuple[list[MappedRamBlock], int]
         else:
             raise RamError(f"unknown configuration subsection {name!r}", offset=pos)
         pos = q
+    _need(buf, pos, 25, "the ram START section header and its first record")
     if buf[pos] != 0x01 or bytes(buf[pos + 5 : pos + 9]) != b"\x03ram":
         raise RamError("no ram START section after the configuration", offset=pos)
     w = _W.unpack_from(buf, pos + 17)[0]

@@ -15,12 +15,14 @@ last-NUL heuristic.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vmig.errors import SchemaError
 
-__all__ = ["JsonObject", "VmDescription", "body_length", "find_trailer", "parse_json", "TRAILER_HEADER_LEN"]
+__all__ = ["JsonObject", "VmDescription", "body_length", "find_trailer", "parse_json", "check_trailer",
+           "json_depth", "MAX_JSON_DEPTH", "TRAILER_HEADER_LEN"]
 
 TRAILER_HEADER_LEN = 5  # 0x06 + be32 length
 VMDESCRIPTION_BYTE = 0x06
@@ -91,14 +93,60 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def parse_json(raw: bytes | bytearray | memoryview) -> Any:
-    """Parse JSON text keeping duplicate keys (objects become :class:`JsonObject`).
+#: deepest nesting of arrays/objects accepted in a description (QEMU's trailers nest ~16 deep;
+#: the bound keeps every recursive consumer of the parsed view far from Python's recursion limit)
+MAX_JSON_DEPTH = 100
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON text (brackets inside strings not counted)."""
+    import numpy as np
+
+    a = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
+    if not len(a):
+        return 0
+    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32) - ((a == 0x5D) | (a == 0x7D))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def parse_json(raw: bytes | bytearray | memoryview, object_pairs_hook: Any = None) -> Any:
+    """Parse JSON text keeping duplicate keys (objects become :class:`JsonObject`, or what
+    ``object_pairs_hook`` makes of their pairs), nested at most :data:`MAX_JSON_DEPTH` deep.
 
     Raises:
-        ValueError: not valid JSON (callers wrap it in a StreamError with their context).
+        ValueError: not UTF-8, not valid JSON or nested too deep (callers wrap it in a
+            StreamError with their context).
     """
-    text = bytes(raw).decode("utf-8", errors="strict")
-    return json.loads(text, object_pairs_hook=JsonObject)
+    data = bytes(raw)
+    text = data.decode("utf-8", errors="strict")
+    depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested {depth} levels deep (at most {MAX_JSON_DEPTH} accepted)")
+    try:
+        return json.loads(text, object_pairs_hook=object_pairs_hook or JsonObject)
+    except RecursionError as e:  # not reached within the depth bound; kept as a guard
+        raise ValueError("JSON nested too deep") from e
+
+
+def check_trailer(raw: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+    """Validate a stream's trailer the way every reader of it will parse it: UTF-8 JSON, at
+    most :data:`MAX_JSON_DEPTH` deep, an object with a ``devices`` list of objects.
+
+    Args:
+        raw: the JSON bytes (after ``06 be32 L``). offset: the trailer's offset, for messages.
+
+    Raises:
+        SchemaError: the trailer is not such a JSON document.
+    """
+    try:
+        root = parse_json(raw, object_pairs_hook=dict)
+    except ValueError as e:
+        raise SchemaError(f"the VMDESCRIPTION trailer is not valid JSON: {e}", offset=offset) from e
+    devices = root.get("devices") if isinstance(root, dict) else None
+    if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
+        raise SchemaError("the VMDESCRIPTION trailer is not an object with a 'devices' list of "
+                          "objects", offset=offset)
 
 
 class VmDescription:
@@ -148,9 +196,11 @@ class VmDescription:
         if self._index is None:
             index: dict[tuple[str, int], JsonObject] = {}
             for dev in self.root["devices"]:
-                if isinstance(dev, JsonObject):
-                    key = (dev.get("name"), dev.get("instance_id"))
-                    index.setdefault(key, dev)  # type: ignore[arg-type]
+                name, inst = (dev.get("name"), dev.get("instance_id")) if isinstance(
+                    dev, JsonObject) else (None, None)
+                # an entry whose name or instance is not a string/int describes no section
+                if isinstance(name, str) and isinstance(inst, int):
+                    index.setdefault((name, inst), dev)
             self._index = index
         return self._index.get((idstr, instance_id))
 

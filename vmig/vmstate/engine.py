@@ -671,6 +671,8 @@ class SchemaSet:
         if not isinstance(fields, list):
             raise SchemaError(f"vmsd {desc.get('vmsd_name')!r}: description has no field list")
         vmsd_name = desc.get("vmsd_name")
+        if vmsd_name is not None and not isinstance(vmsd_name, str):
+            raise SchemaError(f"a vmsd_name is not a string: {vmsd_name!r}"[:200])
         if not all(hasattr(f, "get") for f in fields):
             raise SchemaError(f"vmsd {vmsd_name!r}: a field entry is not an object")
         items: list[FieldItem] = []

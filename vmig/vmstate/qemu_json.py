@@ -225,7 +225,15 @@ def state_dict(
         if isinstance(ev, SectionHeader):
             current = ev.section_id
             if ev.type in (SectionType.SECTION_START, SectionType.SECTION_FULL):
-                if (ev.idstr, ev.instance_id) == ("ram", 0):
+                if ev.idstr == "ram":
+                    if ev.instance_id != 0:
+                        # the script reads RAM only as section ("ram", 0); vmig's decoder reads
+                        # every "ram" section as RAM, which the script's document cannot show
+                        raise SchemaError(
+                            "a 'ram' section with instance id other than 0; analyze-migration.py "
+                            "reads RAM only from ('ram', 0); use --format vmig",
+                            offset=ev.offset, section=f"ram instance {ev.instance_id}",
+                            expected=0, found=ev.instance_id)
                     sections[ev.section_id] = ("ram", {"section sizes": OrderedDict()})
                 else:
                     sections[ev.section_id] = (ev.idstr, None)
@@ -247,7 +255,7 @@ def state_dict(
 
     primary = description
     if primary is None and trailer_raw is not None:
-        primary = json.loads(trailer_raw.decode("utf-8"), object_pairs_hook=OrderedDict)
+        primary = desc_dict(trailer_raw)
     sets = [SchemaSet(_desc_root(d), registry=None) for d in (primary, fallback) if d is not None]
     for sid, idstr, instance_id, offset, payload in pending:
         schema = None
@@ -295,9 +303,11 @@ def desc_dict(raw: bytes | bytearray | memoryview) -> OrderedDict[str, Any]:
     Raises:
         SchemaError: the bytes are not valid UTF-8 JSON.
     """
+    from vmig.stream.vmdesc import parse_json
+
     try:
-        value = json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=OrderedDict)
-    except (UnicodeDecodeError, ValueError) as e:
+        value = parse_json(raw, object_pairs_hook=OrderedDict)
+    except ValueError as e:  # UnicodeDecodeError included
         raise SchemaError(f"vmdesc is not valid JSON: {e}") from e
     return value  # type: ignore[no-any-return]
 

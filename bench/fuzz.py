@@ -1,0 +1,608 @@
+"""Fuzz every reading command with mutations of the project's real captures.
+
+    python bench/fuzz.py [--seed N] [--count N | --seconds S] [--jobs J] [--commands a,b]
+
+Seeds: the captures under ``fixtures/`` and ``tests/data/ram/`` (QEMU 7.2 precopy with and
+without trailer, footers, configuration; postcopy with its PACKAGED blob; q35 NUMA; XBZRLE;
+compressed pages; a postcopy return-path capture), each reduced to a few RAM records per block
+and record type (every non-RAM byte kept), so one input takes milliseconds, not seconds.
+
+Mutations (1-3 per input, chosen from the input's index and ``--seed``, so a run is
+reproducible and any input can be rebuilt with ``--show INDEX``): bit flips, byte sets, length
+and count fields set to extremes at the offsets where records start, truncation (anywhere and
+at record boundaries), insertion and duplication of bytes, splices between two captures at
+record boundaries, and trailer edits (numbers at extremes, strings replaced, keys dropped,
+objects nested 10 000 deep, bytes that are not UTF-8 or not JSON, the length word changed).
+
+Each input runs through one command (in turn: ``sections``, ``analyze`` in both formats,
+``check`` with and without a mutated ``--desc-from``, ``ram``, ``info memory-devices``,
+``extract`` in both formats and with ``--physical``, ``rewrite``, ``diff`` against its seed;
+``rp`` for return-path seeds), in-process through ``vmig.cli.main`` with stdout and stderr
+captured. A failure is an exit code other than 0, 1, 2; an "internal error" line; a traceback;
+a changed input; a file written outside the output folder; more than ``--timeout`` seconds
+(SIGALRM); more than ``--memory`` MB of address space (``RLIMIT_AS``: a MemoryError); or a
+worker that died. Failures are deduplicated by (exception type, innermost vmig frame) and
+printed with the index that rebuilds the input. Exit status: 0 no failure, 1 failures.
+
+Inputs run in ``--jobs`` worker processes (``--worker`` mode), each taking batches of indices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_FILES = (
+    "fixtures/s1.bin",
+    "fixtures/pc-novmdesc.bin.lz4",
+    "fixtures/pc-nofooter.bin.lz4",
+    "fixtures/pc-noconfig.bin.lz4",
+    "fixtures/postcopy-main.bin.lz4",
+    "fixtures/q35-numa.bin.lz4",
+    "tests/data/ram/xbzrle.bin.lz4",
+    "tests/data/ram/compress.bin.lz4",
+    "fixtures/postcopy-rp.bin.lz4",
+)
+RP_SEED = "fixtures/postcopy-rp.bin.lz4"
+COMMANDS = (
+    "sections", "sections-json", "analyze", "analyze-qemu", "check", "check-desc-from", "ram",
+    "ram-json", "info", "extract", "extract-qemu", "extract-physical", "rewrite", "diff",
+)
+RAM_KEEP = 3  # RAM records kept per (block, record type) when a seed is reduced
+_EXTREMES = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
+             (1 << 63) - 1, 1 << 63, (1 << 64) - 1, 1 << 40, 1 << 42)
+
+
+class InputTimeout(BaseException):
+    """Raised by SIGALRM inside a run (a BaseException: the CLI must not turn it into a line)."""
+
+
+# ------------------------------------------------------------------------------------ seeds
+@dataclass
+class Seed:
+    name: str
+    data: bytes
+    offsets: list[int]  # offsets where records start (events and RAM records)
+    trailer: tuple[int, object] | None  # (offset of the 0x06 byte, parsed JSON) if any
+    rp: bool = False
+
+
+def _read(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".lz4":
+        import lz4.frame
+
+        data = lz4.frame.decompress(data)
+    return data
+
+
+def reduce_capture(data: bytes) -> bytes:
+    """The capture with at most RAM_KEEP RAM records per (block, record type); every record
+    that names its block, every non-page record and every non-RAM byte is kept."""
+    from vmig.io.decoding import decode_bytes
+    from vmig.stream.events import RamRecords
+
+    out = bytearray()
+    pos = 0
+    counts: dict[tuple[int, int], int] = {}
+    page_types = (0x2, 0x8, 0x40, 0x100)
+    for ev in decode_bytes(data):
+        if not isinstance(ev, RamRecords):
+            continue
+        out += data[pos:ev.offset]
+        pos = ev.offset + ev.length
+        b = ev.batch
+        ends = b.offset.tolist()[1:] + [ev.offset + ev.length]
+        kept_block = None
+        for i, (start, end) in enumerate(zip(b.offset.tolist(), ends)):
+            typ = int(b.flags[i]) & 0x3FF & ~0x20
+            blk = int(b.block[i])
+            keep = bool(b.has_idstr[i]) or typ not in page_types or (
+                blk == kept_block and counts.get((typ, blk), 0) < RAM_KEEP)
+            if b.has_idstr[i]:
+                kept_block = blk
+            if keep:
+                counts[(typ, blk)] = counts.get((typ, blk), 0) + 1
+                out += data[start:end]
+    out += data[pos:]
+    return bytes(out)
+
+
+def _record_offsets(data: bytes) -> list[int]:
+    from vmig.io.decoding import decode_bytes
+    from vmig.stream.events import RamRecords
+
+    offs: set[int] = set()
+    for ev in decode_bytes(data):
+        offs.add(ev.offset)
+        if isinstance(ev, RamRecords):
+            offs.update(ev.batch.offset.tolist())
+        for ch in getattr(ev, "children", None) or ():
+            offs.add(ch.offset)
+    return sorted(o for o in offs if o < len(data))
+
+
+def load_seeds(root: Path = ROOT) -> list[Seed]:
+    """The reduced real captures (and the return-path capture as is)."""
+    from vmig.stream.vmdesc import find_trailer, parse_json
+
+    seeds = []
+    for rel in SEED_FILES:
+        raw = _read(root / rel)
+        if rel == RP_SEED:
+            seeds.append(Seed(rel, raw, list(range(0, len(raw), 4)), None, rp=True))
+            continue
+        data = reduce_capture(raw)
+        found = find_trailer(data)
+        trailer = (found[0], parse_json(found[1].raw)) if found is not None else None
+        seeds.append(Seed(rel, data, _record_offsets(data), trailer))
+    return seeds
+
+
+# -------------------------------------------------------------------------------- mutations
+def _extreme(rng: random.Random, width: int) -> bytes:
+    v = rng.choice(_EXTREMES) & ((1 << (8 * width)) - 1)
+    return v.to_bytes(width, "big")
+
+
+def _json_edit(rng: random.Random, doc: object) -> bytes:
+    """The trailer's JSON with one structural edit, serialized as QEMU writes it (compact)."""
+    from vmig.stream.vmdesc import JsonObject
+
+    def plain(v: object) -> object:
+        if isinstance(v, JsonObject):
+            return [[k, plain(x)] for k, x in v.pairs]  # keep duplicates; rebuilt below
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    nodes: list[tuple[list, int]] = []  # (container, index) of every value
+
+    def walk(v: object) -> None:
+        if isinstance(v, list):
+            for i, x in enumerate(v):
+                nodes.append((v, i))
+                walk(x)
+
+    top = plain(doc)
+    walk(top)
+    if nodes:
+        cont, i = rng.choice(nodes)
+        kind = rng.randrange(6)
+        cur = cont[i]
+        if kind == 0:
+            cont[i] = rng.choice((-1, 0, 1, 2**31, 2**63, 2**64, 10**30, 1.5, None, True))
+        elif kind == 1:
+            cont[i] = rng.choice(("", "ram", "x" * 300, "../../etc", "\u00e9", "block/../x"))
+        elif kind == 2 and len(cont) > 0:
+            del cont[i]
+        elif kind == 3:
+            cont[i] = [cur, cur]
+        elif kind == 4:
+            cont[i] = {} if rng.random() < 0.5 else []
+        else:
+            cont.insert(i, cur)
+
+    def emit(v: object) -> str:
+        if isinstance(v, list) and _is_pairs(v):
+            return "{" + ",".join(json.dumps(k) + ":" + emit(x) for k, x in v) + "}"
+        if isinstance(v, list):
+            return "[" + ",".join(emit(x) for x in v) + "]"
+        return json.dumps(v)
+
+    return emit(top).encode()
+
+
+def _is_pairs(v: list) -> bool:
+    return all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in v)
+
+
+def mutate(rng: random.Random, seed: Seed, seeds: list[Seed]) -> bytes:
+    """One mutated input from ``seed`` (1-3 mutations)."""
+    data = bytearray(seed.data)
+    for _ in range(rng.choice((1, 1, 1, 2, 3))):
+        if not data:
+            break
+        kind = rng.randrange(100)
+        n = len(data)
+        pos = rng.randrange(n)
+        if seed.offsets and rng.random() < 0.6:
+            base = rng.choice(seed.offsets)
+            pos = min(n - 1, base + rng.choice((0, 0, 1, 2, 4, 5, 8, 9, 13, 17, 25)))
+        if kind < 18:  # bit flips
+            data[pos] ^= 1 << rng.randrange(8)
+        elif kind < 30:  # byte set
+            data[pos] = rng.choice((0, 0xFF, 0x7F, 0x80, rng.randrange(256)))
+        elif kind < 50:  # a length/count field at an extreme
+            w = rng.choice((1, 2, 4, 8))
+            data[pos:pos + w] = _extreme(rng, w)
+        elif kind < 62:  # truncation
+            del data[pos if rng.random() < 0.8 else rng.randrange(n):]
+        elif kind < 70:  # insertion / duplication
+            if rng.random() < 0.5:
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.choice((1, 4, 8, 64))))
+            else:
+                ln = rng.choice((1, 9, 64, 512))
+                data[pos:pos] = data[pos:pos + ln]
+        elif kind < 80:  # splice with another capture at record boundaries
+            other = rng.choice(seeds)
+            if other.offsets:
+                cut = rng.choice(other.offsets)
+                data[pos:] = other.data[cut:]
+        elif seed.trailer is not None and kind < 97:  # trailer edits
+            t_off, doc = seed.trailer
+            if t_off >= len(data):
+                continue
+            how = rng.randrange(8)
+            if how < 4:
+                body = _json_edit(rng, doc)
+            elif how == 4:
+                depth = rng.choice((1001, 10_000, 100_000))
+                body = b'{"devices":' + b"[" * depth + b"]" * depth + b"}"
+            elif how == 5:
+                body = bytes(data[t_off + 5:]).replace(b"e", b"\xff", 1)  # not UTF-8
+            elif how == 6:
+                body = bytes(data[t_off + 5:])[:-2] + b"}"  # not JSON (a bracket lost)
+            else:
+                body = bytes(data[t_off + 5:])
+            length = len(body)
+            if rng.random() < 0.15:
+                length = int.from_bytes(_extreme(rng, 4), "big")
+            data[t_off:] = b"\x06" + struct.pack(">I", length & 0xFFFFFFFF) + body
+        else:  # a few random bytes anywhere
+            for _ in range(rng.randrange(1, 8)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+    return bytes(data)
+
+
+def build_input(run_seed: int, index: int, seeds: list[Seed]) -> tuple[Seed, str, bytes]:
+    """Input ``index`` of campaign ``run_seed``: (seed, command, bytes)."""
+    rng = random.Random(run_seed * 1_000_003 + index)
+    seed = seeds[index % len(seeds)]
+    cmd = "rp" if seed.rp else COMMANDS[(index // len(seeds)) % len(COMMANDS)]
+    return seed, cmd, mutate(rng, seed, seeds)
+
+
+# ---------------------------------------------------------------------------------- running
+def argv_for(cmd: str, inp: str, work: str, seed_path: str, desc_path: str) -> list[str]:
+    out = os.path.join(work, "out")
+    return {
+        "sections": ["sections", inp],
+        "sections-json": ["sections", "--json", inp],
+        "analyze": ["analyze", inp],
+        "analyze-qemu": ["analyze", "--format", "qemu", inp],
+        "check": ["check", inp],
+        "check-desc-from": ["check", "--desc-from", desc_path, seed_path],
+        "ram": ["ram", inp],
+        "ram-json": ["ram", "--json", inp],
+        "info": ["info", "memory-devices", inp],
+        "extract": ["extract", inp, "-o", out],
+        "extract-qemu": ["extract", "--format", "qemu", inp, "-o", out],
+        "extract-physical": ["extract", inp, "-o", out, "--physical", os.path.join(out, "phys")],
+        "rewrite": ["rewrite", inp, os.path.join(work, "rewritten.bin")],
+        "diff": ["diff", seed_path, inp],
+        "rp": ["rp", inp],
+    }[cmd]
+
+
+_FRAME = re.compile(r'File "([^"]*[/\\]vmig[/\\][^"]+)", line (\d+), in (\S+)')
+
+
+def _innermost(tb_text: str) -> str:
+    frames = _FRAME.findall(tb_text)
+    if not frames:
+        return "?"
+    path, line, func = frames[-1]
+    path = path.replace("\\", "/")
+    rel = path[path.rfind("/vmig/") + 1:]
+    return f"{rel}:{line} {func}"
+
+
+def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float) -> dict | None:
+    """Run one input; a dict describing the failure, or None."""
+    import traceback
+
+    from vmig.cli import main
+
+    inp = os.path.join(work, "input.bin")
+    seed_path = os.path.join(work, "seed.bin")
+    desc_path = os.path.join(work, "desc.json")
+    with open(inp, "wb") as f:
+        f.write(data)
+    if cmd == "diff" or cmd == "check-desc-from":
+        with open(seed_path, "wb") as f:
+            f.write(seed.data if cmd == "diff" else _strip_trailer(seed))
+    if cmd == "check-desc-from":
+        with open(desc_path, "wb") as f:
+            t = _trailer_bytes(data)
+            f.write(t if t is not None else data[-4096:])
+    argv = argv_for(cmd, inp, work, seed_path, desc_path)
+    out, err = io.StringIO(), io.StringIO()
+    failure = None
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(argv)
+    except InputTimeout:
+        rc = None
+        failure = {"type": "Timeout", "where": _innermost(traceback.format_exc())}
+    except BaseException as e:  # noqa: BLE001 - anything escaping main is a failure
+        rc = None
+        failure = {"type": type(e).__name__, "where": _innermost(traceback.format_exc()),
+                   "message": str(e)[:200]}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    text = err.getvalue()
+    if failure is None:
+        if "internal error" in text:
+            m = re.search(r"internal error: (\w+)", text)
+            failure = {"type": m.group(1) if m else "?", "where": _innermost(text),
+                       "message": text.strip().splitlines()[-1][:300]}
+        elif rc not in (0, 1, 2):
+            failure = {"type": f"exit{rc}", "where": "?", "message": text[:300]}
+        elif "Traceback" in text:
+            failure = {"type": "Traceback", "where": _innermost(text), "message": text[-300:]}
+    if failure is None:
+        with open(inp, "rb") as f:
+            if f.read() != data:
+                failure = {"type": "InputModified", "where": cmd}
+        extra = set(os.listdir(work)) - {"input.bin", "seed.bin", "desc.json", "out",
+                                         "rewritten.bin"}
+        if extra:
+            failure = {"type": "WroteOutside", "where": cmd, "message": sorted(extra)[:5]}
+    for name in ("out",):
+        shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(work, "rewritten.bin"))
+    if failure is not None:
+        failure["cmd"] = cmd
+        failure["rc"] = rc
+    return failure
+
+
+def _trailer_bytes(data: bytes) -> bytes | None:
+    p = data.rfind(b"\x06", 0, max(0, len(data) - 5))
+    while p >= 0:
+        if p + 5 + int.from_bytes(data[p + 1:p + 5], "big") == len(data):
+            return data[p + 5:]
+        p = data.rfind(b"\x06", 0, p)
+    return None
+
+
+def _strip_trailer(seed: Seed) -> bytes:
+    return seed.data if seed.trailer is None else seed.data[:seed.trailer[0]]
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise InputTimeout()
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run batches of indices read from stdin ("start count" lines); one JSON line per batch."""
+    if args.memory:
+        lim = args.memory << 20
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+    signal.signal(signal.SIGALRM, _on_alarm)
+    os.environ["VMIG_DEBUG"] = "1"  # the traceback of an internal error names the frame
+    os.environ["VMIG_EXTRACT_THREAD"] = "0"
+    seeds = load_seeds()
+    work = tempfile.mkdtemp(prefix="vmig-fuzz-")
+    progress_fd = os.open(args.progress_file, os.O_WRONLY | os.O_CREAT, 0o600)
+    commands = args.commands.split(",") if args.commands else None
+    try:
+        for line in sys.stdin:
+            start, count = map(int, line.split())
+            fails = []
+            for i in range(start, start + count):
+                seed, cmd, data = build_input(args.seed, i, seeds)
+                if commands and cmd not in commands:
+                    continue
+                os.pwrite(progress_fd, struct.pack("<q", i), 0)
+                f = run_one(cmd, data, work, seed, args.timeout)
+                if f is not None:
+                    f["index"] = i
+                    f["seed_file"] = seed.name
+                    fails.append(f)
+            sys.__stdout__.write(json.dumps({"done": count, "failures": fails}) + "\n")
+            sys.__stdout__.flush()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------------- parent
+class Campaign:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.next_index = 0
+        self.done = 0
+        self.failures: dict[tuple[str, str], dict] = {}
+        self.failure_count = 0
+        self.tmp = tempfile.mkdtemp(prefix="vmig-fuzz-parent-")
+
+    def _spawn(self, n: int) -> tuple[subprocess.Popen, str]:
+        prog = os.path.join(self.tmp, f"progress{n}-{time.monotonic_ns()}")
+        cmd = [sys.executable, __file__, "--worker", "--seed", str(self.args.seed),
+               "--timeout", str(self.args.timeout), "--memory", str(self.args.memory),
+               "--progress-file", prog]
+        if self.args.commands:
+            cmd += ["--commands", self.args.commands]
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=env, bufsize=1)
+        return p, prog
+
+    def _record(self, f: dict) -> None:
+        self.failure_count += 1
+        key = (f["type"], f.get("where", "?"))
+        if key not in self.failures:
+            self.failures[key] = dict(f, count=0)
+            print(f"FAILURE {f['type']} at {f.get('where')} cmd={f.get('cmd')} "
+                  f"index={f.get('index')} seed_file={f.get('seed_file')}: "
+                  f"{f.get('message', '')}", flush=True)
+        self.failures[key]["count"] += 1
+
+    def _want_more(self, t0: float) -> bool:
+        if self.args.count is not None and self.next_index >= self.args.count:
+            return False
+        if self.args.seconds is not None and time.monotonic() - t0 >= self.args.seconds:
+            return False
+        return True
+
+    def run(self) -> int:
+        import selectors
+
+        t0 = time.monotonic()
+        batch = self.args.batch
+        sel = selectors.DefaultSelector()
+        workers: dict[int, tuple[subprocess.Popen, str, tuple[int, int]]] = {}
+
+        def give(n: int, p: subprocess.Popen, prog: str) -> bool:
+            if not self._want_more(t0):
+                return False
+            count = batch if self.args.count is None else min(batch, self.args.count - self.next_index)
+            rng = (self.next_index, count)
+            self.next_index += count
+            p.stdin.write(f"{rng[0]} {rng[1]}\n")
+            p.stdin.flush()
+            workers[n] = (p, prog, rng)
+            return True
+
+        def start(n: int, first: tuple[int, int] | None = None) -> None:
+            p, prog = self._spawn(n)
+            sel.register(p.stdout, selectors.EVENT_READ, n)
+            if first is not None:
+                p.stdin.write(f"{first[0]} {first[1]}\n")
+                p.stdin.flush()
+                workers[n] = (p, prog, first)
+            elif not give(n, p, prog):
+                p.stdin.close()
+                p.wait()
+                sel.unregister(p.stdout)
+
+        for n in range(self.args.jobs):
+            start(n)
+        last_report = time.monotonic()
+        interrupted = False
+
+        def stop(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            self._loop(sel, workers, give, start, t0, last_report)
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: stop the workers, report what ran
+            interrupted = True
+            for p, _, _ in workers.values():
+                p.kill()
+                p.wait()
+        elapsed = time.monotonic() - t0
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        print(json.dumps({"seed": self.args.seed, "inputs": self.done, "seconds": round(elapsed, 1),
+                          "rate": round(self.done / max(elapsed, 1e-9), 1), "jobs": self.args.jobs,
+                          "interrupted": interrupted, "failures": self.failure_count,
+                          "distinct": [dict(v, key=list(k)) for k, v in self.failures.items()]}),
+              flush=True)
+        return 1 if self.failure_count or interrupted else 0
+
+    def _loop(self, sel, workers, give, start, t0: float, last_report: float) -> None:
+        while workers:
+            for key, _ in sel.select(timeout=5):
+                n = key.data
+                p, prog, rng = workers[n]
+                line = p.stdout.readline()
+                if line:
+                    msg = json.loads(line)
+                    self.done += msg["done"]
+                    for f in msg["failures"]:
+                        self._record(f)
+                    if not give(n, p, prog):
+                        del workers[n]
+                        sel.unregister(p.stdout)
+                        p.stdin.close()
+                        p.wait()
+                    continue
+                # the worker died inside batch rng: the input it was running is a failure
+                sel.unregister(p.stdout)
+                del workers[n]
+                rc = p.wait()
+                try:
+                    with open(prog, "rb") as fh:
+                        idx = struct.unpack("<q", fh.read(8))[0]
+                except (OSError, struct.error):
+                    idx = rng[0]
+                self._record({"type": f"WorkerDied(rc={rc})", "where": "?", "index": idx,
+                              "cmd": "?"})
+                self.done += idx - rng[0] + 1
+                rest = (idx + 1, rng[0] + rng[1] - idx - 1)
+                start(n, rest if rest[1] > 0 else None)
+            if time.monotonic() - last_report > self.args.report_every:
+                last_report = time.monotonic()
+                el = time.monotonic() - t0
+                print(f"[{el:8.0f} s] {self.done} inputs, {self.done / max(el, 1e-9):.1f}/s, "
+                      f"{self.failure_count} failures ({len(self.failures)} distinct)", flush=True)
+
+
+def show(args: argparse.Namespace) -> int:
+    """Write input ``--show INDEX`` to ``--out`` and print the command that runs it."""
+    seeds = load_seeds()
+    seed, cmd, data = build_input(args.seed, args.show, seeds)
+    out = args.out or f"fuzz-{args.seed}-{args.show}.bin"
+    with open(out, "wb") as f:
+        f.write(data)
+    print(f"{out}: {len(data)} bytes from {seed.name}; command {cmd}: "
+          f"{' '.join(argv_for(cmd, out, '.', 'SEED', 'DESC'))}")
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--count", type=int, default=None, help="inputs to run (default: 1000)")
+    ap.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds per input (a hang, not a slow input under load)")
+    ap.add_argument("--memory", type=int, default=1536, help="MB of address space per worker")
+    ap.add_argument("--commands", default=None, help="only these commands (comma-separated)")
+    ap.add_argument("--report-every", type=float, default=60.0)
+    ap.add_argument("--show", type=int, default=None, help="write input INDEX to --out")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--progress-file", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.count is None and args.seconds is None:
+        args.count = 1000
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    if args.show is not None:
+        return show(args)
+    return Campaign(args).run()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -175,8 +175,8 @@ def test_ram_section_instance_1_format_qemu(capsys, tmp_path) -> None:
 
 
 # --------------------------------------------------- truncated captures of an unknown machine
-def renamed_machine(data: bytes, name: bytes = b"pc-i440fx-10.0") -> bytes:
-    """The capture with a machine type vmig has no schema set for (as a QEMU 10.0 capture):
+def renamed_machine(data: bytes, name: bytes = b"pc-i440fx-11.0") -> bytes:
+    """The capture with a machine type vmig has no schema set for (a newer QEMU than vmig knows):
     nothing but its own trailer can measure its device sections."""
     i = data.index(b"pc-i440fx-7.2")
     assert data[i - 4:i] == struct.pack(">I", 13)
@@ -202,10 +202,7 @@ def test_truncated_unknown_machine_reports_truncation(capsys, tmp_path) -> None:
             rc, _, err = run(capsys, cmd, str(path))
             line = one_line(err)
             assert rc == (1 if cmd == "check" else 2), (what, cmd)
-            # a truncation: "truncated at offset CUT" where nothing measures the section, or
-            # "input ends inside/before …" at the record the cut falls in where the decoder knew
-            # what came next
-            assert f"truncated at offset {cut:#x}" in line or "input ends" in line, (what, cmd, line)
+            assert f"truncated at offset {cut:#x}" in line, (what, cmd, line)
             assert "--desc-from" not in line, (what, line)
     # the whole stream is fine; without its trailer (cut right after EOF) a description is missing
     path.write_bytes(data)

@@ -15,7 +15,6 @@ Runs when the chroot exists (``~/.cache/vmig/trixie``) or ``VMIG_TRIXIE=1`` asks
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -30,17 +29,6 @@ from vmig.testing import fixtures
 
 MiB = 1 << 20
 MACHINES = ("pc-i440fx-10.0", "pc-q35-10.0", "pc-i440fx-9.2")
-
-
-@pytest.fixture(scope="module")
-def trixie() -> Path:
-    from vmig.testing.trixie import ensure_trixie_chroot, trixie_qemu_available
-
-    if not trixie_qemu_available() and os.environ.get("VMIG_TRIXIE") != "1":
-        pytest.skip("trixie chroot absent (set VMIG_TRIXIE=1 to build it)")
-    if os.geteuid() != 0:
-        pytest.skip("chroot needs root")
-    return ensure_trixie_chroot()
 
 
 def _args(machine: str) -> list[str]:

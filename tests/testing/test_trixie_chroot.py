@@ -7,25 +7,14 @@ Runs when the chroot exists (``~/.cache/vmig/trixie``) or ``VMIG_TRIXIE=1`` asks
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from vmig.testing import fixtures
 from vmig.testing.qemu import Qemu, load_stream, qemu_version
-from vmig.testing.trixie import ensure_trixie_chroot, trixie_qemu_available
 
 pytestmark = pytest.mark.qemu
-
-
-@pytest.fixture(scope="module")
-def trixie() -> Path:
-    if not trixie_qemu_available() and os.environ.get("VMIG_TRIXIE") != "1":
-        pytest.skip("trixie chroot absent (set VMIG_TRIXIE=1 to build it)")
-    if os.geteuid() != 0:
-        pytest.skip("chroot needs root")
-    return ensure_trixie_chroot()
 
 
 def _mounts_under(root: Path) -> list[str]:

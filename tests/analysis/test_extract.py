@@ -18,7 +18,6 @@ from streamwalk import qevm_fixtures
 from vmig.analysis.extract import extract, machine_layout, safe_relpath
 from vmig.cli import main
 from vmig.stream.decoder import iter_decode
-from vmig.stream.ram import COMPRESS, PAGE, XBZRLE, ZERO
 from vmig.stream.vmdesc import find_trailer
 from vmig.testing import fixtures
 
@@ -113,12 +112,7 @@ def _replay(buf: bytes) -> dict[tuple[str, int], bytes]:
         if type(ev).__name__ != "RamRecords":
             continue
         b = ev.batch
-        types = b.types()
-        for i in np.flatnonzero(np.isin(types, [ZERO, PAGE, XBZRLE, COMPRESS])).tolist():
-            key = (b.blocks[int(b.block[i])].idstr, int(b.addr[i]))
-            page = bytearray(content.get(key, bytes(PS)))
-            streamwalk.apply_page_record(int(b.flags[i]), b.data(i), page)
-            content[key] = bytes(page)
+        streamwalk.apply_batch_records(b, content, PS)
     return content
 
 

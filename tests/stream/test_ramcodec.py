@@ -82,12 +82,7 @@ def test_apply_batch_equals_record_at_a_time(capture: str, request) -> None:
         for blk in b.mem_size or ():
             target.add(blk.idstr, blk.used_length)
         applied += ramcodec.apply_batch(b, target)
-        types = b.types()
-        for i in np.flatnonzero(np.isin(types, [ZERO, PAGE, XBZRLE, COMPRESS])).tolist():
-            key = (b.blocks[int(b.block[i])].idstr, int(b.addr[i]))
-            page = bytearray(content.get(key, bytes(PS)))
-            streamwalk.apply_page_record(int(b.flags[i]), b.data(i), page)
-            content[key] = bytes(page)
+        streamwalk.apply_batch_records(b, content, PS)
     assert applied >= len(content) > 100
     for (idstr, addr), page in content.items():
         assert target.images[idstr][addr : addr + PS].tobytes() == page, (idstr, addr)

@@ -84,3 +84,17 @@ def qevm_fixtures() -> list[str]:
 
     return [n for n in fixtures.names() if fixtures.manifest(n).get("qevm_header", True)
             and fixtures.load(n)[:4] == b"QEVM"]
+
+
+def apply_batch_records(batch, content: dict, page_size: int = 4096) -> None:
+    """Apply ``batch``'s page records one at a time, in record order, to ``content``
+    ({(RAMBlock idstr, address): page bytes}; a missing page reads as zeros): the oracle the
+    vectorised applier is compared with."""
+    import numpy as np
+
+    page_types = [int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE), int(RamFlag.COMPRESS_PAGE)]
+    for i in np.flatnonzero(np.isin(batch.types(), page_types)).tolist():
+        key = (batch.blocks[int(batch.block[i])].idstr, int(batch.addr[i]))
+        page = bytearray(content.get(key, bytes(page_size)))
+        apply_page_record(int(batch.flags[i]), batch.data(i), page)
+        content[key] = bytes(page)

@@ -83,6 +83,23 @@ def _codec(e: ev.DeviceState, trailer: VmDescription | None,
     return (lambda p: schema.decode(p, offset=e.offset, section=section)), schema.encode
 
 
+def _one_section(events: Iterable[ev.Event], spec: str, context: str) -> ev.DeviceState:
+    """The one device section (also inside PACKAGED) that ``spec`` names (an idstr suffix, or
+    ``IDSTR (N)``).
+
+    Raises:
+        UsageError: none or several match (``context`` starts the message).
+    """
+    matches = [e for e in _device_states(events) if section_matches(e, spec)]
+    if not matches:
+        raise UsageError(f"{context}no device section whose idstr ends with {spec!r}")
+    if len(matches) > 1:
+        names = ", ".join(f"{e.idstr} instance {e.instance_id}" for e in matches)
+        raise UsageError(f"{context}{spec!r} matches {len(matches)} sections ({names}); use a longer "
+                         "suffix or add the instance as 'IDSTR (N)'")
+    return matches[0]
+
+
 def edit_device_state(data: bytes, idstr_suffix: str, edit: Callable[[Any], None], *,
                       description: Description = None) -> bytes:
     """Return ``data`` with one device section's state re-encoded after ``edit(values)``.
@@ -108,14 +125,7 @@ def edit_device_state(data: bytes, idstr_suffix: str, edit: Callable[[Any], None
 
     desc = as_description(description)
     events = decode_bytes(data, description=desc)
-    matches = [e for e in _device_states(events) if section_matches(e, idstr_suffix)]
-    if not matches:
-        raise UsageError(f"no device section whose idstr ends with {idstr_suffix!r}")
-    if len(matches) > 1:
-        names = ", ".join(f"{e.idstr} instance {e.instance_id}" for e in matches)
-        raise UsageError(f"{idstr_suffix!r} matches {len(matches)} sections ({names}); use a longer suffix "
-                         "or add the instance as 'IDSTR (N)'")
-    e = matches[0]
+    e = _one_section(events, idstr_suffix, "")
     found = find_trailer(data)
     trailer = found[1] if found is not None else desc
     machine = next((c.name for c in events if isinstance(c, ev.Configuration)), None)
@@ -416,16 +426,10 @@ def drop_section(data: bytes, section: str, *, description: Description = None) 
     from vmig.io.decoding import decode_bytes
 
     events = decode_bytes(data, description=as_description(description))
-    nested = [e for e in _device_states(events) if section_matches(e, section)]
+    found = _one_section(events, section, f"--drop {section}: ")
     top = [e for e in events if isinstance(e, ev.DeviceState) and section_matches(e, section)]
-    if not nested:
-        raise UsageError(f"--drop {section}: no device section whose idstr ends with it")
-    if len(nested) > 1:
-        names = ", ".join(f"{e.idstr} instance {e.instance_id}" for e in nested)
-        raise UsageError(f"--drop {section}: matches {len(nested)} sections ({names}); use a longer suffix "
-                         "or add the instance as 'IDSTR (N)'")
     if not top:
-        raise UsageError(f"--drop {section}: {nested[0].idstr} is inside a postcopy PACKAGED blob; "
+        raise UsageError(f"--drop {section}: {found.idstr} is inside a postcopy PACKAGED blob; "
                          "dropping it would change the blob's length")
     target = top[0]
     if target.section_type != ev.SectionType.SECTION_FULL:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 __all__ = ["true_runs"]
 
 
 def true_runs(mask: Any) -> list[tuple[int, int]]:
     """Maximal runs of True in ``mask`` as half-open ``(start, end)`` index pairs, in order."""
+    import numpy as np
+
     bits = np.asarray(mask, dtype=np.bool_)
     if bits.size == 0:
         return []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+from collections import Counter
 from pathlib import Path
 
 import lz4.frame
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vmig.errors import VmigError
-from vmig.stream import StreamEnd, decode, find_trailer
+from vmig.stream import RamRecords, StreamEnd, decode, find_trailer
 from vmig.stream.decoder import NEED_DATA, StreamDecoder
 from vmig.stream.ram import RamBlock, RamState, RamWalker, compiled_walker_available, walk_scalar
 from vmig.testing import fixtures as fx
@@ -134,6 +135,8 @@ def test_batches_without_columns_build_the_same_columns(compiled, runs, batch_by
     ref = walk_scalar(data, state(), batch_bytes=batch_bytes)
     lazy = walk_chunked(data, cuts, batch_bytes, compiled, keep=False)
     assert [len(b) for b in lazy] == [len(b) for b in ref]
+    # the per-flags counts a count-only walk keeps (read before any column is built)
+    assert [b.flag_counts() for b in lazy] == [dict(Counter(b.flags.tolist())) for b in ref]
     assert lazy == ref  # equality reads every column: built on demand
 
 
@@ -228,6 +231,8 @@ def test_capture_walkers_agree(compiled, name, data, kw):
     for seed in (1, 2):
         assert _decode_pieces(data, seed, fast=True, compiled=compiled, batch_bytes=1 << 20, **kw) == ref
     lazy = decode(data, fast=True, compiled=compiled, batch_bytes=1 << 20, ram_columns=False, **kw)
+    counts = [ev.batch.flag_counts() for ev in lazy if isinstance(ev, RamRecords)]
+    assert counts == [dict(Counter(ev.batch.flags.tolist())) for ev in ref if isinstance(ev, RamRecords)]
     assert lazy == ref
 
 

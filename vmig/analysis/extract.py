@@ -445,20 +445,28 @@ class ExtractResult:
     physical: str | None = None
 
 
+class _SlimBatch:
+    """What ``vmig_json`` reads of a RAM batch (counts per flags value, size, block list)."""
+
+    __slots__ = ("_kinds", "_count", "nbytes", "mem_size", "blocks")
+
+    def __init__(self, b: Any) -> None:
+        self._kinds = b.flag_counts()
+        self._count = len(b)
+        self.nbytes = b.nbytes
+        self.mem_size = b.mem_size
+        self.blocks = b.blocks
+
+    def flag_counts(self) -> dict[int, int]:
+        return self._kinds
+
+    def __len__(self) -> int:
+        return self._count
+
+
 def _slim(ev: Any) -> Any:
-    """Keep a RamRecords event's columns and block list, drop its page bytes (bounded memory)."""
-    b = ev.batch
-
-    class _Cols:
-        flags = b.flags
-        nbytes = b.nbytes
-        mem_size = b.mem_size
-        blocks = b.blocks
-
-        def __len__(self) -> int:
-            return len(self.flags)
-
-    return RamRecords(ev.offset, ev.length, _Cols(), ev.section_id)
+    """A RamRecords event without its page bytes and columns (bounded memory)."""
+    return RamRecords(ev.offset, ev.length, _SlimBatch(ev.batch), ev.section_id)
 
 
 @contextlib.contextmanager

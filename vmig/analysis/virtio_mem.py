@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from vmig.device.virtio_mem import VirtioMem
 from vmig.errors import UsageError
@@ -27,6 +25,9 @@ from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag
 from vmig.units import exact_size
 from vmig.vmstate import virtio_mem as vm
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: RAM record types that carry (or stand for) a page: ZERO, PAGE, XBZRLE, COMPRESS_PAGE.
 PAGE_TYPES = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE), int(RamFlag.COMPRESS_PAGE))
@@ -62,6 +63,8 @@ class StreamDevice:
 
     def pages(self) -> np.ndarray:
         """All in-block page addresses the stream carries for this device's RAMBlock."""
+        import numpy as np
+
         if not self.page_addrs:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate(self.page_addrs)
@@ -102,10 +105,12 @@ class MemoryDeviceCollector:
             if not _looks_like_pci_path(blk.idstr.rsplit("/", 1)[0]):
                 continue  # main RAM, ROMs: not a device backend
             if is_page is None:
+                import numpy as np
+
                 is_page = np.isin(batch.types(), PAGE_TYPES)
             mask = is_page & (batch.block == i)
             if mask.any():
-                self._pages.setdefault(blk.idstr, []).append(np.asarray(batch.addr[mask], dtype=np.int64))
+                self._pages.setdefault(blk.idstr, []).append(batch.addr[mask].astype("int64"))
 
     def _ramblock(self, path: str) -> tuple[str | None, int | None]:
         prefix = path + "/"

@@ -110,7 +110,8 @@ def handle(args: argparse.Namespace) -> int:
     else:
         # vmig's view also walks sections nothing describes with the bundled schema set of
         # the stream's machine type (each section says which description decoded it)
-        events = with_progress(iter_events(path, desc_from=desc_from, schema_sets=True), path, "analyze")
+        events = with_progress(iter_events(path, desc_from=desc_from, schema_sets=True, ram_columns=False),
+                               path, "analyze")
         text = json.dumps(vmig_json.analyze(events, desc_from=desc_from), indent=2) + "\n"
     sys.stdout.write(text)
     return 0

@@ -38,9 +38,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from vmig.device.requests import (
     REQUEST_SIZE,
@@ -58,6 +56,9 @@ from vmig.errors import DeviceError, MigrationError, UsageError
 from vmig.runs import true_runs
 from vmig.units import KiB, MiB
 from vmig.vmstate.virtio_mem import VirtioMemSection, bitmap_to_bool, block_count
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "USABLE_EXTENT",
@@ -315,6 +316,8 @@ class VirtioMem:
     """
 
     def __init__(self) -> None:  # use realize()
+        import numpy as np
+
         self.behaviour = Behaviour()
         self.id: str | None = None
         self.qom_path = ""
@@ -412,6 +415,8 @@ class VirtioMem:
         Raises:
             DeviceError: with QEMU's error text.
         """
+        import numpy as np
+
         beh = behaviour or Behaviour()
         host = host or HostInfo()
         dev = cls()
@@ -819,6 +824,8 @@ class VirtioMem:
         raise MigrationError(f"{msg}\nFailed to load {vmsd}:tmp")
 
     def _load_bitmap(self, value: Any) -> np.ndarray:
+        import numpy as np
+
         n = self.nb_blocks
         if isinstance(value, np.ndarray) and value.dtype == bool:
             if len(value) < n:
@@ -900,6 +907,8 @@ class VirtioMem:
         Raises:
             UsageError: only part of the state is in the stream.
         """
+        import numpy as np
+
         if not section.complete:
             raise UsageError(f"{section.dev_path}: only part of the virtio-mem state is in the stream")
         late = section.decoded.device
@@ -924,6 +933,8 @@ class VirtioMem:
         """This device as a destination started with other properties would realize it (None =
         the same value): same migration layout, nothing plugged yet. Loading this device's
         state into it runs QEMU's sanity checks (:meth:`from_vmstate`)."""
+        import numpy as np
+
         dev = VirtioMem()
         dev.behaviour, dev.id, dev.memdev = self.behaviour, self.id, self.memdev
         dev.early_migration = self.early_migration
@@ -936,10 +947,14 @@ class VirtioMem:
 
     def plugged_bytes(self) -> int:
         """Plugged blocks × block size (what ``size`` equals unless a stream says otherwise, I2)."""
+        import numpy as np
+
         return int(np.count_nonzero(self.bitmap)) * self.block_size
 
     def plugged_beyond_usable(self) -> np.ndarray:
         """Indices of plugged blocks at or beyond the usable region (none while I3 holds)."""
+        import numpy as np
+
         if not self.block_size:
             return np.zeros(0, dtype=np.int64)
         first = self.usable_region_size // self.block_size
@@ -947,6 +962,8 @@ class VirtioMem:
 
     def state_problems(self) -> list[str]:
         """Sentences for a (loaded) state that breaks I2 or I3; QEMU's loader checks neither."""
+        import numpy as np
+
         out: list[str] = []
         bs = self.block_size
         plugged = int(np.count_nonzero(self.bitmap))
@@ -1042,6 +1059,8 @@ def unplugged_discarded_at_load(bitmap: np.ndarray, block_size: int, *,
     ``pmemsave`` on QEMU 7.2). Inside a postcopy package nothing is discarded. The migration
     Destination and ``vmig check`` both follow this function.
     """
+    import numpy as np
+
     if incoming_postcopy:
         return ()
     return tuple((s * block_size, (e - s) * block_size) for s, e in true_runs(~np.asarray(bitmap, dtype=bool)))

@@ -19,6 +19,9 @@
  *   out        None (count only) or 7 writable arrays: offset i64, flags u16, block i32,
  *              addr u64, data_offset i64, data_length i64, has_idstr bool
  *   cap        at most this many records
+ *   tally      optional writable native uint64[8]: records added per type, index
+ *              2 * type + CONTINUE with type 0 ZERO, 1 PAGE, 2 XBZRLE, 3 COMPRESS_PAGE
+ *              (lets a count-only walk report record kinds without columns)
  * returns (records, pos, last_block, status): status 0 = reached stop, 1 = cap reached,
  *   2 = the record at pos is for the Python walker.
  */
@@ -39,16 +42,18 @@ enum { ST_STOP = 0, ST_CAP = 1, ST_OTHER = 2 };
 
 static PyObject *walk(PyObject *self, PyObject *args)
 {
-    Py_buffer buf, usedb;
+    Py_buffer buf, usedb, tallyb;
     Py_ssize_t pos, end, stop, cap;
     long long abs_base, page_size, last_block;
-    PyObject *names, *flags, *out;
-    if (!PyArg_ParseTuple(args, "y*nnnLLLy*O!O!On", &buf, &pos, &end, &stop, &abs_base, &page_size,
-                          &last_block, &usedb, &PyTuple_Type, &names, &PyTuple_Type, &flags, &out, &cap))
+    PyObject *names, *flags, *out, *tally = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nnnLLLy*O!O!On|O", &buf, &pos, &end, &stop, &abs_base, &page_size,
+                          &last_block, &usedb, &PyTuple_Type, &names, &PyTuple_Type, &flags, &out, &cap,
+                          &tally))
         return NULL;
 
     Py_buffer cols[NCOLS];
     int ncols = 0;
+    int have_tally = 0;
     PyObject *result = NULL;
     long long fl[7];
     const char **nm_ptr = NULL;
@@ -98,8 +103,18 @@ static PyObject *walk(PyObject *self, PyObject *args)
         }
     }
 
+    if (tally != Py_None) {
+        if (PyObject_GetBuffer(tally, &tallyb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        have_tally = 1;
+        if (tallyb.len < 8 * (Py_ssize_t)sizeof(uint64_t)) {
+            PyErr_SetString(PyExc_ValueError, "walk: tally must hold 8 uint64");
+            goto done;
+        }
+    }
     {
         const unsigned char *b = (const unsigned char *)buf.buf;
+        uint64_t *t_kind = have_tally ? (uint64_t *)tallyb.buf : NULL;
         const uint64_t *used = (const uint64_t *)usedb.buf;
         const uint64_t mask = (uint64_t)page_size - 1;
         const uint64_t f_zero = fl[0], f_page = fl[1], f_cont = fl[2], f_xbz = fl[3], f_comp = fl[4];
@@ -174,6 +189,10 @@ static PyObject *walk(PyObject *self, PyObject *args)
                 c_dlen[n] = (int64_t)dlen;
                 c_id[n] = (unsigned char)has_id;
             }
+            if (t_kind) {
+                int ti = typ == f_zero ? 0 : typ == f_page ? 1 : typ == f_xbz ? 2 : 3;
+                t_kind[2 * ti + ((f & f_cont) ? 1 : 0)]++;
+            }
             n++;
             blk = rb;
             p = q + (Py_ssize_t)dlen;
@@ -187,6 +206,8 @@ done:
     PyMem_Free(nm_len);
     for (int i = 0; i < ncols; i++)
         PyBuffer_Release(&cols[i]);
+    if (have_tally)
+        PyBuffer_Release(&tallyb);
     PyBuffer_Release(&buf);
     PyBuffer_Release(&usedb);
     return result;

@@ -215,6 +215,18 @@ class StreamDecoder(BufferedInput):
             return bytes(memoryview(self._buf)[start:end])
         return self._buf[start:end]
 
+    def _take_all(self, start: int, end: int) -> bytes | memoryview:
+        """Like :meth:`_take` for a RAM batch ``[start, end)``, then every byte before ``end`` is
+        consumed. An owned buffer holding little past ``end`` is handed to the batch as a
+        read-only view and a new buffer keeps the rest: no copy of the batch's megabytes."""
+        buf = self._buf
+        if not (self._owned and len(buf) - end <= (end - start) // 4):
+            return self._take(start, end)
+        self._buf = bytearray(memoryview(buf)[end:])
+        self._base += end
+        self._pos = 0
+        return memoryview(buf)[start:end].toreadonly()
+
     def _at(self, i: int) -> int:
         return self._buf[self._pos + i]
 
@@ -407,7 +419,7 @@ class StreamDecoder(BufferedInput):
                 raise
             # a cut input: the complete records before the cut come out as a last batch; the
             # next call meets the cut again with nothing before it and raises
-        raw = self._take(w.start - self._base, w.pos - self._base)
+        raw = self._take_all(w.start - self._base, w.pos - self._base)
         batch = w.finish(raw)
         self._pos = w.pos - self._base
         ev = RamRecords(w.start, len(raw), batch, self._open.header.section_id)

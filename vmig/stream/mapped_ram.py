@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vmig.errors import RamError, TruncatedError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "MAPPED_RAM_HDR_VERSION",
@@ -146,6 +148,8 @@ def parse_block_list(buf: bytes | memoryview, pos: int, total: int, *, page_size
 
 def present_pages(buf: bytes | memoryview, block: MappedRamBlock) -> np.ndarray:
     """Bool per page: present in the file (bitmap bit set). Little-endian 64-bit host longs."""
+    import numpy as np
+
     if block.ignored:
         return np.zeros(block.npages, dtype=np.bool_)
     nbytes = bitmap_bytes(block.npages)
@@ -156,6 +160,8 @@ def present_pages(buf: bytes | memoryview, block: MappedRamBlock) -> np.ndarray:
 
 def page_view(buf: bytes | memoryview, block: MappedRamBlock) -> np.ndarray:
     """The block's page area as an (npages, page_size) uint8 view (no copy)."""
+    import numpy as np
+
     return np.frombuffer(buf, dtype=np.uint8, count=block.npages * block.page_size,
                          offset=block.pages_offset).reshape(block.npages, block.page_size)
 

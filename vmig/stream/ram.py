@@ -31,18 +31,21 @@ Theory of operation
 
 from __future__ import annotations
 
+import array
 import importlib.util
 import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vmig.errors import RamError, TruncatedError
 from vmig.stream.constants import ENCODING_FLAG_XBZRLE, RamFlag
 from vmig.stream.inbuf import NeedMoreInput
 from vmig.stream.ramcodec import compress_bound
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "RamBlock",
@@ -131,14 +134,14 @@ class RamState:
 
 
 _COLS = ("offset", "flags", "block", "addr", "data_offset", "data_length", "has_idstr")
-_DTYPES = {
-    "offset": np.int64,
-    "flags": np.uint16,
-    "block": np.int32,
-    "addr": np.uint64,
-    "data_offset": np.int64,
-    "data_length": np.int64,
-    "has_idstr": np.bool_,
+_DTYPES = {  # numpy dtype names (numpy is imported only where columns are built)
+    "offset": "int64",
+    "flags": "uint16",
+    "block": "int32",
+    "addr": "uint64",
+    "data_offset": "int64",
+    "data_length": "int64",
+    "has_idstr": "bool",
 }
 
 
@@ -162,11 +165,13 @@ class RamBatch:
             encoder then emits ``raw`` as is.
 
     A walker that does not keep columns (``RamWalker(keep_columns=False)``) gives batches that
-    know only their record count (``len``); the first column asked for walks ``raw`` again
-    from the RAM state the batch started with, so every column reads the same either way.
+    know only their record count (``len``) and how many records carry each flags value
+    (:meth:`flag_counts`); the first column asked for walks ``raw`` again from the RAM state
+    the batch started with, so every column reads the same either way.
     """
 
-    __slots__ = ("base", "raw", "blocks", "page_size", "mem_size", "verbatim", "_count", "_rewalk") + _COLS
+    __slots__ = ("base", "raw", "blocks", "page_size", "mem_size", "verbatim", "_count", "_rewalk",
+                 "_kinds") + _COLS
 
     def __init__(
         self,
@@ -180,6 +185,7 @@ class RamBatch:
         verbatim: bool = True,
         count: int | None = None,
         rewalk: RamState | None = None,
+        kinds: dict[int, int] | None = None,
     ) -> None:
         self.base = base
         self.raw = raw
@@ -190,14 +196,17 @@ class RamBatch:
         # Without columns (a walk that only validated) the batch keeps the RAM state its first
         # record was read with and walks ``raw`` again when a column is first asked for.
         self._rewalk = rewalk
+        self._kinds = kinds
         if columns is None:
-            if rewalk is None or count is None:
-                raise ValueError("a RamBatch without columns needs its record count and start state")
+            if rewalk is None or count is None or kinds is None:
+                raise ValueError("a RamBatch without columns needs its record count, kinds and start state")
             self._count = count
             return
         self._set_columns(columns)
 
     def _set_columns(self, columns: dict[str, np.ndarray]) -> None:
+        import numpy as np
+
         for name in _COLS:
             arr = np.ascontiguousarray(columns[name], dtype=_DTYPES[name])
             arr.flags.writeable = False
@@ -222,6 +231,15 @@ class RamBatch:
     def __len__(self) -> int:
         return self._count
 
+    def flag_counts(self) -> dict[int, int]:
+        """How many records carry each flags value (CONTINUE included): ``{flags: records}``."""
+        if self._kinds is None:
+            import numpy as np
+
+            values, counts = np.unique(self.flags, return_counts=True)  # type: ignore[attr-defined]
+            self._kinds = dict(zip(values.tolist(), counts.tolist()))
+        return self._kinds
+
     @property
     def nbytes(self) -> int:
         return len(self.raw)
@@ -233,10 +251,14 @@ class RamBatch:
 
     def types(self) -> np.ndarray:
         """Record types: ``flags & ~CONTINUE``."""
+        import numpy as np
+
         return self.flags & np.uint16(~CONT & 0xFFFF)  # type: ignore[attr-defined]
 
     def page_data(self, mask: np.ndarray | None = None) -> np.ndarray:
         """Page contents of the PAGE records (optionally of ``mask`` rows) as an (n, page_size) uint8 array view/copy."""
+        import numpy as np
+
         sel = (self.types() == PAGE) if mask is None else mask
         offs = self.data_offset[sel] - self.base  # type: ignore[attr-defined]
         buf = np.frombuffer(self.raw, dtype=np.uint8)
@@ -268,6 +290,8 @@ class RamBatch:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RamBatch):
             return NotImplemented
+        import numpy as np
+
         return (
             self.base == other.base
             and self.blocks == other.blocks
@@ -286,36 +310,60 @@ class RamBatch:
 class _Acc:
     """Column accumulator: scalar rows in lists, bulk runs as arrays, concatenated at the end.
 
-    With ``keep=False`` rows are only counted (the batch's columns are built on demand).
+    With ``keep=False`` rows are only counted, per flags value (the batch's columns are built
+    on demand); the compiled walker adds its counts to ``tally`` (see ``_ramwalk.c``).
     """
 
-    __slots__ = ("chunks", "rows", "count", "keep")
+    __slots__ = ("chunks", "rows", "count", "keep", "kinds", "tally")
 
     def __init__(self, keep: bool = True) -> None:
         self.chunks: list[dict[str, np.ndarray]] = []
         self.rows: list[tuple[int, int, int, int, int, int, bool]] = []
         self.count = 0  # records in chunks (rows are counted when flushed)
         self.keep = keep
+        self.kinds: dict[int, int] = {}  # flags -> records (count only)
+        self.tally = None if keep else array.array("Q", bytes(8 * len(_C_TALLY)))
 
-    def add(self, cols: dict[str, np.ndarray] | None, n: int) -> None:
-        """Append ``n`` records given as columns (None when not kept)."""
+    def add(self, cols: dict[str, np.ndarray] | None, n: int, flags: int | None = None) -> None:
+        """Append ``n`` records given as columns (None when not kept), all with ``flags`` when
+        given (a count-only run without columns)."""
         self.flush_rows()
         self.count += n
         if self.keep and cols is not None:
             self.chunks.append(cols)
+        elif not self.keep and flags is not None:
+            self.kinds[flags] = self.kinds.get(flags, 0) + n
 
     def flush_rows(self) -> None:
         if self.rows:
             self.count += len(self.rows)
             if self.keep:
+                import numpy as np
+
                 cols = list(zip(*self.rows))
                 self.chunks.append({name: np.array(cols[i], dtype=_DTYPES[name]) for i, name in enumerate(_COLS)})
+            else:
+                kinds = self.kinds
+                for row in self.rows:
+                    kinds[row[1]] = kinds.get(row[1], 0) + 1
             self.rows = []
+
+    def flag_counts(self) -> dict[int, int]:
+        """``{flags: records}`` of a count-only accumulator (the Python steps and the compiled tally)."""
+        self.flush_rows()
+        kinds = dict(self.kinds)
+        if self.tally is not None:
+            for fl, n in zip(_C_TALLY, self.tally):
+                if n:
+                    kinds[fl] = kinds.get(fl, 0) + n
+        return kinds
 
     def total(self) -> int:
         return self.count + len(self.rows)
 
     def columns(self) -> dict[str, np.ndarray]:
+        import numpy as np
+
         self.flush_rows()
         if not self.chunks:
             return {name: np.empty(0, dtype=_DTYPES[name]) for name in _COLS}
@@ -534,6 +582,8 @@ def _bulk(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc, limi
     probe = min(kmax - 1, _PROBE)
     if _W.unpack_from(buf, p + probe * stride)[0] & mask != flags:
         return 0  # a short run: scalar steps are cheaper than a numpy round trip
+    import numpy as np
+
     used = np.uint64(state.blocks[blk].used_length)
     m_flags = np.uint64(mask)
     m_addr = np.uint64(~mask & 0xFFFFFFFFFFFFFFFF)
@@ -558,6 +608,9 @@ def _bulk(buf, p: int, end: int, state: RamState, abs_base: int, acc: _Acc, limi
         win = min(win * 2, _GALLOP_MAX)
     if k < _BULK_MIN:
         return 0
+    if not acc.keep:
+        acc.add(None, k, flags)
+        return k * stride
     offs = np.arange(k, dtype=np.int64) * stride + (abs_base + p)
     acc.add({
         "offset": offs,
@@ -591,6 +644,8 @@ def compiled_walker_available() -> bool:
 _C_FLAGS = (ZERO, PAGE, CONT, XBZRLE, COMPRESS, ENCODING_FLAG_XBZRLE)
 _C_CAP = 1 << 16  # records per compiled call: bounds the column arrays allocated ahead
 _C_MIN_BYTES = 9  # the smallest record (ZERO|CONTINUE): bounds how many records fit
+#: the flags value counted in each slot of the compiled walker's tally (2 * type + CONTINUE)
+_C_TALLY = tuple(t | c for t in (ZERO, PAGE, XBZRLE, COMPRESS) for c in (0, CONT))
 
 
 class RamWalker:
@@ -652,7 +707,7 @@ class RamWalker:
     def _c_args(self) -> tuple[bytes, tuple[bytes, ...], tuple[int, ...]]:
         st = self.state
         if st.blocks is not self._c_key:
-            used = np.array([b.used_length for b in st.blocks], dtype=np.uint64).tobytes()
+            used = struct.pack(f"={len(st.blocks)}Q", *(b.used_length for b in st.blocks))
             names = tuple(b.idstr.encode("latin-1") for b in st.blocks)
             self._c_blocks = (used, names, (*_C_FLAGS, compress_bound(st.page_size)))
             self._c_key = st.blocks
@@ -668,9 +723,11 @@ class RamWalker:
         used, names, flags = self._c_args()
         out = None
         if self.keep_columns:
+            import numpy as np
+
             out = tuple(np.empty(cap, dtype=_DTYPES[c]) for c in _COLS)
         n, p2, last, status = self._c.walk(buf, p, end, stop, abs_base, st.page_size, st.last_block,
-                                           used, names, flags, out, cap)
+                                           used, names, flags, out, cap, self._acc.tally)
         if n:
             st.last_block = last
             cols = None
@@ -742,7 +799,7 @@ class RamWalker:
             return RamBatch(
                 base=self.start, raw=raw, blocks=self.state.blocks, page_size=self.state.page_size,
                 columns=None, mem_size=self._mem, verbatim=True, count=self._acc.total(),
-                rewalk=self._state0,
+                rewalk=self._state0, kinds=self._acc.flag_counts(),
             )
         return RamBatch(
             base=self.start, raw=raw, blocks=self.state.blocks, page_size=self.state.page_size,
@@ -807,16 +864,22 @@ _RAGGED_ROWS = 256  # rows per vectorised copy of variable-length data (bounds t
 
 def _put_rows(out: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> None:
     """``out[pos[i] : pos[i] + width] = rows[i]`` for every ``i`` (windows that do not overlap)."""
+    import numpy as np
+
     if len(pos):
         np.lib.stride_tricks.sliding_window_view(out, rows.shape[1], writeable=True)[pos] = rows
 
 
 def _copy_rows(out: np.ndarray, dst: np.ndarray, src_buf: np.ndarray, src: np.ndarray, width: int) -> None:
+    import numpy as np
+
     if len(dst):
         _put_rows(out, dst, np.lib.stride_tricks.sliding_window_view(src_buf, width)[src])
 
 
 def _copy_ragged(out: np.ndarray, dst: np.ndarray, src_buf: np.ndarray, src: np.ndarray, lens: np.ndarray) -> None:
+    import numpy as np
+
     for a in range(0, len(lens), _RAGGED_ROWS):
         ln = lens[a : a + _RAGGED_ROWS]
         tot = int(ln.sum())
@@ -840,6 +903,8 @@ def build_records(batch: RamBatch) -> bytes:
     n = len(batch)
     if n == 0:
         return b""
+    import numpy as np
+
     flags = batch.flags.astype(np.int64)  # type: ignore[attr-defined]
     typ = flags & ~CONT
     dlen = batch.data_length.astype(np.int64)  # type: ignore[attr-defined]

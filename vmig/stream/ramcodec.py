@@ -25,13 +25,13 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from vmig.errors import RamError
 from vmig.stream import xbzrle
 from vmig.stream.constants import RamFlag
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from vmig.stream.ram import RamBatch, RamBlock
 
 __all__ = ["CompressedPageError", "inflate_into", "deflate_page", "compress_bound", "PageTarget",
@@ -115,6 +115,8 @@ def apply_batch(batch: RamBatch, target: PageTarget) -> int:
     Raises:
         CompressedPageError, XbzrleError: a payload the loader would reject (absolute offset).
     """
+    import numpy as np
+
     if len(batch) == 0:
         return 0
     ps = batch.page_size
@@ -167,6 +169,8 @@ class BlockBuffers:
 
     def add(self, idstr: str, length: int) -> None:
         """An all-zero image for a block (kept if it exists)."""
+        import numpy as np
+
         if idstr not in self.images:
             self.images[idstr] = np.zeros(length, dtype=np.uint8)
             self.received[idstr] = np.zeros(-(-length // self.page_size), dtype=bool)
@@ -176,6 +180,8 @@ class BlockBuffers:
         return self.images[block.idstr]
 
     def copy_pages(self, block: RamBlock, addr: int, raw: np.ndarray, offs: np.ndarray) -> None:
+        import numpy as np
+
         img, ps = self._image(block), self.page_size
         p0, k = addr // ps, len(offs)
         self.received[block.idstr][p0 : p0 + k] = True
@@ -193,6 +199,8 @@ class BlockBuffers:
             img[at:] = raw[o : o + len(img) - at]
 
     def fill_pages(self, block: RamBlock, addrs: np.ndarray, fills: np.ndarray) -> None:
+        import numpy as np
+
         img, ps = self._image(block), self.page_size
         self.received[block.idstr][addrs // ps] = True
         pages = img[: len(img) // ps * ps].reshape(-1, ps)
@@ -206,6 +214,8 @@ class BlockBuffers:
         return page + bytes(self.page_size - len(page))
 
     def write_page(self, block: RamBlock, addr: int, page: bytearray) -> None:
+        import numpy as np
+
         img = self._image(block)
         self.received[block.idstr][addr // self.page_size] = True
         img[addr : addr + self.page_size] = np.frombuffer(page, dtype=np.uint8)[: len(img) - addr]

@@ -30,13 +30,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vmig.errors import StreamError, TruncatedError, UsageError
 from vmig.stream.constants import RP_RECV_BITMAP_ENDING, RpMsg
 from vmig.stream.events import NEED_DATA, NeedData
 from vmig.stream.inbuf import BufferedInput, NeedMoreInput
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "RpMessage",
@@ -106,10 +108,14 @@ RpEvent = RpMessage | RpEnd
 
 def _bitmap_from_le(raw: bytes | memoryview) -> np.ndarray:
     """Little-endian 64-bit words -> bool per bit (bit k of the bitmap is byte k//8, bit k%8)."""
+    import numpy as np
+
     return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little").astype(bool)
 
 
 def _bitmap_to_le(bits: np.ndarray) -> bytes:
+    import numpy as np
+
     bits = np.asarray(bits, dtype=bool)
     if bits.size % 64:
         raise UsageError(f"RECV_BITMAP bitmap must have a multiple of 64 bits, got {bits.size}")
@@ -312,6 +318,8 @@ def rp_message(type: RpMsg, offset: int = 0, **args) -> RpMessage:
     ``idstr`` (REQ_PAGES_ID; REQ_PAGES ignores ``idstr``), ``idstr`` and ``bitmap`` (bool array,
     a multiple of 64 entries) for RECV_BITMAP.
     """
+    import numpy as np
+
     t = RpMsg(type)
     a = dict(args)
     if t in (RpMsg.SHUT,):

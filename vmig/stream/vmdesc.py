@@ -15,7 +15,6 @@ last-NUL heuristic.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -40,9 +39,11 @@ class JsonObject:
 
     def __init__(self, pairs: list[tuple[str, Any]]) -> None:
         self.pairs: list[tuple[str, Any]] = pairs
-        first: dict[str, Any] = {}
-        for k, v in pairs:
-            first.setdefault(k, v)
+        first = dict(pairs)  # keys in first-occurrence order, but the last value of a repeated key
+        if len(first) != len(pairs):
+            first = {}
+            for k, v in pairs:
+                first.setdefault(k, v)
         self._first = first
 
     def __getitem__(self, key: str) -> Any:
@@ -96,18 +97,29 @@ def _plain(v: Any) -> Any:
 #: deepest nesting of arrays/objects accepted in a description (QEMU's trailers nest ~16 deep;
 #: the bound keeps every recursive consumer of the parsed view far from Python's recursion limit)
 MAX_JSON_DEPTH = 100
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_KEEP_BRACKETS = bytes(range(256)).translate(None, b'[]{}"')  # every byte but these: deleted
 
 
 def json_depth(raw: bytes) -> int:
-    """The deepest nesting of ``[``/``{`` in JSON text (brackets inside strings not counted)."""
-    import numpy as np
+    """The deepest nesting of ``[``/``{`` in JSON text (brackets inside strings not counted).
 
-    a = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
-    if not len(a):
-        return 0
-    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32) - ((a == 0x5D) | (a == 0x7D))
-    return int(np.cumsum(step).max(initial=0))
+    Counted with whole-buffer byte operations: escapes are dropped (``\\\\`` pairs first, then
+    ``\\"``), everything but brackets and quotes is deleted, the strings' remains are cut out,
+    and innermost ``[]``/``{}`` pairs are removed round by round: the rounds are the depth. Text
+    whose brackets do not pair (not JSON) stops where no pair is left; counting stops past
+    :data:`MAX_JSON_DEPTH`.
+    """
+    s = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _KEEP_BRACKETS)
+    s = b"".join(s.split(b'"')[::2])
+    depth = 0
+    while s and depth <= MAX_JSON_DEPTH:
+        # a pair removed leaves a marker until the round ends: no new pair forms within a round
+        t = s.replace(b"[]", b"\0").replace(b"{}", b"\0").replace(b"\0", b"")
+        if len(t) == len(s):
+            break
+        s = t
+        depth += 1
+    return depth
 
 
 def parse_json(raw: bytes | bytearray | memoryview, object_pairs_hook: Any = None) -> Any:
@@ -122,7 +134,7 @@ def parse_json(raw: bytes | bytearray | memoryview, object_pairs_hook: Any = Non
     text = data.decode("utf-8", errors="strict")
     depth = json_depth(data)
     if depth > MAX_JSON_DEPTH:
-        raise ValueError(f"JSON nested {depth} levels deep (at most {MAX_JSON_DEPTH} accepted)")
+        raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         return json.loads(text, object_pairs_hook=object_pairs_hook or JsonObject)
     except RecursionError as e:  # not reached within the depth bound; kept as a guard

@@ -20,8 +20,6 @@ Theory of operation:
 
 from __future__ import annotations
 
-import numpy as np
-
 from vmig.errors import RamError
 
 __all__ = [
@@ -148,6 +146,8 @@ def encode(old: bytes | memoryview, new: bytes | memoryview, dlen: int | None = 
         The delta bytes, or ``XBZRLE_NO_CHANGE`` (0) when the pages are equal, or
         ``XBZRLE_OVERFLOW`` (-1) when QEMU would send a normal page instead.
     """
+    import numpy as np
+
     a = np.frombuffer(old, dtype=np.uint8)
     b = np.frombuffer(new, dtype=np.uint8)
     slen = len(b)

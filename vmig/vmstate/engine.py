@@ -41,10 +41,9 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import construct
-import numpy as np
 from construct import (
     Adapter,
     Array,
@@ -71,6 +70,9 @@ from vmig.errors import SchemaError
 from vmig.stream.constants import VMS_NULLPTR_MARKER
 from vmig.stream.vmdesc import body_length
 from vmig.vmstate.registry import Registry, default_registry
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "INT_TYPES",
@@ -191,10 +193,14 @@ class Bitmap(Adapter):  # type: ignore[misc]
         self.nbytes = size
 
     def _decode(self, obj: bytes, context: Any, path: str) -> np.ndarray:
+        import numpy as np
+
         words = np.frombuffer(obj, dtype=">u8").astype("<u8")
         return np.unpackbits(words.view(np.uint8), bitorder="little").astype(bool)
 
     def _encode(self, obj: Any, context: Any, path: str) -> bytes:
+        import numpy as np
+
         bits = np.asarray(obj, dtype=bool)
         if bits.size != self.nbytes * 8:
             raise construct.ExplicitError(

@@ -35,10 +35,10 @@ Python objects. ``encode(decode(b)) == b`` for every payload QEMU writes.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from construct import (
     Bytes,
     Check,
@@ -64,6 +64,9 @@ from construct import (
 from vmig.errors import SchemaError
 from vmig.vmstate.pci import PCI_DEVICE_STATE, msix_state, pci_layout
 
+if TYPE_CHECKING:
+    import numpy as np
+
 VIRTIO_QUEUE_MAX = 1024
 QEMU_VM_SUBSECTION = 0x05
 
@@ -85,14 +88,27 @@ class NumpyArray(Construct):
 
     def __init__(self, dtype: Any, count: int) -> None:
         super().__init__()
-        self.dtype = np.dtype(dtype)
+        self._spec = dtype  # a numpy dtype description; numpy is imported when first used
+        self._dtype: Any = None
         self.count = count
 
+    @property
+    def dtype(self) -> np.dtype:
+        if self._dtype is None:
+            import numpy as np
+
+            self._dtype = np.dtype(self._spec)
+        return self._dtype
+
     def _parse(self, stream: Any, context: Any, path: str) -> np.ndarray:
+        import numpy as np
+
         data = stream_read(stream, self.dtype.itemsize * self.count, path)
         return np.frombuffer(data, dtype=self.dtype).copy()
 
     def _build(self, obj: Any, stream: Any, context: Any, path: str) -> Any:
+        import numpy as np
+
         arr = np.asarray(obj, dtype=self.dtype)
         if arr.shape != (self.count,):
             raise ExplicitError(f"expected {self.count} elements, got shape {arr.shape}", path=path)
@@ -170,29 +186,25 @@ class VmSubsections(Construct):
 # --- subsection payloads -------------------------------------------------------------------
 
 #: vmstate_virtqueue: per queue be64 avail, be64 used (VIRTIO_QUEUE_MAX entries, all written).
-VIRTQUEUE_DTYPE = np.dtype([("avail", ">u8"), ("used", ">u8")])
+VIRTQUEUE_DTYPE = [("avail", ">u8"), ("used", ">u8")]
 #: vmstate_packed_virtqueue: be16 last_avail_idx, bool wrap, be16 used_idx, bool wrap, be32 inuse.
-PACKED_VIRTQUEUE_DTYPE = np.dtype(
-    [
-        ("last_avail_idx", ">u2"),
-        ("last_avail_wrap_counter", "u1"),
-        ("used_idx", ">u2"),
-        ("used_wrap_counter", "u1"),
-        ("inuse", ">u4"),
-    ]
-)
+PACKED_VIRTQUEUE_DTYPE = [
+    ("last_avail_idx", ">u2"),
+    ("last_avail_wrap_counter", "u1"),
+    ("used_idx", ">u2"),
+    ("used_wrap_counter", "u1"),
+    ("inuse", ">u4"),
+]
 #: virtio_pci/modern_queue_state: be16 num, 1 unused byte, bool enabled, desc/avail/used as
 #: two be32 each (low word first).
-MODERN_QUEUE_DTYPE = np.dtype(
-    [
-        ("num", ">u2"),
-        ("unused", "u1"),
-        ("enabled", "u1"),
-        ("desc", ">u4", (2,)),
-        ("avail", ">u4", (2,)),
-        ("used", ">u4", (2,)),
-    ]
-)
+MODERN_QUEUE_DTYPE = [
+    ("num", ">u2"),
+    ("unused", "u1"),
+    ("enabled", "u1"),
+    ("desc", ">u4", (2,)),
+    ("avail", ">u4", (2,)),
+    ("used", ">u4", (2,)),
+]
 
 #: vmstate "virtio_pci/modern_state" (v1).
 VIRTIO_PCI_MODERN_STATE = Struct(
@@ -379,7 +391,8 @@ def jsonable(value: Any) -> Any:
         return {k: jsonable(v) for k, v in value.items() if not str(k).startswith("_")}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
-    if isinstance(value, np.ndarray):
+    np = sys.modules.get("numpy")  # no value is a numpy one unless something imported numpy
+    if np is not None and isinstance(value, np.ndarray):
         if value.dtype.names:
             raw = value.view(np.uint8).reshape(len(value), value.dtype.itemsize)
             idx = np.flatnonzero(raw.any(axis=1))
@@ -395,8 +408,8 @@ def jsonable(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
+    if np is not None and isinstance(value, (np.integer,)):
         return int(value)
-    if isinstance(value, (np.bool_,)):
+    if np is not None and isinstance(value, (np.bool_,)):
         return bool(value)
     return value

@@ -37,9 +37,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from construct import (
     Adapter,
     Construct,
@@ -61,6 +60,9 @@ from construct import (
 from vmig.errors import SchemaError, UsageError
 from vmig.stream.inbuf import NeedMoreInput
 from vmig.vmstate.virtio import build_exact, parse_exact, virtio_pci_payload
+
+if TYPE_CHECKING:
+    import numpy as np
 
 VMSD_VIRTIO_MEM = "virtio-mem"
 VMSD_VIRTIO_MEM_DEVICE = "virtio-mem-device"
@@ -106,6 +108,8 @@ def bitmap_to_bool(words: Any, nblocks: int) -> np.ndarray:
             big-endian wire bytes.
         nblocks: number of blocks (bits beyond it are dropped).
     """
+    import numpy as np
+
     if isinstance(words, (bytes, bytearray, memoryview)):
         arr = np.frombuffer(words, dtype=">u8")
     else:
@@ -124,6 +128,8 @@ def bool_to_words(plugged: Any, padding: int = 0) -> np.ndarray:
         plugged: bool per block.
         padding: bits to OR into the last word above the last block (normally 0).
     """
+    import numpy as np
+
     bits = np.asarray(plugged, dtype=bool)
     nwords = words_for(len(bits))
     padded = np.zeros(nwords * 64, dtype=bool)
@@ -138,11 +144,15 @@ def bool_to_words(plugged: Any, padding: int = 0) -> np.ndarray:
 
 def words_to_wire(words: Any) -> bytes:
     """The big-endian wire bytes of bitmap words."""
+    import numpy as np
+
     return np.asarray(words, dtype=np.uint64).astype(">u8").tobytes()
 
 
 def ranges_to_bool(ranges: Iterable[tuple[int, int]], nblocks: int) -> np.ndarray:
     """Inverse of :func:`vmig.runs.true_runs`: half-open block ranges to a bool array."""
+    import numpy as np
+
     out = np.zeros(nblocks, dtype=bool)
     for start, end in ranges:
         if not 0 <= start <= end <= nblocks:
@@ -167,6 +177,8 @@ class _BitmapWords(Construct):
     """
 
     def _parse(self, stream: Any, context: Any, path: str) -> np.ndarray:
+        import numpy as np
+
         try:
             nblocks = _nblocks_from_context(context)
         except SchemaError as e:
@@ -186,6 +198,8 @@ class _BitmapWords(Construct):
         return np.frombuffer(data, dtype=">u8").astype(np.uint64)
 
     def _build(self, obj: Any, stream: Any, context: Any, path: str) -> Any:
+        import numpy as np
+
         nblocks = _nblocks_from_context(context)
         words = np.asarray(obj, dtype=np.uint64)
         if len(words) != words_for(nblocks):
@@ -219,6 +233,8 @@ class _BitmapView(Adapter):
         return out
 
     def _encode(self, obj: Any, context: Any, path: str) -> Container:
+        import numpy as np
+
         if "bitmap" not in obj:
             return obj
         out = Container(obj)

@@ -54,16 +54,18 @@ decodes it, in which case its decoded value is given (``{"type", "size", "decode
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from vmig.errors import SchemaError
 from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag, SectionType
 from vmig.vmstate.engine import BodyNode, FieldItem, SchemaSet, VmsdSchema
 from vmig.vmstate.registry import Registry
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["FORMAT", "analyze", "render_body", "jsonable", "builtin_schema"]
 
@@ -88,7 +90,8 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items() if not str(k).startswith("_")}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
-    if isinstance(value, np.ndarray):
+    np = sys.modules.get("numpy")  # no value is a numpy one unless something imported numpy
+    if np is not None and isinstance(value, np.ndarray):
         if value.dtype.names:  # per-element records (e.g. virtqueue state): non-zero rows only
             flat = value.reshape(-1)
             raw = flat.view(np.uint8).reshape(len(flat), flat.dtype.itemsize)
@@ -104,7 +107,7 @@ def jsonable(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
+    if np is not None and isinstance(value, np.generic):
         return value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
@@ -116,7 +119,7 @@ def jsonable(value: Any) -> Any:
 def _bool_summary(bits: np.ndarray) -> dict[str, Any]:
     """A bool array as counts plus the half-open ranges of set bits."""
     ranges = [[a, b] for a, b in true_runs(bits)]
-    return {"bits": int(bits.size), "set": int(np.count_nonzero(bits)), "ranges": ranges}
+    return {"bits": int(bits.size), "set": int(bits.sum()), "ranges": ranges}
 
 
 def _element(item: FieldItem, value: Any) -> Any:
@@ -134,7 +137,8 @@ def _element(item: FieldItem, value: Any) -> Any:
         if math.isfinite(value):
             return value
         return {"type": t, "size": size, "hex": item.element_bytes(value).hex()}
-    if isinstance(value, np.ndarray):
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.ndarray):
         raw = item.element_bytes(value)
         return {"type": t, "size": len(raw), **_bool_summary(value), "hex": raw.hex()}
     if isinstance(value, (bytes, bytearray)):
@@ -219,11 +223,11 @@ class _RamSummary:
         self.blocks: list[dict[str, Any]] = []
 
     def add(self, batch: Any) -> None:
-        flags = np.asarray(batch.flags)
-        self.total += int(flags.size)
+        kinds = batch.flag_counts()
+        self.total += len(batch)
         self.nbytes += int(batch.nbytes)
         for name, bit in _RAM_KINDS:
-            self.counts[name] += int(np.count_nonzero(flags & int(bit)))
+            self.counts[name] += sum(n for fl, n in kinds.items() if fl & bit)
         if batch.mem_size:
             self.blocks = []
             for b in batch.mem_size:

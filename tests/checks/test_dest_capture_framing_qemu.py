@@ -1,9 +1,10 @@
 """``vmig check STREAM --dest-capture OTHER`` against real QEMU loads on every ordered pair of
 captures: the QEMU 7.2 stream fixtures (``fixtures/``, all but the return path) into QEMU 7.2, and
 QEMU 10.0 captures made here (trixie chroot; small paused VMs whose framing differs: default,
-``send-section-footer=off``, ``send-configuration=off``, ``suppress-vmdesc=on``, postcopy, q35, and
-pc-paused's command line on 10.0 with its 7.2 machine type) into QEMU 10.0, plus every pair across
-the two versions (each loaded into the QEMU that wrote OTHER).
+``send-section-footer=off``, ``send-configuration=off``, ``suppress-vmdesc=on``, postcopy, q35,
+pc-paused's command line on 10.0 with its 7.2 machine type, and a running VM's
+precopy) into QEMU 10.0, plus every pair across the two versions (each loaded into the QEMU that
+wrote OTHER).
 
 The destination is started with OTHER's command line from its manifest (argv with its
 ``-global``s, ``postcopy-ram`` when its capabilities enable it), STREAM is loaded, and QEMU's
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.qemu
 
 STREAMS_72 = [n for n in fixtures.names() if fixtures.manifest(n)["kind"] in ("precopy", "postcopy")]
 STREAMS_10 = ["pc-10.0-paused", "pc-10.0-nofooter", "pc-10.0-noconfig", "pc-10.0-novmdesc",
-              "pc-10.0-postcopy", "q35-10.0-smp2", "pc-paused-on-10.0"]
+              "pc-10.0-postcopy", "q35-10.0-smp2", "pc-paused-on-10.0", "pc-10.0-running"]
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,17 @@
 
 Each capture is a small VM (no guest kernel; paused or running firmware) migrated with QEMU 10.0:
 precopy with and without its JSON trailer, postcopy through a recording relay, and mapped-ram with
-an unplugged virtio-mem device. ``capture(name)`` returns ``(path, query-migrate answer)``.
+an unplugged virtio-mem device. ``capture(name)`` returns ``(path, query-migrate answer)``; beside
+each stream ``stream.bin`` lies its manifest ``stream.json`` as the committed fixtures have one
+(``argv``, ``capabilities``, ``machine``, ``qemu_version`` as the running QEMU reports them), which
+``vmig check --dest-capture`` and ``vmig migrate`` read.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import json
 import os
 import shutil
 import socket
@@ -33,10 +37,19 @@ CAPTURES: dict[str, tuple[list[str], str]] = {
     # Linux booted, 256 MiB plugged by its driver, 2 vCPUs (modern CPU hotplug state)
     "pc-10.0-guest": (["-machine", "pc", *_BASE, "-smp", "2", "-nodefaults", *_VMEM], "guest"),
     "pc-7.2-on-10.0": (["-machine", "pc-i440fx-7.2", *_BASE, "-nodefaults", "-S", *_VMEM], "precopy"),
+    # pc-paused's command line (the QEMU 7.2 fixture) on QEMU 10.0 with its 7.2 machine type
+    "pc-paused-on-10.0": (["-machine", "pc-i440fx-7.2", "-accel", "tcg", "-m", "512M,maxmem=4G", "-smp", "1",
+                           "-nodefaults", "-display", "none", "-S", *_VMEM], "precopy"),
     "pc-9.2-paused": (["-machine", "pc-i440fx-9.2", *_BASE, "-nodefaults", "-S", *_VMEM], "precopy"),
     "pc-10.0-novmdesc": (["-machine", "pc,suppress-vmdesc=on", *_BASE, "-nodefaults", "-S", *_VMEM],
                          "precopy"),
     "pc-10.0-postcopy": (["-machine", "pc", *_BASE, "-nodefaults", "-S", *_VMEM], "postcopy"),
+    "pc-10.0-nofooter": (["-machine", "pc", *_BASE, "-nodefaults", "-S", *_VMEM,
+                          "-global", "migration.send-section-footer=off"], "precopy"),
+    # with send-configuration=off QEMU 10.0.13 aborts writing the JSON trailer (json-writer.c
+    # "leave_container: Assertion `depth' failed"): suppress-vmdesc=on leaves the trailer out
+    "pc-10.0-noconfig": (["-machine", "pc,suppress-vmdesc=on", *_BASE, "-nodefaults", "-S", *_VMEM,
+                          "-global", "migration.send-configuration=off"], "precopy"),
     "q35-10.0-novmdesc": (["-machine", "q35,suppress-vmdesc=on", *_BASE, "-smp", "2", "-S", *_VMEM],
                           "precopy"),
     "pc-9.2-novmdesc": (["-machine", "pc-i440fx-9.2,suppress-vmdesc=on", *_BASE, "-nodefaults", "-S",
@@ -119,6 +132,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _write_manifest(q: Any, args: list[str], capabilities: dict[str, bool], out: Path) -> None:
+    """``out``'s manifest (``stream.json`` beside ``stream.bin``), from what ``q`` (the source
+    QEMU, still running) reports: its version and the machine type its ``-machine`` resolved to."""
+    ver = q.qmp("query-version")["qemu"]
+    wanted = args[args.index("-machine") + 1].split(",")[0]
+    machine = next((m["name"] for m in q.qmp("query-machines")
+                    if wanted in (m["name"], m.get("alias"))), wanted)
+    doc = {"argv": list(args), "capabilities": dict(capabilities), "machine": machine,
+           "qemu_version": f"{ver['major']}.{ver['minor']}.{ver['micro']}"}
+    out.with_name(out.name.removesuffix(".bin") + ".json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
 @functools.cache
 def _capture(name: str) -> tuple[Path, dict[str, Any]]:
     from vmig.testing.qemu import Qemu
@@ -134,6 +159,7 @@ def _capture(name: str) -> tuple[Path, dict[str, Any]]:
         with Qemu(args, workdir=src_wd, chroot=root) as src, \
                 Qemu(args, workdir=dst_wd, chroot=root, incoming=f"tcp:127.0.0.1:{dport}") as dst:
             caps = {"postcopy-ram": True}
+            _write_manifest(src, args, caps, out)
             dst.set_migration(caps)
             # precopy throttled so that it cannot finish before the switchover
             src.set_migration(caps, {"max-bandwidth": 256 << 10})
@@ -164,6 +190,7 @@ def _capture(name: str) -> tuple[Path, dict[str, Any]]:
         if how == "guest":
             wait_for_text(serial, GUEST_READY, timeout=300, proc=q)
             q.resize_virtio_mem("vm0", 256 * MiB, timeout=180)
+        _write_manifest(q, args, {"mapped-ram": True} if how == "mapped-ram" else {}, out)
         if how == "mapped-ram":
             q.set_migration({"mapped-ram": True})
             q.qmp("migrate", {"uri": f"file:{out}"})

@@ -10,8 +10,9 @@ size mismatch), every section the destination lacks, and at each virtio-mem sect
 sanity properties against OTHER's device at the same PCI path (``memaddr``, memdev size,
 ``block-size``, ``node``), checked by the device model built from OTHER's state
 (:meth:`vmig.device.virtio_mem.VirtioMem.reconfigured`, :func:`vmig.device.sections.load_values`).
-The first failure is reported with QEMU's own lines (checked against QEMU 7.2), one per line;
-QEMU stops there, so does this checker. RAM contents are not held (``keep_ram=False``).
+The first failure is reported with QEMU's own lines (checked against QEMU 7.2 and 10.0 loads of
+every pair of the project's captures, across the two versions too), one per line; QEMU stops
+there, so does this checker. RAM contents are not held (``keep_ram=False``).
 
 A capture does not say whether its VM enabled ``postcopy-ram`` (that capability is not in the
 stream): it comes from ``ctx.notes["dest_postcopy_ram"]`` (the command line takes it from

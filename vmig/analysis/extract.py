@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from vmig.errors import RamError, StreamError, UsageError
-from vmig.io.output import AtomicFile, StagedDir, pwrite_all, write_all
+from vmig.io.output import AtomicFile, EarlyWriteback, StagedDir, pwrite_all, write_all
 from vmig.runs import true_runs
 from vmig.stream.events import Configuration, DeviceState, RamRecords, VmDescriptionEvent
 from vmig.stream.ramcodec import apply_batch
@@ -177,6 +177,7 @@ class BlockImages:
         # One writer thread: page writes (which release the GIL) overlap with decoding the next
         # batch. FIFO order keeps "last write wins"; reads drain it first; bounded backlog.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmig-extract")
+        self._writeback = EarlyWriteback()  # used by the thread that writes
         self._pending: deque[Future[None]] = deque()
         self.threaded = os.environ.get("VMIG_EXTRACT_THREAD", "1") == "1"
 
@@ -229,6 +230,7 @@ class BlockImages:
         if len(self._open_fds) > MAX_OPEN_FILES:
             self.drain()  # queued writes may use the descriptor about to be closed
             _, old = self._open_fds.popitem(last=False)
+            self._writeback.forget(old.fd)
             os.close(old.fd)
             old.fd = -1
 
@@ -274,8 +276,12 @@ class BlockImages:
         pos = addr
         for c in range(0, len(offs_l), _IOV_MAX):
             bufs = [mv[o : o + ps] for o in offs_l[c : c + _IOV_MAX]]
-            self._submit(_pwritev_all, self.fd(b), bufs, pos)
+            self._submit(self._write_pages, self.fd(b), bufs, pos)
             pos += len(bufs) * ps
+
+    def _write_pages(self, fd: int, bufs: list[memoryview], pos: int) -> None:
+        _pwritev_all(fd, bufs, pos)
+        self._writeback.wrote(fd, pos, sum(len(x) for x in bufs))
 
     def fill_pages(self, block: Any, addrs: np.ndarray, fills: np.ndarray) -> None:
         """ZERO records: a zero fill of a page that holds no data writes nothing (a hole)."""

@@ -17,7 +17,6 @@ import gc
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
 from vmig.errors import VmigError
@@ -169,6 +168,8 @@ class _NamedStream:
 
 def _internal(command: str, e: BaseException) -> int:
     if os.environ.get("VMIG_DEBUG") == "1":
+        import traceback
+
         traceback.print_exception(e, file=sys.stderr)
     msg = " ".join(str(e).split())
     if len(msg) > 300:

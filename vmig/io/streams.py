@@ -300,7 +300,7 @@ def check_desc_from(events: Iterable[Event], desc: VmDescription, path: str) -> 
                     f"{version} of this section, the stream has version {ev.version_id}",
                     offset=ev.offset, section=f"{ev.idstr} instance {ev.instance_id}", path=path)
         elif isinstance(ev, VmDescriptionEvent):
-            own = VmDescription(ev.raw, source="stream trailer")
+            own = ev.description or VmDescription(ev.raw, source="stream trailer")
             if (own.configuration is None) != (desc.configuration is None):
                 newer, older = (where, "the stream") if own.configuration is None else ("the stream", where)
                 raise SchemaError(

@@ -654,7 +654,8 @@ class StreamDecoder(BufferedInput):
         raw = self._take(self._pos + 5, self._pos + 5 + n)
         off = self._consume(5 + n)
         self._state = _DONE
-        return VmDescriptionEvent(off, 5 + n, raw)
+        known = next((d for d in self.layout.descriptions if d.raw == raw), None)
+        return VmDescriptionEvent(off, 5 + n, raw, known)
 
     def _done(self) -> Event | NeedData:
         have = len(self._buf) - self._pos

@@ -20,6 +20,7 @@ from vmig.stream.constants import MigCmd, SectionType
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmig.stream.ram import RamBatch
+    from vmig.stream.vmdesc import VmDescription
 
 __all__ = [
     "FileHeader",
@@ -185,11 +186,16 @@ class EndOfStream:
 
 @dataclass(frozen=True, slots=True)
 class VmDescriptionEvent:
-    """The vmdesc trailer: ``06``, be32 len, ``raw`` JSON bytes (kept byte-exact)."""
+    """The vmdesc trailer: ``06``, be32 len, ``raw`` JSON bytes (kept byte-exact).
+
+    ``description`` is the decoder's parsed view of these bytes when it already has one (the
+    trailer it found in the input's tail to describe the sections), else None: parse ``raw``.
+    """
 
     offset: int
     length: int
     raw: bytes | memoryview
+    description: VmDescription | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

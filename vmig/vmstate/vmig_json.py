@@ -370,7 +370,7 @@ def analyze(
                     doc["eof_offset"] = ev.offset
             elif isinstance(ev, VmDescriptionEvent):
                 doc["trailer"] = {"offset": ev.offset, "length": ev.length}
-                own = VmDescription(ev.raw, source="stream trailer")
+                own = ev.description or VmDescription(ev.raw, source="stream trailer")
 
     walk(events, False)
 

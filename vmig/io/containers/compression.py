@@ -15,9 +15,6 @@ Mirrors the formats libvirt's save-image compression programs write (``gzip``, `
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import threading
 from collections.abc import Iterator
 from typing import IO
 
@@ -224,6 +221,10 @@ def _zstd_chunks(raw: ChunkReader, name: str, label: str) -> Iterator[bytes]:
 
 
 def _lzop_chunks(raw: ChunkReader, name: str, label: str) -> Iterator[bytes]:
+    import shutil
+    import subprocess
+    import threading
+
     prog = shutil.which("lzop")
     if prog is None:
         raise UsageError(f"{name}: {label}: lzop-compressed data needs the 'lzop' program "

@@ -35,7 +35,6 @@ Python objects. ``encode(decode(b)) == b`` for every payload QEMU writes.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -378,38 +377,3 @@ def build_exact(schema: Construct, value: Any, *, what: str) -> bytes:
         return schema.build(value)
     except (ConstructError, ValueError, KeyError, TypeError, OverflowError) as e:
         raise SchemaError(f"{what}: cannot encode: {e}") from e
-
-
-def jsonable(value: Any) -> Any:
-    """Turn a decoded virtio value into JSON-ready data (for ``vmig analyze``).
-
-    bytes → lower-case hex; numpy structured arrays of per-queue state → only the entries that
-    are not all zero, as ``{"count": N, "nonzero": [{"index": i, ...}]}``; plain numpy arrays →
-    lists of ints (bool arrays → lists of bools).
-    """
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).hex()
-    np = sys.modules.get("numpy")  # no value is a numpy one unless something imported numpy
-    if np is not None and isinstance(value, np.ndarray):
-        if value.dtype.names:
-            raw = value.view(np.uint8).reshape(len(value), value.dtype.itemsize)
-            idx = np.flatnonzero(raw.any(axis=1))
-            rows = []
-            for i in idx.tolist():
-                row: dict[str, Any] = {"index": i}
-                for name in value.dtype.names:
-                    if name == "unused":
-                        continue
-                    row[name] = value[name][i].tolist()
-                rows.append(row)
-            return {"count": int(len(value)), "nonzero": rows}
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if np is not None and isinstance(value, (np.integer,)):
-        return int(value)
-    if np is not None and isinstance(value, (np.bool_,)):
-        return bool(value)
-    return value

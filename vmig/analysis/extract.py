@@ -50,7 +50,7 @@ from vmig.errors import RamError, StreamError, UsageError
 from vmig.io.output import AtomicFile, EarlyWriteback, StagedDir, pwrite_all, write_all
 from vmig.runs import true_runs
 from vmig.stream.events import Configuration, DeviceState, RamRecords, VmDescriptionEvent
-from vmig.stream.ramcodec import apply_batch
+from vmig.stream.ramcodec import apply_batch, page_runs
 
 __all__ = [
     "safe_relpath",
@@ -77,6 +77,7 @@ MAX_OPEN_FILES = 64
 _MAX_COMPONENT = 200  # bytes; leaves room for a "~N" suffix under NAME_MAX (255)
 _MAX_PATH = 3000
 _IOV_MAX = 1024
+_WRITES_PER_JOB = 4096  # queued writes handed to the writer thread at once (at most)
 
 
 # ------------------------------------------------------------------------------------ names
@@ -179,18 +180,29 @@ class BlockImages:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmig-extract")
         self._writeback = EarlyWriteback()  # used by the thread that writes
         self._pending: deque[Future[None]] = deque()
+        self._queued: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self.threaded = os.environ.get("VMIG_EXTRACT_THREAD", "1") == "1"
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Queue a write; writes go to the writer thread a batch at a time (:meth:`_flush`)."""
         if not self.threaded:
             fn(*args)
             return
-        while len(self._pending) >= 8:
-            self._pending.popleft().result()
-        self._pending.append(self._writer.submit(fn, *args))
+        self._queued.append((fn, args))
+        if len(self._queued) >= _WRITES_PER_JOB:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the queued writes to the writer thread as one job (order kept)."""
+        if self._queued:
+            jobs, self._queued = self._queued, []
+            while len(self._pending) >= 8:
+                self._pending.popleft().result()
+            self._pending.append(self._writer.submit(_run_jobs, jobs))
 
     def drain(self) -> None:
         """Wait for every queued write (raises the first write error)."""
+        self._flush()
         while self._pending:
             self._pending.popleft().result()
 
@@ -262,6 +274,7 @@ class BlockImages:
         self._mapping(batch)
         self._ps = batch.page_size
         apply_batch(batch, self)
+        self._flush()
 
     # -- PageTarget (vmig.stream.ramcodec.apply_batch) --------------------------------------------
     def copy_pages(self, block: Any, addr: int, raw: np.ndarray, offs: np.ndarray) -> None:
@@ -278,6 +291,24 @@ class BlockImages:
             bufs = [mv[o : o + ps] for o in offs_l[c : c + _IOV_MAX]]
             self._submit(self._write_pages, self.fd(b), bufs, pos)
             pos += len(bufs) * ps
+
+    def put_pages(self, block: Any, addrs: np.ndarray, raw: np.ndarray, offs: np.ndarray) -> None:
+        """Distinct pages in ascending order: one ``pwritev`` per run of consecutive pages (at
+        most ``IOV_MAX`` pages), all handed to the writer thread as one job."""
+        b, ps = self._open(block.idstr, block.used_length), self._ps
+        self._written(b, ps)[addrs // ps] = True
+        self.pages_written += len(addrs)
+        mv = memoryview(raw)
+        offs_l, addr_l, fd = offs.tolist(), addrs.tolist(), self.fd(b)
+        writes = []
+        for s, e in page_runs(addrs, ps):
+            for c in range(s, e, _IOV_MAX):
+                writes.append((fd, [mv[o : o + ps] for o in offs_l[c : min(e, c + _IOV_MAX)]], addr_l[c]))
+        self._submit(self._write_runs, writes)
+
+    def _write_runs(self, writes: list[tuple[int, list[memoryview], int]]) -> None:
+        for fd, bufs, pos in writes:
+            self._write_pages(fd, bufs, pos)
 
     def _write_pages(self, fd: int, bufs: list[memoryview], pos: int) -> None:
         _pwritev_all(fd, bufs, pos)
@@ -327,6 +358,11 @@ class BlockImages:
                 pass
             b.fd = -1
         self._open_fds.clear()
+
+
+def _run_jobs(jobs: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
+    for fn, args in jobs:
+        fn(*args)
 
 
 def _pwritev_all(fd: int, bufs: list[memoryview], pos: int) -> None:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from vmig.stream.ram import RamBatch, RamBlock
 
 __all__ = ["CompressedPageError", "inflate_into", "deflate_page", "compress_bound", "PageTarget",
-           "apply_batch", "BlockBuffers"]
+           "apply_batch", "BlockBuffers", "page_runs"]
 
 
 _ZERO, _PAGE, _XBZRLE, _COMPRESS, _CONT = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE),
@@ -95,6 +95,10 @@ class PageTarget(Protocol):
     def copy_pages(self, block: RamBlock, addr: int, raw: np.ndarray, offs: np.ndarray) -> None:
         """PAGE records for consecutive pages from ``addr``: page ``i`` is ``raw[offs[i]:][:page_size]``."""
 
+    def put_pages(self, block: RamBlock, addrs: np.ndarray, raw: np.ndarray, offs: np.ndarray) -> None:
+        """PAGE records for distinct pages in ascending order (gaps allowed): page ``addrs[i]``
+        is ``raw[offs[i]:][:page_size]``."""
+
     def fill_pages(self, block: RamBlock, addrs: np.ndarray, fills: np.ndarray) -> None:
         """ZERO records: page ``addrs[i]`` becomes the byte ``fills[i]`` repeated."""
 
@@ -126,10 +130,12 @@ def apply_batch(batch: RamBatch, target: PageTarget) -> int:
         return 0
     t = types[rows]
     blk = batch.block[rows]
-    cut = np.flatnonzero((t[1:] != t[:-1]) | (blk[1:] != blk[:-1])) + 1
     raw = np.frombuffer(batch.raw, dtype=np.uint8)
     addr_all = batch.addr[rows].astype(np.int64)
     doff_all = batch.data_offset[rows] - batch.base
+    if _apply_unordered(batch, target, t, blk, raw, addr_all, doff_all):
+        return len(rows)
+    cut = np.flatnonzero((t[1:] != t[:-1]) | (blk[1:] != blk[:-1])) + 1
     for a, z in zip([0, *cut.tolist()], [*cut.tolist(), len(rows)]):
         typ = int(t[a])
         block = batch.blocks[int(blk[a])]
@@ -152,6 +158,43 @@ def apply_batch(batch: RamBatch, target: PageTarget) -> int:
                     inflate_into(data, page, offset=where)
                 target.write_page(block, at, page)
     return len(rows)
+
+
+def page_runs(addrs: np.ndarray, page_size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` index ranges of ``addrs`` whose addresses follow each other page by page."""
+    import numpy as np
+
+    brk = np.flatnonzero(np.diff(addrs) != page_size) + 1
+    cuts = brk.tolist()
+    return list(zip([0, *cuts], [*cuts, len(addrs)]))
+
+
+def _apply_unordered(batch: RamBatch, target: PageTarget, t, blk, raw, addr, doff) -> bool:
+    """The common batch, applied without following record order: only ZERO and PAGE records,
+    each page named once (then no record overwrites another, and any order gives the same
+    result). Per block: every PAGE record in one ``put_pages`` call (ascending addresses),
+    every ZERO record in one ``fill_pages`` call. False (nothing done) for any other batch."""
+    import numpy as np
+
+    ps = batch.page_size
+    is_page = t == _PAGE
+    if not bool((is_page | (t == _ZERO)).all()):
+        return False
+    key = (blk.astype(np.int64) << 44) | (addr // ps)  # pages of a 2^56-byte block stay apart
+    if len(np.unique(key)) != len(key):
+        return False
+    for b in np.unique(blk).tolist():
+        block = batch.blocks[b]
+        mine = blk == b
+        pages = mine & is_page
+        if pages.any():
+            a, d = addr[pages], doff[pages]
+            order = np.argsort(a, kind="stable")
+            target.put_pages(block, a[order], raw, d[order])
+        zeros = mine & ~is_page
+        if zeros.any():
+            target.fill_pages(block, addr[zeros], raw[doff[zeros]])
+    return True
 
 
 class BlockBuffers:
@@ -197,6 +240,10 @@ class BlockBuffers:
         for i in range(whole, k):  # a last partial page
             at, o = addr + i * ps, int(offs[i])
             img[at:] = raw[o : o + len(img) - at]
+
+    def put_pages(self, block: RamBlock, addrs: np.ndarray, raw: np.ndarray, offs: np.ndarray) -> None:
+        for s, e in page_runs(addrs, self.page_size):
+            self.copy_pages(block, int(addrs[s]), raw, offs[s:e])
 
     def fill_pages(self, block: RamBlock, addrs: np.ndarray, fills: np.ndarray) -> None:
         import numpy as np

@@ -603,7 +603,8 @@ class SchemaSet:
             stream's own trailer, which lists exactly the subsections written.
 
     Raises:
-        SchemaError: a device entry is not an object or has a bad ``instance_id``.
+        SchemaError: the description is not an object with a ``devices`` list, or a device
+            entry is not an object or has a bad ``instance_id``.
     """
 
     _DEFAULT = object()
@@ -623,6 +624,8 @@ class SchemaSet:
         self._cache: dict[int, tuple[Mapping[str, Any], Any]] = {}
         self._by_key: dict[tuple[str, int], Mapping[str, Any]] = {}
         if description is not None:
+            if not hasattr(description, "get") or not isinstance(description.get("devices") or [], list):
+                raise SchemaError("vmdesc: not an object with a 'devices' list")
             for dev in description.get("devices") or ():
                 if not hasattr(dev, "get"):
                     raise SchemaError("vmdesc: a device entry is not an object")

@@ -448,7 +448,7 @@ def _write(path: str, data: bytes) -> None:
 
 
 def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float,
-            memory: int = 0) -> dict | None:
+            memory: int = 0, trace: bool = False) -> dict | None:
     """Run one input; a dict describing the failure, or None. ``memory``: MB of address space
     (the soft ``RLIMIT_AS``; a destination may also hold its capture's RAMBlocks)."""
     import traceback
@@ -490,6 +490,8 @@ def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float,
         rc = None
         failure = {"type": type(e).__name__, "where": _innermost(traceback.format_exc()),
                    "message": str(e)[:200]}
+        if trace:
+            failure["traceback"] = traceback.format_exc()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     text = err.getvalue()
@@ -502,6 +504,8 @@ def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float,
             failure = {"type": f"exit{rc}", "where": "?", "message": text[:300]}
         elif "Traceback" in text:
             failure = {"type": "Traceback", "where": _innermost(text), "message": text[-300:]}
+        if failure is not None and trace:
+            failure["traceback"] = text
     if failure is None:
         with open(inp, "rb") as f:
             if f.read() != data:
@@ -751,15 +755,24 @@ class Campaign:
 
 
 def show(args: argparse.Namespace) -> int:
-    """Write input ``--show INDEX`` to ``--out`` and print the command that runs it."""
-    seeds = load_seeds()
+    """Write input ``--show INDEX`` to ``--out``, print the command that runs it, then run it
+    here as a worker does and print what it found (the traceback of a failure included)."""
+    seeds, work = prepare_process(args.memory)
     seed, cmd, data = build_input(args.seed, args.show, seeds)
     out = args.out or f"fuzz-{args.seed}-{args.show}.bin"
     with open(out, "wb") as f:
         f.write(data)
-    print(f"{out}: {len(data)} bytes from {seed.name}; command {cmd}: "
-          f"{' '.join(argv_for(cmd, out, '.', 'SEED', 'DESC'))}")
-    return 0
+    how = (f"a Destination like {seed.capture} loads it ({cmd})" if cmd in LIBRARY
+           else " ".join(argv_for(cmd, out, ".", "SEED", "DESC")))
+    print(f"{out}: {len(data)} bytes from {seed.name}; command {cmd}: {how}")
+    try:
+        failure = run_one(cmd, data, work, seed, args.timeout, args.memory, trace=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if failure is not None:
+        print(failure.pop("traceback", ""), end="")
+    print(json.dumps(failure or "no failure"))
+    return 1 if failure else 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

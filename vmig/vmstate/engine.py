@@ -676,6 +676,8 @@ class SchemaSet:
         vmsd_name = desc.get("vmsd_name")
         if vmsd_name is not None and not isinstance(vmsd_name, str):
             raise SchemaError(f"a vmsd_name is not a string: {vmsd_name!r}"[:200])
+        if desc.get("version") is not None:  # shown by the renderers: a number, never an object
+            _natural(desc.get("version"), f"vmsd {vmsd_name!r}: version")
         if not all(hasattr(f, "get") for f in fields):
             raise SchemaError(f"vmsd {vmsd_name!r}: a field entry is not an object")
         items: list[FieldItem] = []
@@ -797,7 +799,7 @@ _MAX_EMPTY_ELEMENTS = 1 << 16
 def _natural(value: Any, what: str) -> int:
     """A non-negative int from the description (which is untrusted input)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SchemaError(f"{what} is not a non-negative integer: {value!r}")
+        raise SchemaError(f"{what} is not a non-negative integer: {value!r:.80}")
     return value
 
 

@@ -62,3 +62,27 @@ def test_trailer_that_is_not_an_object_with_devices(capsys, tmp_path, body) -> N
     assert rc == 2 and not (tmp_path / "x").exists()
     rc, err = run(capsys, "check", str(path))
     assert rc == 1 and "VMDESCRIPTION trailer is not an object with a 'devices' list" in err
+
+
+def test_device_version_that_is_not_a_number(capsys, tmp_path) -> None:
+    doc = trailer_doc()
+    next(d for d in doc["devices"] if d["name"] == "timer")["version"] = {}
+    path = tmp_path / "bad.bin"
+    path.write_bytes(with_trailer(json.dumps(doc).encode()))
+    # was: TypeError "Object of type JsonObject is not JSON serializable" writing state.json
+    for argv in (["analyze", str(path)], ["extract", str(path), "-o", str(tmp_path / "x")]):
+        rc, err = run(capsys, *argv)
+        assert rc == 2 and "'timer': version is not a non-negative integer" in err, err
+    assert not (tmp_path / "x").exists()
+    rc, err = run(capsys, "check", str(path))
+    assert rc == 1 and "version is not a non-negative integer" in err
+
+
+def test_page_size_too_large_for_the_compiled_walker(capsys, tmp_path) -> None:
+    doc = trailer_doc()
+    doc["page_size"] = 1 << 63  # was: OverflowError passing it to the compiled RAM walker
+    path = tmp_path / "bad.bin"
+    path.write_bytes(with_trailer(json.dumps(doc).encode()))
+    for cmd in ("ram", "sections", "check"):
+        rc, err = run(capsys, cmd, str(path))
+        assert rc in (1, 2) and "RAM record" in err, (cmd, err)

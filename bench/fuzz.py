@@ -131,40 +131,53 @@ def reduce_capture(data: bytes) -> bytes:
 
 
 def slice_capture(data: bytes, width: int = SLICE_WIDTH) -> list[bytes]:
-    """The capture cut into streams that keep every byte outside the top-level FULL device
-    sections (header, configuration, RAM, commands, EOF) and ``width`` consecutive device
-    sections each; the trailer (if any) lists only the devices kept, written as QEMU writes it.
-    A small input decodes in a fraction of the time of the whole capture, and every device
-    section is in some slice."""
+    """The capture cut into streams that keep every byte outside the FULL device sections
+    (header, configuration, RAM, commands, EOF) and ``width`` consecutive device sections each
+    (those inside a PACKAGED blob too: its length is adjusted); the trailer (if any) lists only
+    the devices kept, written as QEMU writes it. A small input decodes in a fraction of the
+    time of the whole capture, and every device section is in some slice."""
     from vmig.io.decoding import decode_bytes
-    from vmig.stream.constants import SectionType
-    from vmig.stream.events import SectionEnd, SectionHeader, VmDescriptionEvent
+    from vmig.stream.constants import MigCmd, SectionType
+    from vmig.stream.events import Command, SectionEnd, SectionHeader, VmDescriptionEvent
     from vmig.stream.vmdesc import JsonObject, parse_json
 
     units: list[tuple[int, int, tuple[str, int]]] = []  # (start, end, (idstr, instance))
-    cur: tuple[int, tuple[str, int]] | None = None
+    packages: list[tuple[int, int, int]] = []  # (offset of the be32 length, blob start, end)
     t_off, doc = len(data), None
-    for ev in decode_bytes(data):
-        if isinstance(ev, SectionHeader) and ev.type == SectionType.SECTION_FULL:
-            cur = (ev.offset, (ev.idstr, ev.instance_id))
-        elif isinstance(ev, SectionEnd) and cur is not None:
-            units.append((cur[0], ev.offset + ev.length, cur[1]))
-            cur = None
-        elif isinstance(ev, VmDescriptionEvent):
-            t_off, doc = ev.offset, parse_json(ev.raw)
+
+    def walk(events: list) -> None:
+        nonlocal t_off, doc
+        cur: tuple[int, tuple[str, int]] | None = None
+        for ev in events:
+            if isinstance(ev, SectionHeader) and ev.type == SectionType.SECTION_FULL:
+                cur = (ev.offset, (ev.idstr, ev.instance_id))
+            elif isinstance(ev, SectionEnd) and cur is not None:
+                units.append((cur[0], ev.offset + ev.length, cur[1]))
+                cur = None
+            elif isinstance(ev, VmDescriptionEvent):
+                t_off, doc = ev.offset, parse_json(ev.raw)
+            elif isinstance(ev, Command) and ev.cmd == MigCmd.PACKAGED and ev.children:
+                blob = ev.offset + 9  # 08, be16 cmd, be16 4, be32 blob length
+                packages.append((ev.offset + 5, blob, blob + ev.args["blob_length"]))
+                walk(ev.children)
+
+    walk(decode_bytes(data))
+    units.sort()
     everyone = {u[2] for u in units}
     out = []
     for w in range(0, len(units), width):
-        keep = units[w:w + width]
-        names = {u[2] for u in keep}
+        names = {u[2] for u in units[w:w + width]}
+        gone = [u for u in units if u[2] not in names]
         buf = bytearray()
         pos = 0
-        for start, end, name in units:
+        for start, end, _ in gone:
             buf += data[pos:start]
-            if name in names:
-                buf += data[start:end]
             pos = end
         buf += data[pos:t_off]
+        for len_off, lo, hi in packages:
+            cut = sum(e - s for s, e, _ in gone if lo <= s < hi)
+            at = len_off - sum(e - s for s, e, _ in gone if e <= len_off)
+            buf[at:at + 4] = struct.pack(">I", hi - lo - cut)
         if doc is not None:
             devs = [d for d in doc["devices"] if not isinstance(d, JsonObject)
                     or (d.get("name"), d.get("instance_id")) not in everyone

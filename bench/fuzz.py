@@ -1,11 +1,18 @@
-"""Fuzz every reading command with mutations of the project's real captures.
+"""Fuzz every reading command and the migration destination with mutations of the project's
+real captures.
 
     python bench/fuzz.py [--seed N] [--count N | --seconds S] [--jobs J] [--commands a,b]
+    python bench/fuzz.py --seed N --show INDEX [--out FILE]   # rebuild one input and run it
 
 Seeds: the captures under ``fixtures/`` and ``tests/data/ram/`` (QEMU 7.2 precopy with and
 without trailer, footers, configuration; postcopy with its PACKAGED blob; q35 NUMA; XBZRLE;
 compressed pages; a postcopy return-path capture), each reduced to a few RAM records per block
-and record type (every non-RAM byte kept), so one input takes milliseconds, not seconds.
+and record type (every non-RAM byte kept), and each cut into slices: every byte outside the
+FULL device sections (header, configuration, RAM, commands, EOF) plus ``SLICE_WIDTH``
+consecutive device sections (inside the PACKAGED blob too, its length adjusted), with a trailer
+listing only those devices. Every device section is in a slice; a slice decodes in a fraction
+of the whole capture's time. One input in ``1 / WHOLE_SHARE`` is mutated from a whole reduced
+capture, the others from a slice.
 
 Mutations (1-3 per input, chosen from the input's index and ``--seed``, so a run is
 reproducible and any input can be rebuilt with ``--show INDEX``): bit flips, byte sets, length
@@ -14,17 +21,30 @@ at record boundaries), insertion and duplication of bytes, splices between two c
 record boundaries, and trailer edits (numbers at extremes, strings replaced, keys dropped,
 objects nested 10 000 deep, bytes that are not UTF-8 or not JSON, the length word changed).
 
-Each input runs through one command (in turn: ``sections``, ``analyze`` in both formats,
-``check`` with and without a mutated ``--desc-from``, ``ram``, ``info memory-devices``,
-``extract`` in both formats and with ``--physical``, ``rewrite``, ``diff`` against its seed;
-``rp`` for return-path seeds), in-process through ``vmig.cli.main`` with stdout and stderr
-captured. A failure is an exit code other than 0, 1, 2; an "internal error" line; a traceback;
-a changed input; a file written outside the output folder; more than ``--timeout`` seconds
-(SIGALRM); more than ``--memory`` MB of address space (``RLIMIT_AS``: a MemoryError); or a
-worker that died. Failures are deduplicated by (exception type, innermost vmig frame) and
-printed with the index that rebuilds the input. Exit status: 0 no failure, 1 failures.
+Each input runs through one consumer, in turn: the commands ``sections`` (text and JSON),
+``analyze`` in both formats, ``check`` with and without a mutated ``--desc-from``, ``ram``
+(text and JSON), ``info memory-devices``, ``extract`` in both formats and with ``--physical``,
+``rewrite``, ``diff`` against its seed, ``rp`` (the return-path capture), in-process through
+``vmig.cli.main`` with stdout and stderr captured; and the migration destination
+(:class:`vmig.migration.destination.Destination` fed by ``vmig.io.streams.iter_events``):
+``dest`` configured like the seed's capture (its blocks, sections, machine type, framing; the
+machine and ``postcopy-ram`` of its manifest: what ``check --dest-capture`` builds), and
+``dest-open`` accepting the stream's blocks and sections (what ``vmig migrate`` builds from its
+capture), both holding RAM. A destination may only fail with a ``VmigError``.
+
+A failure is an exit code other than 0, 1, 2; an "internal error" line; a traceback; a changed
+input; a file written outside the output folder; more than ``--timeout`` seconds (SIGALRM); more
+than ``--memory`` MB of address space (``RLIMIT_AS``, the soft limit set per input; a
+destination may also reserve its capture's RAMBlocks): a MemoryError; or a worker that died.
+Failures are deduplicated by (exception type, innermost vmig frame) and printed with the index
+that rebuilds the input. Exit status: 0 no failure, 1 failures.
 
 Inputs run in ``--jobs`` worker processes (``--worker`` mode), each taking batches of indices.
+Per process, not per input: the seeds, one ``argparse`` parser per command, one read of each
+bundled schema set, one parse of each seed's trailer (an input whose trailer is byte-identical
+to a seed's reuses it; any other trailer is parsed as it comes); outputs go to a folder in
+``/dev/shm`` when there is one (they are fsync'ed and renamed: the campaign measures vmig, not
+the disk); mapped inputs get no page-table warmer thread (``VMIG_WARM=0``).
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ def test_device_fields_that_are_not_a_list(capsys, tmp_path, key) -> None:
     for cmd in ("sections", "analyze", "ram", "info"):
         rc, err = run(capsys, cmd, str(path))
         assert rc == 2 and f"'{key}' is not a list: 5" in err and "timer" in err, (cmd, err)
+    # extract builds the schema first (was: TypeError 'float' object is not iterable, engine)
+    rc, err = run(capsys, "extract", str(path), "-o", str(tmp_path / "x"))
+    assert rc == 2 and "timer" in err and "not a list" in err and not (tmp_path / "x").exists()
     rc, err = run(capsys, "check", str(path))
     assert rc == 1 and f"'{key}' is not a list" in err
 
@@ -86,3 +89,21 @@ def test_page_size_too_large_for_the_compiled_walker(capsys, tmp_path) -> None:
     for cmd in ("ram", "sections", "check"):
         rc, err = run(capsys, cmd, str(path))
         assert rc in (1, 2) and "RAM record" in err, (cmd, err)
+
+
+@pytest.mark.parametrize("value", [{}, [4096], "4096", True])
+def test_page_size_that_is_not_a_number(capsys, tmp_path, value) -> None:
+    doc = trailer_doc()
+    doc["page_size"] = value  # was: TypeError "Object of type JsonObject is not JSON serializable"
+    path = tmp_path / "bad.bin"
+    path.write_bytes(with_trailer(json.dumps(doc).encode()))
+    out = tmp_path / "x"
+    rc = main(["extract", str(path), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc in (0, 1, 2) and "internal error" not in err and "Traceback" not in err, err
+    if rc == 0:  # the description's page size is unknown, as vmig reads it everywhere
+        state = json.loads((out / "state.json").read_text())
+        assert state["description"]["page_size"] is None
+    rc = main(["analyze", str(path)])
+    text = capsys.readouterr()
+    assert rc in (0, 1, 2) and "internal error" not in text.err, text.err

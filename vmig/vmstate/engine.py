@@ -699,6 +699,9 @@ class SchemaSet:
                     subs.append(Array(item.count, item.element))
             members.append((key, Sequence(*subs) if grouped else subs[0]))
         subsections: list[tuple[str, BodyNode]] = []
+        if not isinstance(desc.get("subsections") or [], list):
+            raise SchemaError(f"vmsd {vmsd_name!r}: subsections is not a list: "
+                              f"{desc.get('subsections')!r:.80}")
         for sub in desc.get("subsections") or ():
             if not hasattr(sub, "get"):
                 raise SchemaError(f"vmsd {vmsd_name!r}: a subsection entry is not an object")

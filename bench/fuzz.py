@@ -1,11 +1,18 @@
-"""Fuzz every reading command with mutations of the project's real captures.
+"""Fuzz every reading command and the migration destination with mutations of the project's
+real captures.
 
     python bench/fuzz.py [--seed N] [--count N | --seconds S] [--jobs J] [--commands a,b]
+    python bench/fuzz.py --seed N --show INDEX [--out FILE]   # rebuild one input and run it
 
 Seeds: the captures under ``fixtures/`` and ``tests/data/ram/`` (QEMU 7.2 precopy with and
 without trailer, footers, configuration; postcopy with its PACKAGED blob; q35 NUMA; XBZRLE;
 compressed pages; a postcopy return-path capture), each reduced to a few RAM records per block
-and record type (every non-RAM byte kept), so one input takes milliseconds, not seconds.
+and record type (every non-RAM byte kept), and each cut into slices: every byte outside the
+FULL device sections (header, configuration, RAM, commands, EOF) plus ``SLICE_WIDTH``
+consecutive device sections (inside the PACKAGED blob too, its length adjusted), with a trailer
+listing only those devices. Every device section is in a slice; a slice decodes in a fraction
+of the whole capture's time. One input in ``1 / WHOLE_SHARE`` is mutated from a whole reduced
+capture, the others from a slice.
 
 Mutations (1-3 per input, chosen from the input's index and ``--seed``, so a run is
 reproducible and any input can be rebuilt with ``--show INDEX``): bit flips, byte sets, length
@@ -14,17 +21,30 @@ at record boundaries), insertion and duplication of bytes, splices between two c
 record boundaries, and trailer edits (numbers at extremes, strings replaced, keys dropped,
 objects nested 10 000 deep, bytes that are not UTF-8 or not JSON, the length word changed).
 
-Each input runs through one command (in turn: ``sections``, ``analyze`` in both formats,
-``check`` with and without a mutated ``--desc-from``, ``ram``, ``info memory-devices``,
-``extract`` in both formats and with ``--physical``, ``rewrite``, ``diff`` against its seed;
-``rp`` for return-path seeds), in-process through ``vmig.cli.main`` with stdout and stderr
-captured. A failure is an exit code other than 0, 1, 2; an "internal error" line; a traceback;
-a changed input; a file written outside the output folder; more than ``--timeout`` seconds
-(SIGALRM); more than ``--memory`` MB of address space (``RLIMIT_AS``: a MemoryError); or a
-worker that died. Failures are deduplicated by (exception type, innermost vmig frame) and
-printed with the index that rebuilds the input. Exit status: 0 no failure, 1 failures.
+Each input runs through one consumer, in turn: the commands ``sections`` (text and JSON),
+``analyze`` in both formats, ``check`` with and without a mutated ``--desc-from``, ``ram``
+(text and JSON), ``info memory-devices``, ``extract`` in both formats and with ``--physical``,
+``rewrite``, ``diff`` against its seed, ``rp`` (the return-path capture), in-process through
+``vmig.cli.main`` with stdout and stderr captured; and the migration destination
+(:class:`vmig.migration.destination.Destination` fed by ``vmig.io.streams.iter_events``):
+``dest`` configured like the seed's capture (its blocks, sections, machine type, framing; the
+machine and ``postcopy-ram`` of its manifest: what ``check --dest-capture`` builds), and
+``dest-open`` accepting the stream's blocks and sections (what ``vmig migrate`` builds from its
+capture), both holding RAM. A destination may only fail with a ``VmigError``.
+
+A failure is an exit code other than 0, 1, 2; an "internal error" line; a traceback; a changed
+input; a file written outside the output folder; more than ``--timeout`` seconds (SIGALRM); more
+than ``--memory`` MB of address space (``RLIMIT_AS``, the soft limit set per input; a
+destination may also reserve its capture's RAMBlocks): a MemoryError; or a worker that died.
+Failures are deduplicated by (exception type, innermost vmig frame) and printed with the index
+that rebuilds the input. Exit status: 0 no failure, 1 failures.
 
 Inputs run in ``--jobs`` worker processes (``--worker`` mode), each taking batches of indices.
+Per process, not per input: the seeds, one ``argparse`` parser per command, one read of each
+bundled schema set, one parse of each seed's trailer (an input whose trailer is byte-identical
+to a seed's reuses it; any other trailer is parsed as it comes); outputs go to a folder in
+``/dev/shm`` when there is one (they are fsync'ed and renamed: the campaign measures vmig, not
+the disk); mapped inputs get no page-table warmer thread (``VMIG_WARM=0``).
 """
 
 from __future__ import annotations
@@ -62,8 +82,13 @@ SEED_FILES = (
 RP_SEED = "fixtures/postcopy-rp.bin.lz4"
 COMMANDS = (
     "sections", "sections-json", "analyze", "analyze-qemu", "check", "check-desc-from", "ram",
-    "ram-json", "info", "extract", "extract-qemu", "extract-physical", "rewrite", "diff",
+    "ram-json", "info", "extract", "extract-qemu", "extract-physical", "rewrite", "diff", "rp",
+    "dest", "dest-open",
 )
+#: consumers called as library functions (no command reads a stream into them as is)
+LIBRARY = ("dest", "dest-open")
+WHOLE_SHARE = 1 / 64  # share of inputs mutated from a whole reduced capture, not a slice
+SLICE_WIDTH = 2  # device sections per slice of a capture
 RAM_KEEP = 3  # RAM records kept per (block, record type) when a seed is reduced
 _EXTREMES = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
              (1 << 63) - 1, 1 << 63, (1 << 64) - 1, 1 << 40, 1 << 42)
@@ -81,6 +106,7 @@ class Seed:
     offsets: list[int]  # offsets where records start (events and RAM records)
     trailer: tuple[int, object] | None  # (offset of the 0x06 byte, parsed JSON) if any
     rp: bool = False
+    capture: str = ""  # the fixture it comes from (its manifest configures the destination)
 
 
 def _read(path: Path) -> bytes:
@@ -124,6 +150,65 @@ def reduce_capture(data: bytes) -> bytes:
     return bytes(out)
 
 
+def slice_capture(data: bytes, width: int = SLICE_WIDTH) -> list[bytes]:
+    """The capture cut into streams that keep every byte outside the FULL device sections
+    (header, configuration, RAM, commands, EOF) and ``width`` consecutive device sections each
+    (those inside a PACKAGED blob too: its length is adjusted); the trailer (if any) lists only
+    the devices kept, written as QEMU writes it. A small input decodes in a fraction of the
+    time of the whole capture, and every device section is in some slice."""
+    from vmig.io.decoding import decode_bytes
+    from vmig.stream.constants import MigCmd, SectionType
+    from vmig.stream.events import Command, SectionEnd, SectionHeader, VmDescriptionEvent
+    from vmig.stream.vmdesc import JsonObject, parse_json
+
+    units: list[tuple[int, int, tuple[str, int]]] = []  # (start, end, (idstr, instance))
+    packages: list[tuple[int, int, int]] = []  # (offset of the be32 length, blob start, end)
+    t_off, doc = len(data), None
+
+    def walk(events: list) -> None:
+        nonlocal t_off, doc
+        cur: tuple[int, tuple[str, int]] | None = None
+        for ev in events:
+            if isinstance(ev, SectionHeader) and ev.type == SectionType.SECTION_FULL:
+                cur = (ev.offset, (ev.idstr, ev.instance_id))
+            elif isinstance(ev, SectionEnd) and cur is not None:
+                units.append((cur[0], ev.offset + ev.length, cur[1]))
+                cur = None
+            elif isinstance(ev, VmDescriptionEvent):
+                t_off, doc = ev.offset, parse_json(ev.raw)
+            elif isinstance(ev, Command) and ev.cmd == MigCmd.PACKAGED and ev.children:
+                blob = ev.offset + 9  # 08, be16 cmd, be16 4, be32 blob length
+                packages.append((ev.offset + 5, blob, blob + ev.args["blob_length"]))
+                walk(ev.children)
+
+    walk(decode_bytes(data))
+    units.sort()
+    everyone = {u[2] for u in units}
+    out = []
+    for w in range(0, len(units), width):
+        names = {u[2] for u in units[w:w + width]}
+        gone = [u for u in units if u[2] not in names]
+        buf = bytearray()
+        pos = 0
+        for start, end, _ in gone:
+            buf += data[pos:start]
+            pos = end
+        buf += data[pos:t_off]
+        for len_off, lo, hi in packages:
+            cut = sum(e - s for s, e, _ in gone if lo <= s < hi)
+            at = len_off - sum(e - s for s, e, _ in gone if e <= len_off)
+            buf[at:at + 4] = struct.pack(">I", hi - lo - cut)
+        if doc is not None:
+            devs = [d for d in doc["devices"] if not isinstance(d, JsonObject)
+                    or (d.get("name"), d.get("instance_id")) not in everyone
+                    or (d.get("name"), d.get("instance_id")) in names]
+            pairs = [(k, devs if k == "devices" else v) for k, v in doc.pairs]
+            body = emit_json(_plain(JsonObject(pairs))).encode()
+            buf += b"\x06" + struct.pack(">I", len(body)) + body
+        out.append(bytes(buf))
+    return out
+
+
 def _record_offsets(data: bytes) -> list[int]:
     from vmig.io.decoding import decode_bytes
     from vmig.stream.events import RamRecords
@@ -138,21 +223,27 @@ def _record_offsets(data: bytes) -> list[int]:
     return sorted(o for o in offs if o < len(data))
 
 
-def load_seeds(root: Path = ROOT) -> list[Seed]:
-    """The reduced real captures (and the return-path capture as is)."""
+def _seed(name: str, data: bytes, capture: str) -> Seed:
     from vmig.stream.vmdesc import find_trailer, parse_json
 
-    seeds = []
+    found = find_trailer(data)
+    trailer = (found[0], parse_json(found[1].raw)) if found is not None else None
+    return Seed(name, data, _record_offsets(data), trailer, capture=capture)
+
+
+def load_seeds(root: Path = ROOT) -> list[Seed]:
+    """The reduced real captures (and the return-path capture as is), then their slices."""
+    whole, slices = [], []
     for rel in SEED_FILES:
         raw = _read(root / rel)
         if rel == RP_SEED:
-            seeds.append(Seed(rel, raw, list(range(0, len(raw), 4)), None, rp=True))
+            whole.append(Seed(rel, raw, list(range(0, len(raw), 4)), None, rp=True, capture=rel))
             continue
         data = reduce_capture(raw)
-        found = find_trailer(data)
-        trailer = (found[0], parse_json(found[1].raw)) if found is not None else None
-        seeds.append(Seed(rel, data, _record_offsets(data), trailer))
-    return seeds
+        whole.append(_seed(rel, data, rel))
+        for k, part in enumerate(slice_capture(data)):
+            slices.append(_seed(f"{rel}#{k}", part, rel))
+    return whole + slices
 
 
 # -------------------------------------------------------------------------------- mutations
@@ -161,17 +252,32 @@ def _extreme(rng: random.Random, width: int) -> bytes:
     return v.to_bytes(width, "big")
 
 
-def _json_edit(rng: random.Random, doc: object) -> bytes:
-    """The trailer's JSON with one structural edit, serialized as QEMU writes it (compact)."""
+class _Obj(list):
+    """A JSON object as a list of [key, value] pairs (duplicates kept) while it is edited."""
+
+
+def _plain(v: object) -> object:
     from vmig.stream.vmdesc import JsonObject
 
-    def plain(v: object) -> object:
-        if isinstance(v, JsonObject):
-            return [[k, plain(x)] for k, x in v.pairs]  # keep duplicates; rebuilt below
-        if isinstance(v, list):
-            return [plain(x) for x in v]
-        return v
+    if isinstance(v, JsonObject):
+        return _Obj([k, _plain(x)] for k, x in v.pairs)
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
 
+
+def emit_json(v: object) -> str:
+    """JSON text of a :func:`_plain` value, spaced as QEMU writes its trailer."""
+    if isinstance(v, _Obj) and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+                                   for p in v):
+        return "{" + ", ".join(json.dumps(k) + ": " + emit_json(x) for k, x in v) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(emit_json(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def _json_edit(rng: random.Random, doc: object) -> bytes:
+    """The trailer's JSON with one structural edit."""
     nodes: list[tuple[list, int]] = []  # (container, index) of every value
 
     def walk(v: object) -> None:
@@ -180,7 +286,7 @@ def _json_edit(rng: random.Random, doc: object) -> bytes:
                 nodes.append((v, i))
                 walk(x)
 
-    top = plain(doc)
+    top = _plain(doc)
     walk(top)
     if nodes:
         cont, i = rng.choice(nodes)
@@ -198,19 +304,7 @@ def _json_edit(rng: random.Random, doc: object) -> bytes:
             cont[i] = {} if rng.random() < 0.5 else []
         else:
             cont.insert(i, cur)
-
-    def emit(v: object) -> str:
-        if isinstance(v, list) and _is_pairs(v):
-            return "{" + ",".join(json.dumps(k) + ":" + emit(x) for k, x in v) + "}"
-        if isinstance(v, list):
-            return "[" + ",".join(emit(x) for x in v) + "]"
-        return json.dumps(v)
-
-    return emit(top).encode()
-
-
-def _is_pairs(v: list) -> bool:
-    return all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in v)
+    return emit_json(top).encode()
 
 
 def mutate(rng: random.Random, seed: Seed, seeds: list[Seed]) -> bytes:
@@ -274,9 +368,15 @@ def mutate(rng: random.Random, seed: Seed, seeds: list[Seed]) -> bytes:
 def build_input(run_seed: int, index: int, seeds: list[Seed]) -> tuple[Seed, str, bytes]:
     """Input ``index`` of campaign ``run_seed``: (seed, command, bytes)."""
     rng = random.Random(run_seed * 1_000_003 + index)
-    seed = seeds[index % len(seeds)]
-    cmd = "rp" if seed.rp else COMMANDS[(index // len(seeds)) % len(COMMANDS)]
-    return seed, cmd, mutate(rng, seed, seeds)
+    cmd = COMMANDS[index % len(COMMANDS)]
+    streams = [s for s in seeds if not s.rp]
+    if cmd == "rp":
+        seed = next(s for s in seeds if s.rp)
+    elif rng.random() < WHOLE_SHARE:
+        seed = rng.choice([s for s in streams if "#" not in s.name])
+    else:
+        seed = rng.choice([s for s in streams if "#" in s.name])
+    return seed, cmd, mutate(rng, seed, streams)
 
 
 # ---------------------------------------------------------------------------------- running
@@ -314,31 +414,108 @@ def _innermost(tb_text: str) -> str:
     return f"{rel}:{line} {func}"
 
 
-def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float) -> dict | None:
-    """Run one input; a dict describing the failure, or None."""
+@dataclass
+class DestConfig:
+    """The destination a capture's manifest and contents describe (built once per process)."""
+
+    argv: list[str] | None
+    qemu_version: str
+    kw: dict  # Destination keywords of a destination like the capture
+    ram_bytes: int  # the RAMBlocks' total length (address space the destination holds)
+
+
+_DEST_CONFIGS: dict[str, DestConfig] = {}
+
+
+def dest_config(capture: str, root: Path = ROOT) -> DestConfig:
+    """The destination configured as the VM of ``capture`` (a path under ``root``): its
+    manifest's argv (the device model machine), ``qemu_version`` and ``postcopy-ram``
+    capability; the blocks, sections, machine type and framing of the reduced capture."""
+    cfg = _DEST_CONFIGS.get(capture)
+    if cfg is None:
+        from vmig.device.versions import capture_qemu_version
+        from vmig.io.decoding import decode_bytes
+        from vmig.migration.destination import Destination
+
+        name = capture.split("/")[-1].split(".")[0]
+        man_path = root / Path(capture).parent / f"{name}.json"
+        man = json.loads(man_path.read_text()) if man_path.exists() else {}
+        caps = man.get("capabilities") if isinstance(man.get("capabilities"), dict) else {}
+        like = Destination.like(decode_bytes(reduce_capture(_read(root / capture))))
+        kw = {"blocks": like.expected, "sections": like.sections, "machine_type": like.machine_type,
+              "configuration": like.configuration, "footers": like.footers,
+              "postcopy_ram": bool(caps.get("postcopy-ram"))}
+        cfg = DestConfig(man.get("argv"), capture_qemu_version(like.machine_type,
+                                                               recorded=man.get("qemu_version")),
+                         kw, sum(like.expected.values()))
+        _DEST_CONFIGS[capture] = cfg
+    return cfg
+
+
+def run_dest(cmd: str, path: str, seed: Seed) -> int:
+    """Load the stream at ``path`` into a destination: ``dest`` one configured like the seed's
+    capture (``check --dest-capture``), ``dest-open`` one that accepts the stream's blocks and
+    sections (``vmig migrate`` reading its capture); both hold RAM and the manifest's machine."""
+    from vmig.device.cmdline import machine_from_argv
+    from vmig.io.streams import iter_events
+    from vmig.migration.destination import Destination
+
+    cfg = dest_config(seed.capture)
+    machine = machine_from_argv(cfg.argv, qemu_version=cfg.qemu_version) if cfg.argv else None
+    if cmd == "dest":
+        kw = dict(cfg.kw)
+        dest = Destination(kw.pop("blocks"), machine=machine, **kw)
+    else:
+        dest = Destination(machine=machine)
+    try:
+        dest.load(iter_events(path, schema_sets=True))
+    finally:  # the images go now, not when a later collection finds their cycles
+        dest.images.clear()
+        dest.received.clear()
+    return 0
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float,
+            memory: int = 0, trace: bool = False) -> dict | None:
+    """Run one input; a dict describing the failure, or None. ``memory``: MB of address space
+    (the soft ``RLIMIT_AS``; a destination may also hold its capture's RAMBlocks)."""
     import traceback
 
     from vmig.cli import main
+    from vmig.errors import VmigError
 
     inp = os.path.join(work, "input.bin")
     seed_path = os.path.join(work, "seed.bin")
     desc_path = os.path.join(work, "desc.json")
-    with open(inp, "wb") as f:
-        f.write(data)
+    _write(inp, data)
     if cmd == "diff" or cmd == "check-desc-from":
-        with open(seed_path, "wb") as f:
-            f.write(seed.data if cmd == "diff" else _strip_trailer(seed))
+        _write(seed_path, seed.data if cmd == "diff" else _strip_trailer(seed))
     if cmd == "check-desc-from":
-        with open(desc_path, "wb") as f:
-            t = _trailer_bytes(data)
-            f.write(t if t is not None else data[-4096:])
-    argv = argv_for(cmd, inp, work, seed_path, desc_path)
+        t = _trailer_bytes(data)
+        _write(desc_path, t if t is not None else data[-4096:])
+    if memory:
+        lim = memory << 20
+        if cmd in LIBRARY:
+            lim += dest_config(seed.capture).ram_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (lim, resource.getrlimit(resource.RLIMIT_AS)[1]))
     out, err = io.StringIO(), io.StringIO()
     failure = None
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main(argv)
+        if cmd in LIBRARY:
+            try:
+                rc = run_dest(cmd, inp, seed)
+            except VmigError as e:
+                rc = 2
+                err.write(e.one_line() + "\n")
+        else:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = main(argv_for(cmd, inp, work, seed_path, desc_path))
     except InputTimeout:
         rc = None
         failure = {"type": "Timeout", "where": _innermost(traceback.format_exc())}
@@ -346,6 +523,8 @@ def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float) -> dic
         rc = None
         failure = {"type": type(e).__name__, "where": _innermost(traceback.format_exc()),
                    "message": str(e)[:200]}
+        if trace:
+            failure["traceback"] = traceback.format_exc()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     text = err.getvalue()
@@ -358,6 +537,8 @@ def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float) -> dic
             failure = {"type": f"exit{rc}", "where": "?", "message": text[:300]}
         elif "Traceback" in text:
             failure = {"type": "Traceback", "where": _innermost(text), "message": text[-300:]}
+        if failure is not None and trace:
+            failure["traceback"] = text
     if failure is None:
         with open(inp, "rb") as f:
             if f.read() != data:
@@ -366,10 +547,14 @@ def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float) -> dic
                                          "rewritten.bin"}
         if extra:
             failure = {"type": "WroteOutside", "where": cmd, "message": sorted(extra)[:5]}
-    for name in ("out",):
-        shutil.rmtree(os.path.join(work, name), ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(work, "rewritten.bin"))
+            for name in extra:  # so that the next inputs start clean
+                p = os.path.join(work, name)
+                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
+    if cmd.startswith("extract"):
+        shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
+    elif cmd == "rewrite":
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(work, "rewritten.bin"))
     if failure is not None:
         failure["cmd"] = cmd
         failure["rc"] = rc
@@ -393,16 +578,59 @@ def _on_alarm(signum: int, frame: object) -> None:
     raise InputTimeout()
 
 
-def worker(args: argparse.Namespace) -> int:
-    """Run batches of indices read from stdin ("start count" lines); one JSON line per batch."""
-    if args.memory:
-        lim = args.memory << 20
-        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+def prepare_process(memory: int) -> tuple[list[Seed], str]:
+    """Set a worker process up: SIGALRM, caches, the address-space limit; the seeds and a work
+    folder (in memory when /dev/shm is there: outputs are fsync'ed and renamed, and the campaign
+    measures vmig, not the disk)."""
+    import functools
+
+    import vmig.cli
+    from vmig.vmstate.machines import schemas
+
     signal.signal(signal.SIGALRM, _on_alarm)
     os.environ["VMIG_DEBUG"] = "1"  # the traceback of an internal error names the frame
     os.environ["VMIG_EXTRACT_THREAD"] = "0"
+    os.environ["VMIG_WARM"] = "0"  # no page-table warmer thread per mapped input (a few KB)
+    # one parser per command per process (building it is a third of a small input's time) and
+    # one read of each bundled schema set (a pure function of the file)
+    if not hasattr(vmig.cli.build_parser, "cache_info"):
+        vmig.cli.build_parser = functools.lru_cache(maxsize=None)(vmig.cli.build_parser)
+        schemas._load = functools.lru_cache(maxsize=None)(schemas._load)
     seeds = load_seeds()
-    work = tempfile.mkdtemp(prefix="vmig-fuzz-")
+    _memoize_seed_trailers(seeds)
+    if memory:  # hard limit: the soft one (per input) is raised for a destination's RAMBlocks
+        top = (memory << 20) + max(dest_config(s.capture).ram_bytes for s in seeds if not s.rp)
+        resource.setrlimit(resource.RLIMIT_AS, (top, top))
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return seeds, tempfile.mkdtemp(prefix="vmig-fuzz-", dir=shm)
+
+
+def _memoize_seed_trailers(seeds: list[Seed]) -> None:
+    """Parse each seed's trailer once per process: an input whose trailer is byte-identical to a
+    seed's (most mutations leave it alone) gets that parse (``parse_json`` is a pure function of
+    the bytes and its result a read-only view). Every other trailer is parsed as it comes."""
+    from vmig.stream import vmdesc
+
+    parse = getattr(vmdesc.parse_json, "__wrapped__", vmdesc.parse_json)
+    known: dict[tuple[bytes, object], object] = {}
+    texts = {_trailer_bytes(s.data) for s in seeds if s.trailer is not None}
+
+    def parse_json(raw: bytes | bytearray | memoryview, object_pairs_hook: object = None) -> object:
+        data = bytes(raw)
+        if data not in texts:
+            return parse(data, object_pairs_hook)
+        key = (data, object_pairs_hook)
+        if key not in known:
+            known[key] = parse(data, object_pairs_hook)
+        return known[key]
+
+    parse_json.__wrapped__ = parse  # type: ignore[attr-defined]
+    vmdesc.parse_json = parse_json
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run batches of indices read from stdin ("start count" lines); one JSON line per batch."""
+    seeds, work = prepare_process(args.memory)
     progress_fd = os.open(args.progress_file, os.O_WRONLY | os.O_CREAT, 0o600)
     commands = args.commands.split(",") if args.commands else None
     try:
@@ -414,7 +642,7 @@ def worker(args: argparse.Namespace) -> int:
                 if commands and cmd not in commands:
                     continue
                 os.pwrite(progress_fd, struct.pack("<q", i), 0)
-                f = run_one(cmd, data, work, seed, args.timeout)
+                f = run_one(cmd, data, work, seed, args.timeout, args.memory)
                 if f is not None:
                     f["index"] = i
                     f["seed_file"] = seed.name
@@ -560,15 +788,24 @@ class Campaign:
 
 
 def show(args: argparse.Namespace) -> int:
-    """Write input ``--show INDEX`` to ``--out`` and print the command that runs it."""
-    seeds = load_seeds()
+    """Write input ``--show INDEX`` to ``--out``, print the command that runs it, then run it
+    here as a worker does and print what it found (the traceback of a failure included)."""
+    seeds, work = prepare_process(args.memory)
     seed, cmd, data = build_input(args.seed, args.show, seeds)
     out = args.out or f"fuzz-{args.seed}-{args.show}.bin"
     with open(out, "wb") as f:
         f.write(data)
-    print(f"{out}: {len(data)} bytes from {seed.name}; command {cmd}: "
-          f"{' '.join(argv_for(cmd, out, '.', 'SEED', 'DESC'))}")
-    return 0
+    how = (f"a Destination like {seed.capture} loads it ({cmd})" if cmd in LIBRARY
+           else " ".join(argv_for(cmd, out, ".", "SEED", "DESC")))
+    print(f"{out}: {len(data)} bytes from {seed.name}; command {cmd}: {how}")
+    try:
+        failure = run_one(cmd, data, work, seed, args.timeout, args.memory, trace=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if failure is not None:
+        print(failure.pop("traceback", ""), end="")
+    print(json.dumps(failure or "no failure"))
+    return 1 if failure else 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

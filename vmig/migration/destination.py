@@ -256,11 +256,21 @@ class Destination:
             res = self.post_load[sec.dev_path] = load_section(sec, dev)
             # post_load discards the unplugged runs (vmig.device.virtio_mem
             # .unplugged_discarded_at_load): pages that arrived there read as zero again
-            img = self.images.get(self.machine.ram_block(dev)) if self.keep_ram else None
-            if img is not None:
+            block = self.machine.ram_block(dev)
+            if self.keep_ram and block in self.images:
                 for start, length in res.discarded:
-                    img[start : start + length] = 0
+                    self._zero(block, start, length)
         self._pending_vmem.clear()
+
+    def _zero(self, idstr: str, start: int, length: int) -> None:
+        """Zero bytes ``[start, start + length)`` of block ``idstr``'s image. Only pages a record
+        delivered can hold anything but zeros: the others are left alone, so a discard of a large
+        range costs what arrived in it, and untouched memory stays unallocated."""
+        img, ps = self.images[idstr], self.page_size
+        first = start // ps
+        end = min(start + length, len(img))
+        for s, e in true_runs(self.received[idstr][first : -(-end // ps)]):
+            img[max(start, (first + s) * ps) : min(end, (first + e) * ps)] = 0
 
     def _command(self, ev: Command) -> None:
         cmd = ev.cmd
@@ -283,7 +293,7 @@ class Destination:
                 if start + length > len(img):
                     raise MigrationError(f"postcopy discard beyond RAMBlock {idstr!r}: "
                                          f"[{start:#x}, {start + length:#x}) > {len(img):#x}")
-                img[start : start + length] = 0
+                self._zero(idstr, start, length)
                 ps = self.page_size
                 self.received[idstr][start // ps : -(-(start + length) // ps)] = False
         elif cmd == MigCmd.POSTCOPY_LISTEN:

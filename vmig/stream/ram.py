@@ -158,9 +158,10 @@ class RamBatch:
     Attributes:
         base: absolute offset of ``raw[0]`` (= first record's offset).
         raw: the batch's bytes (bytes or a read-only memoryview), ``len(raw)`` = batch length.
-        blocks: the block table in effect (after any MEM_SIZE record of this batch).
+        blocks: the block table in effect (after any MEM_SIZE record of this batch; a MEM_SIZE
+            record is always the first of its batch, so one table serves every record).
         page_size: target page size used for flag masking.
-        mem_size: the blocks listed by a MEM_SIZE record in this batch, else None.
+        mem_size: the blocks listed by the MEM_SIZE record that starts this batch, else None.
         verbatim: True when ``raw`` is exactly what the columns describe (decoder output); the
             encoder then emits ``raw`` as is.
 
@@ -643,6 +644,7 @@ def compiled_walker_available() -> bool:
 #: the flag values and limits the compiled walker checks (one definition: RamFlag)
 _C_FLAGS = (ZERO, PAGE, CONT, XBZRLE, COMPRESS, ENCODING_FLAG_XBZRLE)
 _C_CAP = 1 << 16  # records per compiled call: bounds the column arrays allocated ahead
+_C_MAX_PAGE = 1 << 30  # larger (damaged) page sizes do not fit the walker's C integers
 _C_MIN_BYTES = 9  # the smallest record (ZERO|CONTINUE): bounds how many records fit
 #: the flags value counted in each slot of the compiled walker's tally (2 * type + CONTINUE)
 _C_TALLY = tuple(t | c for t in (ZERO, PAGE, XBZRLE, COMPRESS) for c in (0, CONT))
@@ -716,7 +718,7 @@ class RamWalker:
     def _c_walk(self, buf, p: int, end: int, abs_base: int) -> tuple[int, int]:
         """Run the compiled walker from ``p``; returns (new p, status)."""
         st = self.state
-        if st.page_size <= 0 or st.page_size & (st.page_size - 1):
+        if st.page_size <= 0 or st.page_size & (st.page_size - 1) or st.page_size > _C_MAX_PAGE:
             return p, 2  # a page size from a damaged description: the Python step handles it
         stop = self.start + self.batch_bytes - abs_base
         cap = min(_C_CAP, (min(end, stop) - p) // _C_MIN_BYTES + 1)
@@ -775,6 +777,10 @@ class RamWalker:
                             if n:
                                 p += n
                                 continue
+                if self._acc.total() and p + 8 <= end and \
+                        (_W.unpack_from(buf, p)[0] & (state.page_size - 1) & ~CONT) == MEM_SIZE:
+                    done = True  # a new block table starts a new batch: one table per batch
+                    break
                 p2, typ, mem = _step(buf, p, end, state, abs_base, self._acc)
                 if mem is not None:
                     self._mem = mem

@@ -211,12 +211,23 @@ class BlockBuffers:
         self.received: dict[str, np.ndarray] = {}
 
     def add(self, idstr: str, length: int) -> None:
-        """An all-zero image for a block (kept if it exists)."""
+        """An all-zero image for a block (kept if it exists). The image is reserved, not
+        written: memory grows with the pages records deliver.
+
+        Raises:
+            RamError: the block's length cannot be reserved (a length no machine has).
+        """
         import numpy as np
 
         if idstr not in self.images:
-            self.images[idstr] = np.zeros(length, dtype=np.uint8)
-            self.received[idstr] = np.zeros(-(-length // self.page_size), dtype=bool)
+            try:
+                image = np.zeros(length, dtype=np.uint8)
+                received = np.zeros(-(-length // self.page_size), dtype=bool)
+            except (MemoryError, ValueError) as e:  # ValueError: numpy's "array is too big"
+                raise RamError(f"cannot hold RAMBlock {idstr!r} of {length:#x} bytes in memory "
+                               f"({type(e).__name__})") from None
+            self.images[idstr] = image
+            self.received[idstr] = received
 
     def _image(self, block: RamBlock) -> np.ndarray:
         self.add(block.idstr, block.used_length)

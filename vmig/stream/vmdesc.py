@@ -248,9 +248,13 @@ def body_length(body: Any, *, size_default: int | None = None) -> int:
     bundled schema sets, whose struct fields carry their body instead of a size).
 
     Raises:
-        SchemaError: a size, count or name is missing or not a non-negative integer / string.
+        SchemaError: ``fields`` or ``subsections`` is not a list; a size, count or name is
+            missing or not a non-negative integer / string.
     """
     total = 0
+    for key in ("fields", "subsections"):
+        if not isinstance(body.get(key) or [], list):
+            raise SchemaError(f"{key!r} is not a list: {body.get(key)!r:.40}")
     for f in body.get("fields") or ():
         if not hasattr(f, "get"):
             raise SchemaError("a field entry is not an object")

@@ -609,7 +609,8 @@ class SchemaSet:
             stream's own trailer, which lists exactly the subsections written.
 
     Raises:
-        SchemaError: a device entry is not an object or has a bad ``instance_id``.
+        SchemaError: the description is not an object with a ``devices`` list, or a device
+            entry is not an object or has a bad ``instance_id``.
     """
 
     _DEFAULT = object()
@@ -629,6 +630,8 @@ class SchemaSet:
         self._cache: dict[int, tuple[Mapping[str, Any], Any]] = {}
         self._by_key: dict[tuple[str, int], Mapping[str, Any]] = {}
         if description is not None:
+            if not hasattr(description, "get") or not isinstance(description.get("devices") or [], list):
+                raise SchemaError("vmdesc: not an object with a 'devices' list")
             for dev in description.get("devices") or ():
                 if not hasattr(dev, "get"):
                     raise SchemaError("vmdesc: a device entry is not an object")
@@ -679,6 +682,8 @@ class SchemaSet:
         vmsd_name = desc.get("vmsd_name")
         if vmsd_name is not None and not isinstance(vmsd_name, str):
             raise SchemaError(f"a vmsd_name is not a string: {vmsd_name!r}"[:200])
+        if desc.get("version") is not None:  # shown by the renderers: a number, never an object
+            _natural(desc.get("version"), f"vmsd {vmsd_name!r}: version")
         if not all(hasattr(f, "get") for f in fields):
             raise SchemaError(f"vmsd {vmsd_name!r}: a field entry is not an object")
         items: list[FieldItem] = []
@@ -700,6 +705,9 @@ class SchemaSet:
                     subs.append(Array(item.count, item.element))
             members.append((key, Sequence(*subs) if grouped else subs[0]))
         subsections: list[tuple[str, BodyNode]] = []
+        if not isinstance(desc.get("subsections") or [], list):
+            raise SchemaError(f"vmsd {vmsd_name!r}: subsections is not a list: "
+                              f"{desc.get('subsections')!r:.80}")
         for sub in desc.get("subsections") or ():
             if not hasattr(sub, "get"):
                 raise SchemaError(f"vmsd {vmsd_name!r}: a subsection entry is not an object")
@@ -800,7 +808,7 @@ _MAX_EMPTY_ELEMENTS = 1 << 16
 def _natural(value: Any, what: str) -> int:
     """A non-negative int from the description (which is untrusted input)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SchemaError(f"{what} is not a non-negative integer: {value!r}")
+        raise SchemaError(f"{what} is not a non-negative integer: {value!r:.80}")
     return value
 
 

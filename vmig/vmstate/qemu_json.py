@@ -301,7 +301,7 @@ def desc_dict(raw: bytes | bytearray | memoryview) -> OrderedDict[str, Any]:
     """The ``-d desc`` document: the trailer JSON as ordered dicts (last duplicate key wins).
 
     Raises:
-        SchemaError: the bytes are not valid UTF-8 JSON.
+        SchemaError: the bytes are not valid UTF-8 JSON or not a JSON object.
     """
     from vmig.stream.vmdesc import parse_json
 
@@ -309,7 +309,9 @@ def desc_dict(raw: bytes | bytearray | memoryview) -> OrderedDict[str, Any]:
         value = parse_json(raw, object_pairs_hook=OrderedDict)
     except ValueError as e:  # UnicodeDecodeError included
         raise SchemaError(f"vmdesc is not valid JSON: {e}") from e
-    return value  # type: ignore[no-any-return]
+    if not isinstance(value, OrderedDict):
+        raise SchemaError(f"vmdesc is not a JSON object but {type(value).__name__}")
+    return value
 
 
 def dumps(document: Any) -> str:

@@ -382,9 +382,11 @@ def analyze(
     roots = [_root(d) for d in (own, desc_from) if d is not None]
     sets = [SchemaSet(root, registry=registry) for root in roots]
     first = roots[0] if roots else None
+    page_size = first.get("page_size") if first is not None else None
     doc["description"] = {
         "source": "stream" if own is not None else ("desc-from" if desc_from is not None else "none"),
-        "page_size": first.get("page_size") if first is not None else None,
+        # as VmDescription.page_size reads it: a number, else unknown
+        "page_size": page_size if isinstance(page_size, int) and not isinstance(page_size, bool) else None,
         "devices": len(first.get("devices") or ()) if first is not None else 0,
     }
     sources = ["stream" if own is not None else "desc-from", "desc-from"]

@@ -1,7 +1,10 @@
 """Start-up cost: the commands that only validate and count RAM records (``analyze``,
 ``check``, ``sections``, ``info memory-devices``) run on a stream without a virtio-mem device
 without importing numpy (about a third of their start-up on a small capture), when the
-compiled walker is built; the output is the same as with numpy loaded first."""
+compiled walker is built; the output is the same as with numpy loaded first. Run as a command
+(``entry_point``), they also leave the standard modules of ``vmig.cli.DEFERRED_MODULES``
+unexecuted, and import no ``dataclasses`` (vmig declares its value classes with
+``vmig.records``); a deferred module still works when something uses it."""
 
 from __future__ import annotations
 
@@ -21,11 +24,15 @@ PROBE = """
 import contextlib, io, json, sys
 if sys.argv[1] == "numpy-first":
     import numpy  # noqa: F401
-from vmig.cli import main
+from vmig.cli import DEFERRED_MODULES, defer_modules, main
+if sys.argv[1] == "lean":
+    defer_modules()  # as entry_point does
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
     rc = main(sys.argv[2:])
-print(json.dumps({"rc": rc, "numpy": "numpy" in sys.modules, "out": out.getvalue()}))
+executed = [n for n in DEFERRED_MODULES if type(sys.modules.get(n)).__name__ != "_DeferredModule"]
+print(json.dumps({"rc": rc, "numpy": "numpy" in sys.modules, "out": out.getvalue(),
+                  "executed": executed, "dataclasses": "dataclasses" in sys.modules}))
 """
 
 
@@ -51,4 +58,46 @@ def test_validating_commands_do_not_import_numpy(request, tmp_path, capture, arg
     full = _run("numpy-first", [*argv, str(stream)])
     assert lean["rc"] == 0 and (lean["out"] or argv[0] == "info")  # info: no device, no line
     assert not lean["numpy"]
+    assert lean["executed"] == [] and not lean["dataclasses"]
     assert full["numpy"] and (full["rc"], full["out"]) == (lean["rc"], lean["out"])
+
+
+USE_DEFERRED = """
+import sys
+from vmig.cli import DEFERRED_MODULES, defer_modules
+defer_modules()
+import construct  # imports every deferred module by name
+import hashlib, inspect, pickle, traceback
+assert all(type(sys.modules[n]).__name__ == "_DeferredModule" for n in DEFERRED_MODULES)
+from hashlib import sha1
+assert sha1(b"").hexdigest() == "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+assert pickle.loads(pickle.dumps({"a": 1})) == {"a": 1}
+assert inspect.isfunction(defer_modules) and callable(construct.debug.pdb.post_mortem)
+try:
+    raise ValueError("x")
+except ValueError:
+    assert "ValueError: x" in traceback.format_exc()
+assert all(type(sys.modules[n]).__name__ == "module" for n in DEFERRED_MODULES)
+print("ok")
+"""
+
+
+def test_deferred_modules_work_when_used() -> None:
+    res = subprocess.run([sys.executable, "-c", USE_DEFERRED], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert res.returncode == 0 and res.stdout == "ok\n", res.stderr
+
+
+def test_an_internal_error_traceback_with_deferred_modules(tmp_path) -> None:
+    """VMIG_DEBUG=1 prints the traceback of an internal error through the deferred traceback."""
+    probe = ("import sys\nfrom vmig.cli import defer_modules, main\ndefer_modules()\n"
+             "import vmig.cli.sections as m\n"
+             "m.handler = lambda args: 1 / 0\n"
+             "sys.exit(main(['sections', sys.argv[1]]))\n")
+    stream = tmp_path / "s.bin"
+    stream.write_bytes(b"QEVM\x00\x00\x00\x03\x00")
+    res = subprocess.run([sys.executable, "-c", probe, str(stream)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "VMIG_DEBUG": "1",
+                              "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert res.returncode == 3
+    assert "Traceback (most recent call last)" in res.stderr and "ZeroDivisionError" in res.stderr

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from vmig.records import field, record
 from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag
 from vmig.stream.events import RamRecords
@@ -158,7 +158,7 @@ class PageDigests:
                 table.set(pages, None, True)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Difference:
     """One difference: ``kind`` (config, section, field, ram), ``path``, values in A and B
     (JSON values; None where absent). ``ram`` entries give the byte range ``[start, end)`` as
@@ -201,7 +201,7 @@ def _text(v: Any) -> str:
     return s if len(s) <= 100 else s[:97] + "..."
 
 
-@dataclass
+@record
 class DiffResult:
     """What differs; ``same`` when nothing does."""
 

@@ -41,13 +41,13 @@ import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from vmig.errors import RamError, StreamError, UsageError
 from vmig.io.output import AtomicFile, EarlyWriteback, StagedDir, pwrite_all, write_all
+from vmig.records import field, record
 from vmig.runs import true_runs
 from vmig.stream.events import Configuration, DeviceState, RamRecords, VmDescriptionEvent
 from vmig.stream.ramcodec import apply_batch, page_runs
@@ -148,7 +148,7 @@ class NameMapper:
 
 
 # ------------------------------------------------------------------------------ block images
-@dataclass
+@record
 class _Block:
     idstr: str
     length: int
@@ -373,7 +373,7 @@ def _pwritev_all(fd: int, bufs: list[memoryview], pos: int) -> None:
 
 
 # ----------------------------------------------------------------------------- layout
-@dataclass(frozen=True)
+@record(frozen=True)
 class PhysRange:
     """A guest-physical range backed by a block file range."""
 
@@ -478,7 +478,7 @@ def write_elf_core(ranges: list[PhysRange], images: dict[str, tuple[int, int]], 
 
 
 # ----------------------------------------------------------------------------- driver
-@dataclass
+@record
 class ExtractResult:
     """What ``extract`` wrote (paths relative to DIR) and counts."""
 

@@ -43,11 +43,11 @@ Theory of operation:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from vmig.records import field, record
 from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag, SectionType
 from vmig.stream.events import Command, DeviceState, RamRecords, SectionEnd, SectionHeader
@@ -83,7 +83,7 @@ class _Chunk:
         self.offset = np.full(PAGE_CHUNK, -1, dtype=np.int64)
 
 
-@dataclass
+@record
 class BlockView:
     """One RAMBlock as the stream describes it, with per-page state.
 
@@ -214,7 +214,7 @@ class BlockView:
         return [(a * ps, min(b * ps, self.length)) for a, b in ranges]
 
 
-@dataclass
+@record
 class SectionStats:
     """One PART/END section of ``ram``: records and bytes per block and kind."""
 
@@ -245,7 +245,7 @@ class SectionStats:
         }
 
 
-@dataclass
+@record
 class RoundStats:
     """One round of the dirty-bitmap walk (theory of operation, 1): records per kind.
 

@@ -16,11 +16,11 @@ stream: HMP shows the device path unless a mapping PATH=ID is given, QMP has no 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vmig.device.virtio_mem import VirtioMem
 from vmig.errors import UsageError
+from vmig.records import field, record
 from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag
 from vmig.units import exact_size
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 PAGE_TYPES = (int(RamFlag.ZERO), int(RamFlag.PAGE), int(RamFlag.XBZRLE), int(RamFlag.COMPRESS_PAGE))
 
 
-@dataclass
+@record
 class StreamDevice:
     """What a stream shows of one virtio-mem device.
 

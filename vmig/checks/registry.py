@@ -8,11 +8,11 @@ event (the last one is ``StreamEnd``) and returns an iterable of problem strings
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vmig.checks import destination, virtio_mem
 from vmig.errors import StreamError
+from vmig.records import field, record
 
 if TYPE_CHECKING:
     from vmig.stream.events import Event
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["CHECKERS", "CheckContext", "Checker", "run_checks"]
 
 
-@dataclass
+@record
 class CheckContext:
     """What a checker factory gets: the input path, the --desc-from description and the
     checker-specific options (``notes``: ``virtio_mem_dest``, ``dest_capture``)."""

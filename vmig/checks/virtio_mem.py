@@ -23,17 +23,17 @@ in :data:`vmig.checks.registry.CHECKERS`; the ``--dest`` values reach the checke
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from vmig.analysis.virtio_mem import MemoryDeviceCollector, StreamDevice
 from vmig.errors import MigrationError, UsageError
+from vmig.records import record
 from vmig.units import parse_size
 
 DEST_KEYS = ("memaddr", "max-size", "block-size", "node")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DestConfig:
     """A destination's virtio-mem configuration for the load prediction (None = same as source).
 

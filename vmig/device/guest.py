@@ -31,7 +31,6 @@ timer; :meth:`tick` advances the timer.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any
 
 from vmig.device.requests import (
@@ -43,6 +42,7 @@ from vmig.device.requests import (
     build_request,
 )
 from vmig.device.virtio_mem import VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE, ConfigChange, VirtioMem
+from vmig.records import record
 from vmig.units import MiB
 
 __all__ = ["GuestDriver", "DriverState", "Rc", "RETRY_TIMER_MIN_MS", "RETRY_TIMER_MAX_MS"]
@@ -74,7 +74,7 @@ class Rc(enum.IntEnum):
     ENOSPC = -28   # nothing more can be plugged (usable region / granularity)
 
 
-@dataclass
+@record
 class _Req:
     type: RequestType
     addr: int = 0

@@ -13,7 +13,6 @@ answer (a Python value, or a :class:`QmpError` carrying QEMU's ``desc``).
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
 from typing import Any
 
 from vmig.device.state import MigrationState
@@ -25,6 +24,7 @@ from vmig.device.virtio_mem import (
     VirtioMemProperties,
 )
 from vmig.errors import DeviceError, UsageError
+from vmig.records import field, record
 from vmig.units import GiB, MiB, parse_size
 
 __all__ = ["Machine", "QmpError", "round_up"]
@@ -46,7 +46,7 @@ def round_up(v: int, align: int) -> int:
     return -(-v // align) * align
 
 
-@dataclass
+@record
 class _Slot:
     device: VirtioMem
     pci_path: str
@@ -59,7 +59,7 @@ PCI_BRIDGES = frozenset({"pci-bridge", "pcie-pci-bridge", "x3130-upstream", "xio
                          "pxb", "pxb-pcie"})
 
 
-@dataclass
+@record
 class _PciBus:
     """A PCI bus: its dev-path prefix and the functions in use (devfn -> ``driver,id=...``)."""
 

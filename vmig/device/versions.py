@@ -17,9 +17,9 @@ hw/i386/pc.c (pc_compat_*), as described by the spec.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from vmig.errors import UsageError
+from vmig.records import record
 from vmig.units import MiB
 
 __all__ = ["Behaviour", "parse_version", "parse_machine", "capture_qemu_version", "KNOWN_VERSIONS", "MASTER"]
@@ -73,7 +73,7 @@ def parse_machine(machine: str, qemu_version: tuple[int, int]) -> tuple[str, tup
     return family, ver
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Behaviour:
     """What a given QEMU binary + machine type does differently for virtio-mem.
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vmig.device.requests import (
@@ -53,6 +52,7 @@ from vmig.device.requests import (
 from vmig.device.state import MigrationState
 from vmig.device.versions import Behaviour
 from vmig.errors import DeviceError, MigrationError, UsageError
+from vmig.records import record
 from vmig.runs import true_runs
 from vmig.units import KiB, MiB
 from vmig.vmstate.virtio_mem import VirtioMemSection, bitmap_to_bool, block_count
@@ -95,7 +95,7 @@ VIRTIO_MEM_F_PERSISTENT_SUSPEND = 2
 # ------------------------------------------------------------------------------------------------
 # Inputs: the backend, the host
 # ------------------------------------------------------------------------------------------------
-@dataclass
+@record
 class MemoryBackend:
     """A ``memory-backend-*`` object as far as virtio-mem cares.
 
@@ -133,7 +133,7 @@ class MemoryBackend:
         return not self.share and self.kind == "ram" and self.page_size == host_page_size
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostInfo:
     """Host facts that change realize results.
 
@@ -154,7 +154,7 @@ class HostInfo:
     acpi: bool = True
 
 
-@dataclass
+@record
 class VirtioMemProperties:
     """``-device virtio-mem-pci`` properties (before realize).
 
@@ -178,7 +178,7 @@ class VirtioMemProperties:
 # ------------------------------------------------------------------------------------------------
 # Outputs: responses and events
 # ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@record(frozen=True)
 class Response:
     """A decoded device response (``state`` only meaningful for STATE + ACK)."""
 
@@ -189,7 +189,7 @@ class Response:
         return build_response(self.type, 0 if self.state is None else self.state)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SizeChange:
     """QMP event MEMORY_DEVICE_SIZE_CHANGE {id?, size, qom-path} (before rate limiting)."""
 
@@ -204,21 +204,21 @@ class SizeChange:
         return {"event": "MEMORY_DEVICE_SIZE_CHANGE", "data": data}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ConfigChange:
     """A config-change interrupt (requested-size written via QOM while DRIVER_OK)."""
 
     generation: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceBroken:
     """virtio_error(): the device is broken until the driver resets it."""
 
     message: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PostLoadResult:
     """What the destination did after loading the device state.
 

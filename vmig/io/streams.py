@@ -16,13 +16,13 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import IO
 
 from vmig.errors import SchemaError, StreamError, UsageError
 from vmig.io.containers.compression import CHUNK_SIZE
 from vmig.io.decoding import explain, new_decoder
 from vmig.io.mapping import MappedFile, adopt
+from vmig.records import field, record
 from vmig.stream.constants import SectionType
 from vmig.stream.decoder import StreamDecoder
 from vmig.stream.events import (
@@ -58,7 +58,7 @@ __all__ = [
 TAIL_KEEP = 64 << 20  # how much of a non-seekable input we keep to find a --desc-from trailer
 
 
-@dataclass
+@record
 class Source:
     """An opened input: either ``mapped`` (whole file as a read-only memoryview) or chunked."""
 
@@ -395,7 +395,7 @@ _TYPE_NAMES = {
 }
 
 
-@dataclass
+@record
 class Record:
     """One top-level record (a row of ``vmig sections``).
 

@@ -18,17 +18,17 @@ No I/O. Contents can be loaded from a decoded stream with :meth:`GuestRam.from_i
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from vmig.errors import UsageError
+from vmig.records import field, record
 from vmig.stream.ram import RamBlock
 
 __all__ = ["Block", "GuestRam"]
 
 
-@dataclass
+@record
 class Block:
     """One RAMBlock: ``idstr``, contents and its two page bitmaps."""
 

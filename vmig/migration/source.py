@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from vmig.errors import UsageError
 from vmig.migration.notifiers import PrecopyNotifier, PrecopyReason
 from vmig.migration.ram import GuestRam
+from vmig.records import field, record, replace
 from vmig.runs import true_runs
 from vmig.stream import xbzrle
 from vmig.stream.constants import MigCmd, RamFlag, RpMsg, SectionType
@@ -70,14 +70,14 @@ DISCARD_RANGES_PER_COMMAND = 12
 CHUNK_PAGES = 4096  # pages turned into records at a time (bounds the source's scratch memory)
 
 
-@dataclass
+@record
 class _Full:
     header: SectionHeader
     payload: bytes
     footer: bool
 
 
-@dataclass
+@record
 class StreamTemplate:
     """What a source copies from a real capture (see :meth:`from_events`)."""
 
@@ -169,7 +169,7 @@ def _with_postcopy_preamble(template: StreamTemplate, page_size: int) -> StreamT
     return replace(template, pre_commands=pre)
 
 
-@dataclass
+@record
 class MigrationStats:
     """Pages sent, as QEMU's query-migrate counts them (``normal``, ``duplicate`` = zero,
     ``xbzrle`` = XBZRLE records)."""

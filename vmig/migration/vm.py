@@ -18,7 +18,6 @@ first pass (7.2: the device answers BUSY while the migration runs, the stream ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from vmig.migration.models import model_sections
 from vmig.migration.notifiers import VirtioMemNotifier
 from vmig.migration.ram import GuestRam
 from vmig.migration.source import PrecopySource, StreamTemplate
+from vmig.records import field, record
 from vmig.stream.constants import MigCmd
 from vmig.stream.events import Command, Configuration
 from vmig.stream.vmdesc import VmDescription
@@ -46,7 +46,7 @@ __all__ = ["CapturedVm", "Plan", "Write", "Outcome", "open_capture", "run", "res
 VIRTIO_STATUS_DRIVER_OK = 4
 
 
-@dataclass
+@record
 class CapturedVm:
     """The source side of a captured VM (see :func:`open_capture`)."""
 
@@ -123,7 +123,7 @@ def resolve_device(machine: Any, ref: str) -> int:
     raise UsageError(f"no virtio-mem device {ref!r} (devices: {known or 'none'})")
 
 
-@dataclass
+@record
 class Plan:
     """What :func:`run` does (the ``vmig migrate`` options)."""
 
@@ -136,7 +136,7 @@ class Plan:
     return_path: bytes | None = None
 
 
-@dataclass
+@record
 class Write:
     """One guest write: RAMBlock offset, guest-physical address, the bytes."""
 
@@ -146,7 +146,7 @@ class Write:
     data: bytes
 
 
-@dataclass
+@record
 class Outcome:
     """What moved, and the state the destination should end in."""
 

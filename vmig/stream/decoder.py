@@ -27,7 +27,6 @@ Theory of operation
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from vmig.errors import (
     BadMagicError,
@@ -37,6 +36,7 @@ from vmig.errors import (
     TruncatedError,
     UsageError,
 )
+from vmig.records import record
 from vmig.stream.constants import (
     QEMU_VM_FILE_MAGIC,
     QEMU_VM_FILE_VERSION,
@@ -83,7 +83,7 @@ CONFIG_SUBSECTIONS = ("configuration/target-page-bits", "configuration/capabilit
 _HEADER, _TOP, _RAM, _DEV, _FOOTER, _AFTER_EOF, _DONE, _ENDED = range(8)
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class _Open:
     """The section being decoded."""
 

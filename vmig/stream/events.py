@@ -1,4 +1,4 @@
-"""Events of the sans-I/O stream decoder/encoder (one frozen dataclass per wire element).
+"""Events of the sans-I/O stream decoder/encoder (one frozen record per wire element, vmig.records).
 
 Mirrors the record structure QEMU writes in migration/savevm.c (``qemu_savevm_state_*``,
 ``save_section_header``, ``save_section_footer``, ``qemu_savevm_command_send``) and reads in
@@ -13,9 +13,9 @@ kept on the event.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vmig.records import field, record
 from vmig.stream.constants import MigCmd, SectionType
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,7 +57,7 @@ class NeedData:
 NEED_DATA = NeedData()
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class FileHeader:
     """``be32 magic`` + ``be32 version`` (8 bytes)."""
 
@@ -67,7 +67,7 @@ class FileHeader:
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class RawSubsection:
     """A subsection of the CONFIGURATION record, kept raw (``05``, name, be32 version, payload).
 
@@ -81,7 +81,7 @@ class RawSubsection:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Configuration:
     """The CONFIGURATION record (type 0x07): machine type name and optional subsections.
 
@@ -98,7 +98,7 @@ class Configuration:
     uuid: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class SectionHeader:
     """A section header: START/FULL (id, idstr, instance, version) or PART/END (id only).
 
@@ -120,7 +120,7 @@ class SectionHeader:
         return f"{self.idstr} instance {self.instance_id}"
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class DeviceState:
     """The payload of a non-RAM section: exact bytes (decoded lazily by vmig.vmstate)."""
 
@@ -134,7 +134,7 @@ class DeviceState:
     section_id: int = -1
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class RamRecords:
     """A bounded batch of RAM records of one ``ram`` section (the last batch holds the EOS)."""
 
@@ -144,7 +144,7 @@ class RamRecords:
     section_id: int = -1
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class SectionEnd:
     """End of a section: the 5-byte footer (``7e`` + be32 id) or a 0-length marker (no footer).
 
@@ -159,7 +159,7 @@ class SectionEnd:
     section_length: int
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Command:
     """A COMMAND record (0x08): ``be16 cmd``, ``be16 len``, ``len`` bytes of ``data``.
 
@@ -176,7 +176,7 @@ class Command:
     args: dict = field(default_factory=dict, compare=False, hash=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class EndOfStream:
     """The EOF record, byte 0x00."""
 
@@ -184,7 +184,7 @@ class EndOfStream:
     length: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class VmDescriptionEvent:
     """The vmdesc trailer: ``06``, be32 len, ``raw`` JSON bytes (kept byte-exact).
 
@@ -198,7 +198,7 @@ class VmDescriptionEvent:
     description: VmDescription | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class StreamEnd:
     """Emitted once after the last byte; nothing follows."""
 

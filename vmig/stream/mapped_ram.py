@@ -23,10 +23,10 @@ the layout depends on absolute file offsets, so mapped-ram streams need a seekab
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vmig.errors import RamError, TruncatedError
+from vmig.records import record
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,7 +51,7 @@ MAPPED_RAM_FILE_OFFSET_ALIGNMENT = 0x100000
 _W = struct.Struct(">Q")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MappedRamBlock:
     """One RAMBlock of a mapped-ram file."""
 

@@ -36,10 +36,10 @@ import importlib.util
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from vmig.errors import RamError, TruncatedError
+from vmig.records import field, record, replace
 from vmig.stream.constants import ENCODING_FLAG_XBZRLE, RamFlag
 from vmig.stream.inbuf import NeedMoreInput
 from vmig.stream.ramcodec import compress_bound
@@ -86,7 +86,7 @@ RECORD_TYPES = frozenset({ZERO, PAGE, XBZRLE, COMPRESS, MEM_SIZE, EOS, HOOK, FLU
 _BULK_MIN = 4  # below this a numpy round trip costs more than scalar steps
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class RamBlock:
     """One entry of the MEM_SIZE block list."""
 
@@ -100,7 +100,7 @@ class RamBlock:
     pages_offset: int | None = None
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class RamState:
     """What the walker must remember across records, batches and sections (one channel).
 

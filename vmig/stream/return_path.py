@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vmig.errors import StreamError, TruncatedError, UsageError
+from vmig.records import field, record
 from vmig.stream.constants import RP_RECV_BITMAP_ENDING, RpMsg
 from vmig.stream.events import NEED_DATA, NeedData
 from vmig.stream.inbuf import BufferedInput, NeedMoreInput
@@ -73,7 +73,7 @@ RESUME_ACK_VALUE = 1
 _MAX_TYPE = max(RpMsg)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class RpMessage:
     """One return-path message.
 
@@ -95,7 +95,7 @@ class RpMessage:
     args: dict = field(default_factory=dict, compare=False, hash=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class RpEnd:
     """End of the return path: ``offset`` is just after the last byte."""
 

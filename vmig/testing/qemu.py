@@ -35,11 +35,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vmig.errors import VmigError
+from vmig.records import field, record
 
 __all__ = [
     "QemuLabError",
@@ -539,7 +539,7 @@ def wait_for_text(path: Path, text: str, timeout: float = 120.0, *, proc: Qemu |
 # --------------------------------------------------------------------------- loading a stream
 
 
-@dataclass
+@record
 class LoadResult:
     """What happened when a stream was loaded into a fresh QEMU.
 

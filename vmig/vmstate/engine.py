@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import construct
@@ -67,6 +66,7 @@ from construct import (
 )
 
 from vmig.errors import SchemaError
+from vmig.records import field, record
 from vmig.stream.constants import VMS_NULLPTR_MARKER
 from vmig.stream.vmdesc import body_length
 from vmig.vmstate.registry import Registry, default_registry
@@ -408,7 +408,7 @@ class _Body(construct.Construct):  # type: ignore[misc]
 # Schema tree
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FieldItem:
     """One field entry of a body and where its value lives in the decoded container.
 
@@ -450,7 +450,7 @@ class FieldItem:
         return bytes(self.element.build(value))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BodyNode:
     """A vmsd body (device entry, struct, subsection, inline tmp/vstruct) as built.
 
@@ -494,7 +494,7 @@ class BodyNode:
         return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VmsdSchema:
     """The schema of one device entry: decode a FULL section payload, encode it back.
 

@@ -19,7 +19,6 @@ Values: ``Container(version_id, config: bytes, irq_state: list[int])``; MSI-X:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from construct import (
@@ -34,6 +33,8 @@ from construct import (
     stream_write,
 )
 
+from vmig.records import record
+
 PCI_CONFIG_SPACE_SIZE = 256
 PCIE_CONFIG_SPACE_SIZE = 4096
 PCI_NUM_PINS = 4
@@ -47,7 +48,7 @@ MSIX_ENTRY_SIZE = 16
 PCI_DEVICE_VMSD_VERSION = 2
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PciLayout:
     """Layout facts derived from a device's PCI config bytes.
 

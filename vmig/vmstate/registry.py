@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import construct
 
 from vmig.errors import UsageError
+from vmig.records import field, record
 
 FieldCodecFactory = Callable[[Mapping[str, Any]], construct.Construct]
 
@@ -41,7 +41,7 @@ BUILTIN_FIELD_CODECS: tuple[tuple[str, str | None, str], ...] = (
 )
 
 
-@dataclass
+@record
 class Registry:
     """A set of field codecs keyed by ``(type_name, vmsd_name | None)``."""
 

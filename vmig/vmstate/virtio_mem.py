@@ -36,7 +36,6 @@ Public API (the device model consumes it):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from construct import (
@@ -58,6 +57,7 @@ from construct import (
 )
 
 from vmig.errors import SchemaError, UsageError
+from vmig.records import record
 from vmig.stream.inbuf import NeedMoreInput
 from vmig.vmstate.virtio import build_exact, parse_exact, virtio_pci_payload
 
@@ -413,7 +413,7 @@ def device_path(idstr: str) -> str:
     return idstr
 
 
-@dataclass
+@record
 class VirtioMemSection:
     """The migrated state of one virtio-mem device as a stream carries it: section bytes and
     their decoded fields (no interpretation; the device model is built from these).

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from vmig.errors import StreamError, TruncatedError, UsageError
 from vmig.io.containers import compression, libvirt, qcow2
 from vmig.io.containers.compression import CHUNK_SIZE, ChunkReader, decompress_chunks, file_chunks
+from vmig.records import field, record
 
 __all__ = ["InputPath", "cut_short", "drain_cut", "Layer", "Opened", "sniff_kind", "open_container",
            "unwrap_chunks", "inspect", "QEVM_MAGIC"]
@@ -73,7 +73,7 @@ def cut_short(path: str, error: StreamError) -> bool:
     return False
 
 
-@dataclass
+@record
 class Layer:
     """One container that was unwrapped: ``kind`` (``qcow2``, ``libvirt``, ``gzip``, …), the offset
     where its data started in its own input, and what it says about itself (``info``)."""
@@ -87,7 +87,7 @@ class Layer:
         return {"kind": self.kind, "offset": self.offset, **self.info}
 
 
-@dataclass
+@record
 class Opened:
     """Where the stream of a regular file lives: ``[start, end)`` of the file (``chunks`` None),
     or ``chunks``."""

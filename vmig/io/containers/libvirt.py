@@ -16,9 +16,9 @@ Sans-I/O: :func:`parse_header` takes the first 92 bytes, :func:`parse_xml` the d
 from __future__ import annotations
 
 import struct
-from dataclasses import asdict, dataclass
 
 from vmig.errors import StreamError
+from vmig.records import asdict, record
 
 __all__ = ["HEADER_SIZE", "MAGIC", "MAGIC_PARTIAL", "COMPRESSION", "LibvirtHeader", "parse_header",
            "parse_xml", "MAX_XML_FROM_PIPE"]
@@ -33,7 +33,7 @@ VERSIONS = (1, 2)
 MAX_XML_FROM_PIPE = 64 << 20
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LibvirtHeader:
     """The decoded header of a libvirt save image."""
 

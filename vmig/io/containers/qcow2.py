@@ -25,9 +25,9 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 from vmig.errors import StreamError, UsageError
+from vmig.records import field, record
 
 __all__ = ["MAGIC", "Qcow2Image", "Snapshot", "parse", "select_snapshot", "vm_state_extents", "refcount",
            "writable_vm_state", "VmStateWriter",
@@ -49,7 +49,7 @@ L2_ZERO = 1
 Pread = Callable[[int, int], bytes]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Snapshot:
     """One entry of the snapshot table."""
 
@@ -74,7 +74,7 @@ class Snapshot:
                 "icount": self.icount, "l1_table_offset": self.l1_table_offset, "l1_size": self.l1_size}
 
 
-@dataclass
+@record
 class Qcow2Image:
     """The parts of a qcow2 header vmig uses, and the snapshot table."""
 

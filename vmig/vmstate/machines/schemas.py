@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vmig.errors import SchemaError
+from vmig.records import field, record
 from vmig.vmstate.machines.walk import measure_section
 
 SCHEMA_FORMAT = 1
@@ -32,7 +32,7 @@ def available_machines() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in _HERE.glob("*.json"))
 
 
-@dataclass
+@record
 class MachineSchemas:
     """The bundled descriptions of one machine type.
 

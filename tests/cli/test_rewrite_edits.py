@@ -5,11 +5,16 @@ changed; edits QEMU would reject exit 2 with one line naming why."""
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
 
 from vmig.cli import main
+from vmig.io.decoding import decode_bytes
+from vmig.stream import events as ev
+from vmig.stream.constants import MigCmd
+from vmig.stream.vmdesc import find_trailer
 from vmig.testing import fixtures
 
 BS = 2 << 20
@@ -102,7 +107,7 @@ def test_set_field_and_drop_section(paused, tmp_path, capsys):
     (["--set", "mc146818rtc.no_such_field=1"], "no field 'no_such_field'"),
     (["--set", "dma.command=1"], "matches 2 sections"),
     (["--set", "dma (2).command=1"], "no device section matches"),
-    (["--drop", "ram"], "no device section"),
+    (["--drop", "ram"], "ram is an iterative section"),
     (["--drop", "nothing-like-this"], "no device section"),
 ])
 def test_refused_edits_one_line(paused, tmp_path, capsys, edit, why):
@@ -145,7 +150,7 @@ def test_two_devices_by_index_and_path(tmp_path, capsys):
 
 def test_trailerless_postcopy_stream_uses_bundled_schemas(tmp_path, capsys):
     """postcopy-main has no trailer and its device sections are inside PACKAGED: --set decodes
-    them with the bundled machine schema set; --drop of a packaged section is refused."""
+    them with the bundled machine schema set."""
     src = tmp_path / "pc.bin"
     src.write_bytes(fixtures.load("postcopy-main"))
     out = tmp_path / "out.bin"
@@ -154,6 +159,77 @@ def test_trailerless_postcopy_stream_uses_bundled_schemas(tmp_path, capsys):
     assert out.stat().st_size == src.stat().st_size
     secs = _sections(_analyze(out, capsys))
     assert secs[("mc146818rtc", 0)]["state"]["cmos_index"] == 12
-    out.unlink()
+
+
+def _leaves(events: list) -> list:
+    """The records of a decoded stream in order, PACKAGED commands replaced by their children."""
+    out = []
+    for e in events:
+        if isinstance(e, ev.Command) and e.cmd == MigCmd.PACKAGED:
+            out.extend(_leaves(list(e.children)))
+        else:
+            out.append(e)
+    return out
+
+
+def test_drop_inside_postcopy_packaged_blob(tmp_path, capsys):
+    """In a postcopy capture every device section is inside the PACKAGED blob: --drop cuts the
+    section's whole record (header, payload, footer) out of the blob and the PACKAGED command's
+    be32 blob length shrinks by as much; every other byte of the stream is the input's."""
+    data = fixtures.load("postcopy-main")
+    src = tmp_path / "pc.bin"
+    src.write_bytes(data)
+    before = decode_bytes(data)
+    [pkg] = [e for e in before if isinstance(e, ev.Command) and e.cmd == MigCmd.PACKAGED]
+    [dev] = [e for e in pkg.children if isinstance(e, ev.DeviceState) and e.idstr == "serial"]
+    [rec] = [e for e in pkg.children if isinstance(e, ev.SectionEnd)
+             and e.section_offset <= dev.offset < e.section_offset + e.section_length]
+    a, b = rec.section_offset, rec.section_offset + rec.section_length
+    assert b - a == 20 + 11 + 5  # FULL header with "serial", 11-byte payload, footer
+    old_len = struct.unpack_from(">I", data, pkg.offset + 5)[0]
+    assert pkg.offset + 9 + old_len == pkg.offset + pkg.length
+
+    out = tmp_path / "out.bin"
     rc, err = _rewrite(src, out, capsys, "--drop", "serial")
-    assert rc == 2 and "inside a postcopy PACKAGED blob" in err
+    assert rc == 0, err
+    new = out.read_bytes()
+    # byte for byte: the record gone, the blob length 36 smaller, nothing else touched
+    new_len = struct.unpack_from(">I", new, pkg.offset + 5)[0]
+    assert new_len == old_len - (b - a)
+    assert new == data[:pkg.offset + 5] + struct.pack(">I", new_len) + data[pkg.offset + 9:a] + data[b:]
+
+    after = decode_bytes(new)
+    [pkg2] = [e for e in after if isinstance(e, ev.Command) and e.cmd == MigCmd.PACKAGED]
+    # the blob the decoder reads is exactly new_len bytes: the next record starts right after it
+    nxt = after[after.index(pkg2) + 1]
+    assert nxt.offset == pkg2.offset + 9 + new_len
+    names = [(e.idstr, e.instance_id) for e in pkg2.children if isinstance(e, ev.DeviceState)]
+    old_names = [(e.idstr, e.instance_id) for e in pkg.children if isinstance(e, ev.DeviceState)]
+    assert ("serial", 0) in old_names and ("serial", 0) not in names
+    assert names == [n for n in old_names if n != ("serial", 0)]
+    # every other record (top level and in the blob) has the input's bytes
+    kept = [e for e in _leaves(before) if not a <= e.offset < b]
+    now = _leaves(after)
+    assert [type(e) for e in kept] == [type(e) for e in now]
+    assert all(data[x.offset:x.offset + x.length] == new[y.offset:y.offset + y.length]
+               for x, y in zip(kept, now, strict=True))
+    # a postcopy stream has no trailer (QEMU writes none in postcopy); none appears
+    assert find_trailer(data) is None and find_trailer(new) is None
+    assert _sections(_analyze(out, capsys)).keys() == _sections(_analyze(src, capsys)).keys() - {("serial", 0)}
+
+    # the result re-encodes to itself
+    again = tmp_path / "again.bin"
+    rc, err = _rewrite(out, again, capsys)
+    assert rc == 0, err
+    assert again.read_bytes() == new
+
+
+def test_drop_iterative_section_of_postcopy_stream_refused(tmp_path, capsys):
+    src = tmp_path / "pc.bin"
+    src.write_bytes(fixtures.load("postcopy-main"))
+    out = tmp_path / "out.bin"
+    rc, err = _rewrite(src, out, capsys, "--drop", "ram")
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "ram is an iterative section" in err and "only device (FULL) sections" in err
+    assert not out.exists()

@@ -14,7 +14,8 @@ blocks times ``block-size``, in the ``virtio-mem-device`` vmsd on ≤ 7.2 machin
 * :func:`set_field` — one field of a device section set from text (``vmig rewrite --set``);
 * :func:`edit_virtio_mem_device` — ``requested-size`` / plugged blocks changed through the
   device model (``vmig rewrite --virtio-mem``);
-* :func:`drop_section` — a device section removed, trailer entry included (``--drop``).
+* :func:`drop_section` — a FULL device section removed, also from a postcopy PACKAGED blob,
+  trailer entry included (``--drop``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from vmig.errors import UsageError
+from vmig.records import replace
 from vmig.stream import events as ev
 from vmig.stream.vmdesc import VmDescription, find_trailer
 from vmig.vmstate import virtio_mem as vm
@@ -42,15 +44,19 @@ def as_description(description: Description) -> VmDescription | None:
     return VmDescription(description, source="description")
 
 
-def _device_states(events: Iterable[ev.Event]) -> Iterator[ev.DeviceState]:
+def _flat(events: Iterable[ev.Event]) -> Iterator[ev.Event]:
+    """Events in stream order, descending into PACKAGED commands (postcopy device state)."""
     for e in events:
+        yield e
         if isinstance(e, ev.Command) and e.children:
-            yield from _device_states(e.children)
-        elif isinstance(e, ev.DeviceState):
-            yield e
+            yield from _flat(e.children)
 
 
-def section_matches(e: ev.DeviceState, spec: str) -> bool:
+def _device_states(events: Iterable[ev.Event]) -> Iterator[ev.DeviceState]:
+    return (e for e in _flat(events) if isinstance(e, ev.DeviceState))
+
+
+def section_matches(e: ev.DeviceState | ev.SectionHeader, spec: str) -> bool:
     """Whether section ``e`` is the one ``spec`` names: the end of its idstr, optionally followed
     by `` (N)`` for instance N, as QEMU's analyze-migration.py names sections (``dma (1)``)."""
     name, sep, rest = spec.rpartition(" (")
@@ -83,14 +89,15 @@ def _codec(e: ev.DeviceState, trailer: VmDescription | None,
     return (lambda p: schema.decode(p, offset=e.offset, section=section)), schema.encode
 
 
-def _one_section(events: Iterable[ev.Event], spec: str, context: str) -> ev.DeviceState:
-    """The one device section (also inside PACKAGED) that ``spec`` names (an idstr suffix, or
-    ``IDSTR (N)``).
+def _one_section(candidates: Iterable[ev.DeviceState | ev.SectionHeader], spec: str,
+                 context: str) -> ev.DeviceState | ev.SectionHeader:
+    """The one of ``candidates`` (device sections, also inside PACKAGED) that ``spec`` names
+    (an idstr suffix, or ``IDSTR (N)``).
 
     Raises:
         UsageError: none or several match (``context`` starts the message).
     """
-    matches = [e for e in _device_states(events) if section_matches(e, spec)]
+    matches = [e for e in candidates if section_matches(e, spec)]
     if not matches:
         raise UsageError(f"{context}no device section whose idstr ends with {spec!r}")
     if len(matches) > 1:
@@ -125,7 +132,8 @@ def edit_device_state(data: bytes, idstr_suffix: str, edit: Callable[[Any], None
 
     desc = as_description(description)
     events = decode_bytes(data, description=desc)
-    e = _one_section(events, idstr_suffix, "")
+    e = _one_section(_device_states(events), idstr_suffix, "")
+    assert isinstance(e, ev.DeviceState)
     found = find_trailer(data)
     trailer = found[1] if found is not None else desc
     machine = next((c.name for c in events if isinstance(c, ev.Configuration)), None)
@@ -408,39 +416,69 @@ def edit_virtio_mem_device(data: bytes, device: str | None = None, *, requested_
     return out
 
 
+def _enclosing(events: tuple[ev.Event, ...] | list[ev.Event], target: ev.Event) -> list[ev.Command] | None:
+    """The PACKAGED commands around ``target``, outermost first ([] at the top level; None when
+    ``target`` is not among ``events``)."""
+    for e in events:
+        if e is target:
+            return []
+        if isinstance(e, ev.Command) and e.children and e.offset < target.offset < e.offset + e.length:
+            inner = _enclosing(e.children, target)
+            if inner is not None:
+                return [e, *inner]
+    return None
+
+
+def _without(cmd: ev.Command, start: int, end: int) -> ev.Command:
+    """``cmd`` with the child records that start in ``[start, end)`` left out, nested PACKAGED
+    commands included (the encoder writes each blob length from the children it is given)."""
+    kept = [(_without(c, start, end) if isinstance(c, ev.Command) and c.children else c)
+            for c in cmd.children if not start <= c.offset < end]
+    return replace(cmd, children=tuple(kept))
+
+
 def drop_section(data: bytes, section: str, *, description: Description = None) -> bytes:
     """Return ``data`` without the device section whose idstr ends with ``section``.
 
-    The whole record goes (header, payload, footer), so QEMU's loader still frames the
-    stream; its loader never reads the JSON trailer (it stops at EOF), but readers of the
-    stream do, so the trailer's ``devices`` entry for the section is removed too and its
-    length rewritten. Only top-level FULL device sections can be dropped: a section inside a
-    postcopy PACKAGED blob would change the blob's length, an iterative section (RAM) has
-    several records.
+    The whole record of the FULL section goes (header, payload, footer when the stream has
+    footers), so QEMU's loader still frames the stream. A section inside a postcopy PACKAGED
+    blob (where postcopy puts every device section) goes from the blob, and the PACKAGED
+    command's be32 blob length is rewritten: QEMU's loader reads exactly that many bytes and
+    loads them as a nested stream. QEMU's loader never reads the JSON trailer (it stops at EOF),
+    but readers of the stream do, so the trailer's ``devices`` entry for the section is removed
+    too and its length rewritten. An iterative section (RAM) cannot be dropped: its state is
+    spread over START/PART/END records through the stream.
 
     Raises:
-        UsageError: no or several matching sections, or one that cannot be dropped.
+        UsageError: no or several matching sections, or an iterative one.
     """
     import json
 
     from vmig.io.decoding import decode_bytes
+    from vmig.stream.encoder import encode
 
     events = decode_bytes(data, description=as_description(description))
-    found = _one_section(events, section, f"--drop {section}: ")
-    top = [e for e in events if isinstance(e, ev.DeviceState) and section_matches(e, section)]
-    if not top:
-        raise UsageError(f"--drop {section}: {found.idstr} is inside a postcopy PACKAGED blob; "
-                         "dropping it would change the blob's length")
-    target = top[0]
-    if target.section_type != ev.SectionType.SECTION_FULL:
-        raise UsageError(f"--drop {section}: {target.idstr} is an iterative section; only device "
-                         "(FULL) sections can be dropped")
-    ends = [e for e in events if isinstance(e, ev.SectionEnd) and e.section_offset <= target.offset
-            < e.section_offset + e.section_length]
+    where = f"--drop {section}: "
+    candidates = [e for e in _flat(events)
+                  if (isinstance(e, ev.DeviceState) and e.section_type == ev.SectionType.SECTION_FULL)
+                  or (isinstance(e, ev.SectionHeader) and e.type == ev.SectionType.SECTION_START)]
+    target = _one_section(candidates, section, where)
+    if isinstance(target, ev.SectionHeader):
+        raise UsageError(f"{where}{target.idstr} is an iterative section (its state is spread over "
+                         "START/PART/END records); only device (FULL) sections can be dropped")
+    ends = [e for e in _flat(events) if isinstance(e, ev.SectionEnd)
+            and e.section_offset <= target.offset < e.section_offset + e.section_length]
     if not ends:
-        raise UsageError(f"--drop {section}: cannot find the record of {target.idstr}")
-    start, length = ends[0].section_offset, ends[0].section_length
-    out = bytearray(data[:start] + data[start + length:])
+        raise UsageError(f"{where}cannot find the record of {target.idstr}")
+    start, end = ends[0].section_offset, ends[0].section_offset + ends[0].section_length
+    chain = _enclosing(events, target)
+    if chain:
+        outer = chain[0]
+        out = bytearray(data[:outer.offset])
+        out += encode([_without(outer, start, end)])
+        out += data[outer.offset + outer.length:]
+    else:
+        out = bytearray(data[:start] + data[end:])
     found = find_trailer(out)
     if found is None:
         return bytes(out)

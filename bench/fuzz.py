@@ -32,8 +32,9 @@ machine and ``postcopy-ram`` of its manifest: what ``check --dest-capture`` buil
 ``dest-open`` accepting the stream's blocks and sections (what ``vmig migrate`` builds from its
 capture), both holding RAM. A destination may only fail with a ``VmigError``.
 
-A failure is an exit code other than 0, 1, 2; an "internal error" line; a traceback; a changed
-input; a file written outside the output folder; more than ``--timeout`` seconds (SIGALRM); more
+A failure is an exit code other than 0, 1, 2; an "internal error" line; a traceback; a
+command's exit 2 whose report is not one line of printable characters naming the file (the
+input, or the seed, description or output beside it); a changed input; a file written outside the output folder; more than ``--timeout`` seconds (SIGALRM); more
 than ``--memory`` MB of address space (``RLIMIT_AS``, the soft limit set per input; a
 destination may also reserve its capture's RAMBlocks): a MemoryError; or a worker that died.
 Failures are deduplicated by (exception type, innermost vmig frame) and printed with the index
@@ -537,6 +538,8 @@ def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float,
             failure = {"type": f"exit{rc}", "where": "?", "message": text[:300]}
         elif "Traceback" in text:
             failure = {"type": "Traceback", "where": _innermost(text), "message": text[-300:]}
+        elif rc == 2 and cmd not in LIBRARY and not _names_a_file(text, work):
+            failure = {"type": "ErrorLine", "where": cmd, "message": repr(text)[:300]}
         if failure is not None and trace:
             failure["traceback"] = text
     if failure is None:
@@ -559,6 +562,13 @@ def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float,
         failure["cmd"] = cmd
         failure["rc"] = rc
     return failure
+
+
+def _names_a_file(text: str, work: str) -> bool:
+    """An exit-2 report is one line of printable characters naming the file it is about (the
+    input, the seed or description beside it, an output): what every bad input must get."""
+    lines = text.splitlines()
+    return len(lines) == 1 and lines[0].isprintable() and work in lines[0]
 
 
 def _trailer_bytes(data: bytes) -> bytes | None:

@@ -32,10 +32,13 @@ machine and ``postcopy-ram`` of its manifest: what ``check --dest-capture`` buil
 ``dest-open`` accepting the stream's blocks and sections (what ``vmig migrate`` builds from its
 capture), both holding RAM. A destination may only fail with a ``VmigError``.
 
-A failure is an exit code other than 0, 1, 2; an "internal error" line; a traceback; a changed
-input; a file written outside the output folder; more than ``--timeout`` seconds (SIGALRM); more
-than ``--memory`` MB of address space (``RLIMIT_AS``, the soft limit set per input; a
-destination may also reserve its capture's RAMBlocks): a MemoryError; or a worker that died.
+A failure is an exit code other than 0, 1, 2; an "internal error" line; a traceback; a
+command's exit 2 whose report is not one line of printable characters naming the file (the
+input, or the seed, description or output beside it); a changed input; a file written outside
+the output folder; more than ``--timeout`` seconds (SIGALRM); more than ``--memory`` MB of
+address space (``RLIMIT_AS``, the soft limit set per input; a destination may also reserve its
+capture's RAMBlocks): a MemoryError; or a worker that died. Workers write inside one folder of
+the campaign's, removed at its end (with the folders of workers that were killed).
 Failures are deduplicated by (exception type, innermost vmig frame) and printed with the index
 that rebuilds the input. Exit status: 0 no failure, 1 failures.
 
@@ -537,6 +540,8 @@ def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float,
             failure = {"type": f"exit{rc}", "where": "?", "message": text[:300]}
         elif "Traceback" in text:
             failure = {"type": "Traceback", "where": _innermost(text), "message": text[-300:]}
+        elif rc == 2 and cmd not in LIBRARY and not _names_a_file(text, work):
+            failure = {"type": "ErrorLine", "where": cmd, "message": repr(text)[:300]}
         if failure is not None and trace:
             failure["traceback"] = text
     if failure is None:
@@ -561,6 +566,13 @@ def run_one(cmd: str, data: bytes, work: str, seed: Seed, timeout: float,
     return failure
 
 
+def _names_a_file(text: str, work: str) -> bool:
+    """An exit-2 report is one line of printable characters naming the file it is about (the
+    input, the seed or description beside it, an output): what every bad input must get."""
+    lines = text.splitlines()
+    return len(lines) == 1 and lines[0].isprintable() and work in lines[0]
+
+
 def _trailer_bytes(data: bytes) -> bytes | None:
     p = data.rfind(b"\x06", 0, max(0, len(data) - 5))
     while p >= 0:
@@ -578,7 +590,12 @@ def _on_alarm(signum: int, frame: object) -> None:
     raise InputTimeout()
 
 
-def prepare_process(memory: int) -> tuple[list[Seed], str]:
+def _work_base() -> str | None:
+    """/dev/shm when writable (outputs in memory), else the default temporary folder."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def prepare_process(memory: int, work: str | None = None) -> tuple[list[Seed], str]:
     """Set a worker process up: SIGALRM, caches, the address-space limit; the seeds and a work
     folder (in memory when /dev/shm is there: outputs are fsync'ed and renamed, and the campaign
     measures vmig, not the disk)."""
@@ -601,8 +618,10 @@ def prepare_process(memory: int) -> tuple[list[Seed], str]:
     if memory:  # hard limit: the soft one (per input) is raised for a destination's RAMBlocks
         top = (memory << 20) + max(dest_config(s.capture).ram_bytes for s in seeds if not s.rp)
         resource.setrlimit(resource.RLIMIT_AS, (top, top))
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    return seeds, tempfile.mkdtemp(prefix="vmig-fuzz-", dir=shm)
+    if work is not None:  # a worker: a folder inside the parent's (which removes it, even after a kill)
+        os.mkdir(work, 0o700)
+        return seeds, work
+    return seeds, tempfile.mkdtemp(prefix="vmig-fuzz-", dir=_work_base())
 
 
 def _memoize_seed_trailers(seeds: list[Seed]) -> None:
@@ -630,7 +649,7 @@ def _memoize_seed_trailers(seeds: list[Seed]) -> None:
 
 def worker(args: argparse.Namespace) -> int:
     """Run batches of indices read from stdin ("start count" lines); one JSON line per batch."""
-    seeds, work = prepare_process(args.memory)
+    seeds, work = prepare_process(args.memory, args.work_dir)
     progress_fd = os.open(args.progress_file, os.O_WRONLY | os.O_CREAT, 0o600)
     commands = args.commands.split(",") if args.commands else None
     try:
@@ -663,12 +682,14 @@ class Campaign:
         self.failures: dict[tuple[str, str], dict] = {}
         self.failure_count = 0
         self.tmp = tempfile.mkdtemp(prefix="vmig-fuzz-parent-")
+        self.work_root = tempfile.mkdtemp(prefix="vmig-fuzz-", dir=_work_base())
 
     def _spawn(self, n: int) -> tuple[subprocess.Popen, str]:
         prog = os.path.join(self.tmp, f"progress{n}-{time.monotonic_ns()}")
         cmd = [sys.executable, __file__, "--worker", "--seed", str(self.args.seed),
                "--timeout", str(self.args.timeout), "--memory", str(self.args.memory),
-               "--progress-file", prog]
+               "--progress-file", prog,
+               "--work-dir", os.path.join(self.work_root, f"w{n}-{time.monotonic_ns()}")]
         if self.args.commands:
             cmd += ["--commands", self.args.commands]
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -742,6 +763,7 @@ class Campaign:
                 p.wait()
         elapsed = time.monotonic() - t0
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.work_root, ignore_errors=True)  # with the folders of killed workers
         print(json.dumps({"seed": self.args.seed, "inputs": self.done, "seconds": round(elapsed, 1),
                           "rate": round(self.done / max(elapsed, 1e-9), 1), "jobs": self.args.jobs,
                           "interrupted": interrupted, "failures": self.failure_count,
@@ -825,6 +847,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--progress-file", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--work-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.count is None and args.seconds is None:
         args.count = 1000

@@ -105,6 +105,45 @@ def test_harness_reports_crashes_hangs_and_modified_inputs(fuzz, seeds, tmp_path
     f = fuzz.run_one("sections", seed.data, work, seed, 30)
     assert f["type"] == "InputModified"
 
+    from vmig.errors import StreamError, UsageError
+
+    def unnamed(args):  # a report that does not say which file it is about
+        raise UsageError("something is wrong")
+
+    monkeypatch.setattr(sections, "handler", unnamed)
+    f = fuzz.run_one("sections", seed.data, work, seed, 30)
+    assert f["type"] == "ErrorLine" and f["rc"] == 2
+
+    def stream_error(args):  # a stream error without a path: the CLI names the input
+        raise StreamError("bad \x1b byte", offset=3)
+
+    monkeypatch.setattr(sections, "handler", stream_error)
+    assert fuzz.run_one("sections", seed.data, work, seed, 30) is None
+
+
+def test_an_interrupted_campaign_removes_its_workers_folders() -> None:
+    """SIGTERM stops the workers (killed) and the campaign still removes every folder they
+    wrote in."""
+    import signal
+    import time
+
+    fz = _load()
+    base = Path(fz._work_base() or os.environ.get("TMPDIR", "/tmp"))
+    before = {p.name for p in base.glob("vmig-fuzz-*")}
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, str(FUZZ), "--seed", "3", "--seconds", "120", "--jobs", "2",
+                          "--report-every", "0.5"], stdout=subprocess.PIPE, text=True, env=env)
+    assert p.stdout is not None
+    p.stdout.readline()  # a progress report: the workers are running
+    during = {q.name for q in base.glob("vmig-fuzz-*")} - before
+    assert during, "the campaign's work folder"
+    time.sleep(1)
+    p.send_signal(signal.SIGTERM)
+    out = p.stdout.read()
+    assert p.wait(timeout=60) == 1
+    assert json.loads(out.strip().splitlines()[-1])["interrupted"] is True
+    assert not ({q.name for q in base.glob("vmig-fuzz-*")} & during)
+
 
 def test_destination_consumers(fuzz, seeds, tmp_path, monkeypatch) -> None:
     """The unmutated captures load into destinations configured from their manifests; an

@@ -31,7 +31,7 @@ RANK = {
     "cli": 7,
     "__main__": 7,
 }
-SHARED = {"errors", "units", "runs"}
+SHARED = {"errors", "units", "runs", "records"}
 
 
 def _modules() -> list[str]:

@@ -20,11 +20,22 @@ from __future__ import annotations
 from typing import Any
 
 
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with every character that is not printable (but those in ``keep``) escaped as
+    Python writes it in a string literal (``\\t``, ``\\x1b``, ``\\u2028``): what a message
+    or a listing shows of bytes the input chose (an idstr, a JSON string, a file name) stays on
+    its line and never drives the terminal."""
+    if (text.replace(keep, "") if len(keep) == 1 else text).isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
 class VmigError(Exception):
     """Base of every error vmig raises on purpose."""
 
     def one_line(self) -> str:
-        return " ".join(str(self).split("\n"))
+        """The message as one line of printable characters (line breaks become spaces)."""
+        return printable(" ".join(str(self).split("\n")))
 
 
 class UsageError(VmigError):
@@ -68,6 +79,11 @@ class StreamError(VmigError):
     def with_section(self, section: str) -> StreamError:
         if self.section is None:
             self.section = section
+        return self
+
+    def with_offset(self, offset: int) -> StreamError:
+        if self.offset is None:
+            self.offset = offset
         return self
 
     def __str__(self) -> str:

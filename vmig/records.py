@@ -26,7 +26,7 @@ between record classes adds the subclass's fields after the base's.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 __all__ = ["record", "field", "fields", "replace", "asdict", "Field", "FrozenInstanceError"]
 
@@ -242,6 +242,7 @@ def _build(cls: type, frozen: bool, slots: bool, eq: bool, repr_: bool) -> type:
     return cls
 
 
+@dataclass_transform(field_specifiers=(field, Field))  # type checkers see dataclass semantics
 def record(cls: type[T] | None = None, /, *, frozen: bool = False, slots: bool = False,
            eq: bool = True, repr: bool = True) -> Any:
     """Class decorator: a record class (see the module docstring); ``@record`` or

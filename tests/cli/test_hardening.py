@@ -239,3 +239,80 @@ def test_trailer_device_name_that_is_an_object(capsys, tmp_path) -> None:
     for cmd in ("check", "analyze"):
         rc, _, err = run(capsys, cmd, str(path))
         assert rc in (0, 1, 2) and "internal error" not in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------- where an error is, always named
+ODD_IDSTR = b"\x1b\r\x85\t"  # escape, carriage return, NEL (a line break), tab
+
+
+def test_an_odd_idstr_is_escaped_in_one_printable_line(capsys, tmp_path) -> None:
+    data = s1()
+    i = data.find(b"\x04apic\x00\x00\x00\x00")  # the apic FULL section's idstr
+    assert i > 0
+    p = tmp_path / "odd.bin"
+    p.write_bytes(data[:i + 1] + ODD_IDSTR + data[i + 5:])
+    for argv in (["sections"], ["analyze"], ["ram"], ["extract", "-o", str(tmp_path / "out")]):
+        rc, _, err = run(capsys, *argv, str(p))
+        line = one_line(err)  # str.splitlines() also splits at \r and \x85
+        assert rc == 2 and line.isprintable(), line
+        assert f"{p}: offset 0x" in line and "section \\x1b\\r\\x85\\t instance 0" in line, line
+
+
+def _trailer_offset() -> int:
+    off, _ = find_trailer(s1())
+    return off
+
+
+@pytest.mark.parametrize("body", [b'{"devices": [', b'{"devices": 1}'], ids=["not-json", "no-device-list"])
+@pytest.mark.parametrize("argv", [["analyze"], ["analyze", "--format", "qemu"], ["extract", "--format", "qemu"],
+                                  ["diff", "S1"]], ids=["analyze", "analyze-qemu", "extract-qemu", "diff"])
+def test_a_broken_trailer_is_named_by_file_and_offset(capsys, tmp_path, body, argv) -> None:
+    p = tmp_path / "broken.bin"
+    p.write_bytes(with_trailer(body))
+    argv = [str(S1) if a == "S1" else a for a in argv]
+    if argv[0] == "extract":
+        argv += ["-o", str(tmp_path / "out")]
+    rc, _, err = run(capsys, *argv, str(p))
+    line = one_line(err)
+    assert rc == 2
+    assert f"{p}: offset {_trailer_offset():#x}" in line, line
+
+
+def test_a_description_error_below_the_decoder_names_the_section_and_offset(capsys, tmp_path) -> None:
+    import json
+
+    off = _trailer_offset()
+    doc = json.loads(s1()[off + 5:])
+    apic = next(d for d in doc["devices"] if d["name"] == "apic")
+    apic["fields"][0] = 1  # a field entry that is not an object
+    p = tmp_path / "bad-entry.bin"
+    p.write_bytes(with_trailer(json.dumps(doc).encode()))
+    i = s1().find(b"\x04apic\x00\x00\x00\x00")
+    for argv in (["analyze"], ["sections"]):
+        rc, _, err = run(capsys, *argv, str(p))
+        line = one_line(err)
+        assert rc == 2 and "section apic instance 0" in line and "a field entry is not an object" in line, line
+        # the offset of the section's payload (after its header: type, id, idstr, instance, version)
+        assert f"{p}: offset {i + 5 + 8:#x}" in line, line
+
+
+def test_sections_lists_an_odd_idstr_escaped(capsys, tmp_path) -> None:
+    """A section whose idstr has control characters, described by the stream's own trailer
+    (renamed there too): it decodes, and its row shows the name escaped, on one line."""
+    import json
+
+    data = s1()
+    off = _trailer_offset()
+    doc = json.loads(data[off + 5:])
+    next(d for d in doc["devices"] if d["name"] == "apic")["name"] = ODD_IDSTR.decode("latin-1")
+    body = json.dumps(doc).encode()
+    i = data.find(b"\x04apic\x00\x00\x00\x00")
+    renamed = data[:i + 1] + ODD_IDSTR + data[i + 5:off]
+    p = tmp_path / "odd-described.bin"
+    p.write_bytes(renamed + b"\x06" + struct.pack(">I", len(body)) + body)
+    rc, out, err = run(capsys, "sections", str(p))
+    assert rc == 0, err
+    rows = [line for line in out.splitlines() if "\\x1b" in line]
+    assert len(rows) == 1 and rows[0].isprintable(), out
+    assert "\\x1b\\r\\x85\\t inst=0" in rows[0]
+    assert len(out.splitlines()) == len(out.split("\n")) - 1  # no stray line breaks

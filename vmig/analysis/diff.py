@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from vmig.errors import StreamError
 from vmig.records import field, record
 from vmig.runs import true_runs
 from vmig.stream.constants import RamFlag
@@ -299,12 +300,13 @@ def _ignored(path: str, patterns: Sequence[str]) -> bool:
 
 
 def diff_events(a: Iterable[Any], b: Iterable[Any], *, desc_from: Any = None,
-                ignore: Sequence[str] = ()) -> DiffResult:
+                ignore: Sequence[str] = (), names: tuple[str, str] | None = None) -> DiffResult:
     """Compare two decoded streams (each event iterable is consumed once).
 
     Args:
         ignore: paths (or shell globs) whose differences are left out (a section, a field,
             ``configuration.uuid``, a RAMBlock).
+        names: the two streams' file names, for errors found in their sections.
 
     Raises:
         StreamError / SchemaError: a stream is invalid (from the decoder or a device layout).
@@ -312,8 +314,15 @@ def diff_events(a: Iterable[Any], b: Iterable[Any], *, desc_from: Any = None,
     from vmig.vmstate import vmig_json
 
     da, db = PageDigests(), PageDigests()
-    doc_a = vmig_json.analyze(_tap(a, da), desc_from=desc_from)
-    doc_b = vmig_json.analyze(_tap(b, db), desc_from=desc_from)
+    docs = []
+    for i, (events, digests) in enumerate(((a, da), (b, db))):
+        try:
+            docs.append(vmig_json.analyze(_tap(events, digests), desc_from=desc_from))
+        except StreamError as e:
+            if names is not None:
+                e.with_path(names[i])
+            raise
+    doc_a, doc_b = docs
     diffs: list[Difference] = []
     ca, cb = doc_a["configuration"] or {}, doc_b["configuration"] or {}
     for k in ("name", "target_page_bits", "capabilities", "uuid", "subsections"):

@@ -562,6 +562,7 @@ def extract(
     kept: list[Any] = []
     machine: str | None = None
     trailer: bytes | None = None
+    trailer_offset: int | None = None
     vm_devices: list[tuple[str, Any]] = []
     with _staged(out_dir, qemu_compat=fmt.startswith("qemu"), inputs=inputs) as (tmp, images):
         for ev in events:
@@ -576,6 +577,7 @@ def extract(
                 machine = ev.name
             elif isinstance(ev, VmDescriptionEvent):
                 trailer = bytes(ev.raw)
+                trailer_offset = ev.offset
             elif isinstance(ev, DeviceState) and physical is not None:
                 st = _virtio_mem_state(ev)
                 if st is not None:
@@ -584,7 +586,7 @@ def extract(
         result = ExtractResult(pages_written=images.pages_written)
         for idstr, b in images.blocks.items():
             result.files[idstr] = os.fsdecode(b.path)
-        _write_json(tmp, kept, trailer, fmt)
+        _write_json(tmp, kept, trailer, fmt, trailer_offset)
         if physical is not None:
             _physical(images, machine, vm_devices, _staged_target(physical, out_dir, tmp), elf)
             result.physical = physical
@@ -620,14 +622,15 @@ def _virtio_mem_state(ev: Any) -> tuple[str, Any] | None:
     return None
 
 
-def _write_json(tmp: str, kept: list[Any], trailer: bytes | None, fmt: str) -> None:
+def _write_json(tmp: str, kept: list[Any], trailer: bytes | None, fmt: str,
+                trailer_offset: int | None = None) -> None:
     if fmt.startswith("qemu"):
         from vmig.vmstate import qemu_json
 
         if trailer is None:
             raise StreamError("the stream has no vmdesc trailer; analyze-migration.py -x needs one "
                               "(use --format vmig)")
-        desc = qemu_json.desc_dict(trailer)
+        desc = qemu_json.desc_dict(trailer, offset=trailer_offset)
         state = qemu_json.state_dict(kept, dialect="10.0" if fmt == "qemu-10.0" else "7.2")
         enc = json.JSONEncoder(indent=4, separators=(",", ": "))
         _write_new(tmp, "desc.json", enc.encode(desc).encode())

@@ -20,7 +20,7 @@ import sys
 import types
 from collections.abc import Sequence
 
-from vmig.errors import VmigError
+from vmig.errors import VmigError, printable
 
 # vmig does no linear algebra: keep OpenBLAS from starting a thread pool when numpy is imported
 # by a command module (measured: 0.2 s of every command's start-up on a 2-core machine).
@@ -96,10 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vmig {args.command}: {line}", file=sys.stderr)
         return max(rc, 1) if cuts else rc
     except VmigError as e:
-        print(f"vmig {args.command}: {e.one_line()}", file=sys.stderr)
+        print(f"vmig {args.command}: {_with_input(e, args).one_line()}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as e:
-        print(f"vmig {args.command}: {_os_error_line(e)}", file=sys.stderr)
+        print(f"vmig {args.command}: {printable(_os_error_line(e))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"vmig {args.command}: interrupted", file=sys.stderr)
@@ -109,6 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sys.stdout = real_stdout
         mapping.close_early()
+
+
+def _with_input(e: VmigError, args: argparse.Namespace) -> VmigError:
+    """A stream error raised without a file name (by a consumer of the events, not the decoder)
+    names the command's input when the command reads one stream."""
+    from vmig.cli._common import INPUT_ARGS
+    from vmig.errors import StreamError
+
+    if isinstance(e, StreamError) and e.path is None:
+        inputs = [v for v in (getattr(args, d, None) for d in getattr(args, INPUT_ARGS, ())) if isinstance(v, str)]
+        if len(inputs) == 1:
+            e.with_path("stdin" if inputs[0] == "-" else inputs[0])
+    return e
 
 
 def _os_error_line(e: OSError) -> str:
@@ -139,7 +152,9 @@ def _silence_stdout() -> None:
 
 class _NamedStream:
     """stdout for a command: an ``OSError`` from writing it names ``stdout`` (a closed pipe, a
-    full device), so that it is reported like any other file."""
+    full device), so that it is reported like any other file; text written shows characters
+    that are not printable escaped (a name the stream chose cannot break a line or drive the
+    terminal; vmig's own text has only line breaks, its JSON escapes them itself)."""
 
     def __init__(self, inner: object, name: str) -> None:
         self._inner = inner
@@ -154,6 +169,8 @@ class _NamedStream:
             raise
 
     def write(self, data: object) -> object:
+        if isinstance(data, str):
+            data = printable(data, "\n")
         return self._call(self._inner.write, data)  # type: ignore[attr-defined]
 
     def flush(self) -> object:
@@ -172,7 +189,7 @@ def _internal(command: str, e: BaseException) -> int:
         import traceback
 
         traceback.print_exception(e, file=sys.stderr)
-    msg = " ".join(str(e).split())
+    msg = printable(" ".join(str(e).split()))
     if len(msg) > 300:
         msg = msg[:300] + "..."
     print(f"vmig {command}: internal error: {type(e).__name__}: {msg} "

@@ -54,6 +54,6 @@ def handle(args: argparse.Namespace) -> int:
     desc = description_from_args(args)
     res = diff_events(with_progress(iter_events(args.a, desc_from=desc, schema_sets=True), args.a, "diff"),
                       iter_events(args.b, desc_from=desc, schema_sets=True), desc_from=desc,
-                      ignore=args.ignore)
+                      ignore=args.ignore, names=(args.a, args.b))
     sys.stdout.write(json.dumps(res.to_json(), indent=2) + "\n" if args.json else res.render(all=args.all))
     return 0 if res.same else 1

@@ -233,7 +233,7 @@ def load_description(path: str) -> VmDescription:
         if src.mapped is not None:
             mv = src.mapped
             if len(mv) and mv[0] == ord("{"):
-                return VmDescription(bytes(mv), source=path)
+                return VmDescription(bytes(mv), source=path, path=path)
             head = bytes(mv[:_HEAD_BYTES])
             found = find_trailer(mv, source=path)
         else:
@@ -242,7 +242,7 @@ def load_description(path: str) -> VmDescription:
             for chunk in src.chunks():
                 if first and len(chunk) and chunk[0] == ord("{"):
                     rest = bytes(chunk) + b"".join(bytes(c) for c in src.chunks())
-                    return VmDescription(rest, source=path)
+                    return VmDescription(rest, source=path, path=path)
                 if len(head) < _HEAD_BYTES:
                     head += bytes(chunk[: _HEAD_BYTES - len(head)])
                 first = False
@@ -300,7 +300,8 @@ def check_desc_from(events: Iterable[Event], desc: VmDescription, path: str) -> 
                     f"{version} of this section, the stream has version {ev.version_id}",
                     offset=ev.offset, section=f"{ev.idstr} instance {ev.instance_id}", path=path)
         elif isinstance(ev, VmDescriptionEvent):
-            own = ev.description or VmDescription(ev.raw, source="stream trailer")
+            own = ev.description or VmDescription(ev.raw, source="stream trailer", offset=ev.offset,
+                                                  path=path)
             if (own.configuration is None) != (desc.configuration is None):
                 newer, older = (where, "the stream") if own.configuration is None else ("the stream", where)
                 raise SchemaError(

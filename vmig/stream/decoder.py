@@ -205,6 +205,7 @@ class StreamDecoder(BufferedInput):
     def _fail(self, e: StreamError) -> None:
         if self._open is not None and self._state in (_RAM, _DEV, _FOOTER):
             e.with_section(self._open.name)
+        e.with_offset(self.offset)  # raised below the decoder (a description, a layout)
         if self.path is not None:
             e.with_path(self.path)
         self._error = e

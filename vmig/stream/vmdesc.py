@@ -167,22 +167,26 @@ class VmDescription:
     Args:
         raw: the JSON bytes (without the 0x06 + be32 header).
         source: where it came from (e.g. ``"stream trailer"`` or a path), for messages.
+        path / offset: the file it was read from and, for a trailer, the offset of its record
+            in the stream (for messages).
 
     Raises:
         SchemaError: the bytes are not a JSON object with a ``devices`` list.
     """
 
-    def __init__(self, raw: bytes | bytearray | memoryview, source: str = "trailer") -> None:
+    def __init__(self, raw: bytes | bytearray | memoryview, source: str = "trailer", *,
+                 path: str | None = None, offset: int | None = None) -> None:
         self.raw: bytes = bytes(raw)
         self.source = source
         #: machine type of the capture the description was taken from, when known
         self.machine: str | None = None
+        what = "vmdesc" if path == source else f"vmdesc from {source}"  # (the path leads the line)
         try:
             root = parse_json(self.raw)
         except ValueError as e:
-            raise SchemaError(f"vmdesc from {source} is not valid JSON: {e}") from e
+            raise SchemaError(f"{what} is not valid JSON: {e}", path=path, offset=offset) from e
         if not isinstance(root, JsonObject) or not isinstance(root.get("devices"), list):
-            raise SchemaError(f"vmdesc from {source} is not an object with a 'devices' list")
+            raise SchemaError(f"{what} is not an object with a 'devices' list", path=path, offset=offset)
         self.root: JsonObject = root
         self._index: dict[tuple[str, int], JsonObject] | None = None
 

@@ -220,6 +220,7 @@ def state_dict(
     sections: OrderedDict[int, tuple[str, Any]] = OrderedDict()
     pending: list[tuple[int, str, int, int, bytes]] = []
     trailer_raw: bytes | None = None
+    trailer_offset: int | None = None
     current = -1
     for ev in _walk(events):
         if isinstance(ev, SectionHeader):
@@ -252,18 +253,32 @@ def state_dict(
             pending.append((sid, ev.idstr, ev.instance_id, ev.offset, bytes(ev.payload)))
         elif isinstance(ev, VmDescriptionEvent):
             trailer_raw = bytes(ev.raw)
+            trailer_offset = ev.offset
 
     primary = description
     if primary is None and trailer_raw is not None:
-        primary = desc_dict(trailer_raw)
-    sets = [SchemaSet(_desc_root(d), registry=None) for d in (primary, fallback) if d is not None]
+        primary = desc_dict(trailer_raw, offset=trailer_offset)
+    sets = []
+    for d in (primary, fallback):
+        if d is None:
+            continue
+        try:
+            sets.append(SchemaSet(_desc_root(d), registry=None))
+        except SchemaError as e:
+            if d is primary and description is None and trailer_offset is not None:
+                e.with_offset(trailer_offset)  # the stream's own trailer
+            raise
     for sid, idstr, instance_id, offset, payload in pending:
         schema = None
+        label = f"{idstr} instance {instance_id}"
         for s in sets:
-            schema = s.for_section(idstr, instance_id)
+            try:
+                schema = s.for_section(idstr, instance_id)
+            except SchemaError as e:
+                e.with_section(label).with_offset(offset)
+                raise
             if schema is not None:
                 break
-        label = f"{idstr} instance {instance_id}"
         if schema is None:
             raise SchemaError(
                 "section not described by the vmdesc (analyze-migration.py cannot read it "
@@ -297,8 +312,9 @@ def _memory_view(out: OrderedDict[str, str], batch: Any) -> None:
         out[key] = ("Filled with 0x%02x" % data[0]) if t == RamFlag.ZERO else " ".join("%02x" % c for c in data)
 
 
-def desc_dict(raw: bytes | bytearray | memoryview) -> OrderedDict[str, Any]:
+def desc_dict(raw: bytes | bytearray | memoryview, *, offset: int | None = None) -> OrderedDict[str, Any]:
     """The ``-d desc`` document: the trailer JSON as ordered dicts (last duplicate key wins).
+    ``offset``: where the trailer record starts in its stream (for messages).
 
     Raises:
         SchemaError: the bytes are not valid UTF-8 JSON or not a JSON object.
@@ -308,9 +324,9 @@ def desc_dict(raw: bytes | bytearray | memoryview) -> OrderedDict[str, Any]:
     try:
         value = parse_json(raw, object_pairs_hook=OrderedDict)
     except ValueError as e:  # UnicodeDecodeError included
-        raise SchemaError(f"vmdesc is not valid JSON: {e}") from e
+        raise SchemaError(f"vmdesc is not valid JSON: {e}", offset=offset) from e
     if not isinstance(value, OrderedDict):
-        raise SchemaError(f"vmdesc is not a JSON object but {type(value).__name__}")
+        raise SchemaError(f"vmdesc is not a JSON object but {type(value).__name__}", offset=offset)
     return value
 
 

@@ -370,7 +370,7 @@ def analyze(
                     doc["eof_offset"] = ev.offset
             elif isinstance(ev, VmDescriptionEvent):
                 doc["trailer"] = {"offset": ev.offset, "length": ev.length}
-                own = ev.description or VmDescription(ev.raw, source="stream trailer")
+                own = ev.description or VmDescription(ev.raw, source="stream trailer", offset=ev.offset)
 
     walk(events, False)
 
@@ -380,7 +380,14 @@ def analyze(
             entry["ram"] = summary.to_json()
 
     roots = [_root(d) for d in (own, desc_from) if d is not None]
-    sets = [SchemaSet(root, registry=registry) for root in roots]
+    sets = []
+    for root in roots:
+        try:
+            sets.append(SchemaSet(root, registry=registry))
+        except SchemaError as e:
+            if own is not None and root is roots[0] and doc["trailer"] is not None:
+                e.with_offset(doc["trailer"]["offset"])  # the stream's own trailer
+            raise
     first = roots[0] if roots else None
     page_size = first.get("page_size") if first is not None else None
     doc["description"] = {
@@ -394,13 +401,17 @@ def analyze(
     for entry, idstr, instance_id, offset, payload in pending:
         schema: VmsdSchema | None = None
         source: str | None = None
+        label = f"{idstr} instance {instance_id}"
         for s, src in zip(sets, sources):
-            schema = s.for_section(idstr, instance_id)
+            try:
+                schema = s.for_section(idstr, instance_id)
+            except SchemaError as e:
+                e.with_section(label).with_offset(offset)
+                raise
             if schema is not None:
                 source = src
                 break
         if schema is not None:
-            label = f"{idstr} instance {instance_id}"
             values = schema.decode(payload, offset=offset, section=label)
         else:
             if builtin is None:

@@ -44,16 +44,8 @@ def as_description(description: Description) -> VmDescription | None:
     return VmDescription(description, source="description")
 
 
-def _flat(events: Iterable[ev.Event]) -> Iterator[ev.Event]:
-    """Events in stream order, descending into PACKAGED commands (postcopy device state)."""
-    for e in events:
-        yield e
-        if isinstance(e, ev.Command) and e.children:
-            yield from _flat(e.children)
-
-
 def _device_states(events: Iterable[ev.Event]) -> Iterator[ev.DeviceState]:
-    return (e for e in _flat(events) if isinstance(e, ev.DeviceState))
+    return (e for e in ev.flatten(events) if isinstance(e, ev.DeviceState))
 
 
 def section_matches(e: ev.DeviceState | ev.SectionHeader, spec: str) -> bool:
@@ -459,14 +451,14 @@ def drop_section(data: bytes, section: str, *, description: Description = None) 
 
     events = decode_bytes(data, description=as_description(description))
     where = f"--drop {section}: "
-    candidates = [e for e in _flat(events)
+    candidates = [e for e in ev.flatten(events)
                   if (isinstance(e, ev.DeviceState) and e.section_type == ev.SectionType.SECTION_FULL)
                   or (isinstance(e, ev.SectionHeader) and e.type == ev.SectionType.SECTION_START)]
     target = _one_section(candidates, section, where)
     if isinstance(target, ev.SectionHeader):
         raise UsageError(f"{where}{target.idstr} is an iterative section (its state is spread over "
                          "START/PART/END records); only device (FULL) sections can be dropped")
-    ends = [e for e in _flat(events) if isinstance(e, ev.SectionEnd)
+    ends = [e for e in ev.flatten(events) if isinstance(e, ev.SectionEnd)
             and e.section_offset <= target.offset < e.section_offset + e.section_length]
     if not ends:
         raise UsageError(f"{where}cannot find the record of {target.idstr}")

@@ -25,19 +25,11 @@ from construct import Container
 
 from vmig.device.virtio_mem import PostLoadResult, VirtioMem
 from vmig.errors import MigrationError
-from vmig.stream.events import Command, DeviceState
+from vmig.stream.events import DeviceState, flatten
 from vmig.vmstate import virtio_mem as schema
 from vmig.vmstate.virtio_mem import VirtioMemSection
 
 __all__ = ["virtio_mem_sections", "load_values", "load_section", "encode_section", "encode_early"]
-
-
-def _flatten(events: Iterable[Any]) -> Iterable[Any]:
-    """Events in stream order, descending into PACKAGED commands (postcopy device state)."""
-    for ev in events:
-        yield ev
-        if isinstance(ev, Command) and ev.children:
-            yield from _flatten(ev.children)
 
 
 def virtio_mem_sections(events: Iterable[Any]) -> list[VirtioMemSection]:
@@ -49,7 +41,7 @@ def virtio_mem_sections(events: Iterable[Any]) -> list[VirtioMemSection]:
     """
     found: dict[str, VirtioMemSection] = {}
     out: list[VirtioMemSection] = []
-    for ev in _flatten(events):
+    for ev in flatten(events):
         if isinstance(ev, DeviceState):
             sec = schema.add_section(found, ev.idstr, ev.instance_id, ev.payload, ev.offset)
             if sec is not None and ev.idstr.endswith(schema.IDSTR_SUFFIX):

@@ -13,6 +13,7 @@ kept on the event.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from vmig.records import field, record
@@ -37,6 +38,7 @@ __all__ = [
     "Event",
     "NEED_DATA",
     "NeedData",
+    "flatten",
 ]
 
 
@@ -218,3 +220,12 @@ Event = (
     | VmDescriptionEvent
     | StreamEnd
 )
+
+
+def flatten(events: Iterable[Event]) -> Iterator[Event]:
+    """Events in stream order, a PACKAGED command followed by the records of its blob (postcopy
+    device state; recursively)."""
+    for e in events:
+        yield e
+        if isinstance(e, Command) and e.children:
+            yield from flatten(e.children)

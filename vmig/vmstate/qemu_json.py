@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import construct
@@ -167,14 +167,6 @@ def render_body(body: BodyNode, container: Mapping[str, Any], dialect: str = "7.
     return out
 
 
-def _walk(events: Iterable[Any]) -> Iterator[Any]:
-    for ev in events:
-        yield ev
-        children = getattr(ev, "children", None)
-        if children:
-            yield from _walk(children)
-
-
 def _desc_root(description: Any) -> Any:
     raw = getattr(description, "raw", None)
     if raw is not None:  # a VmDescription: parse its text the way the script does
@@ -215,6 +207,7 @@ def state_dict(
         RamRecords,
         SectionHeader,
         VmDescriptionEvent,
+        flatten,
     )
 
     sections: OrderedDict[int, tuple[str, Any]] = OrderedDict()
@@ -222,7 +215,7 @@ def state_dict(
     trailer_raw: bytes | None = None
     trailer_offset: int | None = None
     current = -1
-    for ev in _walk(events):
+    for ev in flatten(events):
         if isinstance(ev, SectionHeader):
             current = ev.section_id
             if ev.type in (SectionType.SECTION_START, SectionType.SECTION_FULL):

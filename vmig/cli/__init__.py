@@ -20,7 +20,7 @@ import sys
 import types
 from collections.abc import Sequence
 
-from vmig.errors import VmigError, printable
+from vmig.errors import StreamError, VmigError, printable
 
 # vmig does no linear algebra: keep OpenBLAS from starting a thread pool when numpy is imported
 # by a command module (measured: 0.2 s of every command's start-up on a 2-core machine).
@@ -115,7 +115,6 @@ def _with_input(e: VmigError, args: argparse.Namespace) -> VmigError:
     """A stream error raised without a file name (by a consumer of the events, not the decoder)
     names the command's input when the command reads one stream."""
     from vmig.cli._common import INPUT_ARGS
-    from vmig.errors import StreamError
 
     if isinstance(e, StreamError) and e.path is None:
         inputs = [v for v in (getattr(args, d, None) for d in getattr(args, INPUT_ARGS, ())) if isinstance(v, str)]

@@ -68,7 +68,7 @@ def _codec(e: ev.DeviceState, trailer: VmDescription | None,
     if trailer is not None:
         from vmig.vmstate.engine import SchemaSet
 
-        schema = SchemaSet(trailer.root).for_section(e.idstr, e.instance_id)
+        schema = SchemaSet(trailer.root).for_section(e.idstr, e.instance_id, offset=e.offset)
     if schema is None:
         # no description of its own (postcopy, suppress-vmdesc): the bundled set of the machine type
         from vmig.vmstate.vmig_json import builtin_schema

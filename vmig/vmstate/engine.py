@@ -607,6 +607,7 @@ class SchemaSet:
             ``05 len name`` like QEMU's loader, in any order; absent ones get no key). For descriptions
             that list every possible subsection (bundled machine schema sets), not for a
             stream's own trailer, which lists exactly the subsections written.
+        offset: where the description is in its stream (a trailer record), for messages.
 
     Raises:
         SchemaError: the description is not an object with a ``devices`` list, or a device
@@ -621,6 +622,7 @@ class SchemaSet:
         registry: Registry | None | object = _DEFAULT,
         *,
         optional_subsections: bool = False,
+        offset: int | None = None,
     ) -> None:
         self.description = description
         self.optional_subsections = optional_subsections
@@ -630,22 +632,43 @@ class SchemaSet:
         self._cache: dict[int, tuple[Mapping[str, Any], Any]] = {}
         self._by_key: dict[tuple[str, int], Mapping[str, Any]] = {}
         if description is not None:
-            if not hasattr(description, "get") or not isinstance(description.get("devices") or [], list):
-                raise SchemaError("vmdesc: not an object with a 'devices' list")
-            for dev in description.get("devices") or ():
-                if not hasattr(dev, "get"):
-                    raise SchemaError("vmdesc: a device entry is not an object")
-                instance = _natural(dev.get("instance_id", 0), f"device {dev.get('name')!r}: instance_id")
-                self._by_key.setdefault((str(dev.get("name")), instance), dev)
+            try:
+                self._index(description)
+            except SchemaError as e:
+                if offset is not None:
+                    e.with_offset(offset)
+                raise
+
+    def _index(self, description: Mapping[str, Any]) -> None:
+        if not hasattr(description, "get") or not isinstance(description.get("devices") or [], list):
+            raise SchemaError("vmdesc: not an object with a 'devices' list")
+        for dev in description.get("devices") or ():
+            if not hasattr(dev, "get"):
+                raise SchemaError("vmdesc: a device entry is not an object")
+            instance = _natural(dev.get("instance_id", 0), f"device {dev.get('name')!r}: instance_id")
+            self._by_key.setdefault((str(dev.get("name")), instance), dev)
 
     def device_entry(self, idstr: str, instance_id: int) -> Mapping[str, Any] | None:
         """The description's device entry for a section, or None."""
         return self._by_key.get((idstr, instance_id))
 
-    def for_section(self, idstr: str, instance_id: int) -> VmsdSchema | None:
-        """The schema for section ``(idstr, instance_id)``, or None if not described."""
+    def for_section(self, idstr: str, instance_id: int, *, offset: int | None = None) -> VmsdSchema | None:
+        """The schema for section ``(idstr, instance_id)``, or None if not described.
+
+        Raises:
+            SchemaError: the entry cannot be built (naming the section, and ``offset``: where
+                the section's payload is in its stream).
+        """
         entry = self.device_entry(idstr, instance_id)
-        return None if entry is None else self.build(entry)
+        if entry is None:
+            return None
+        try:
+            return self.build(entry)
+        except SchemaError as e:
+            e.with_section(f"{idstr} instance {instance_id}")
+            if offset is not None:
+                e.with_offset(offset)
+            raise
 
     def build(self, entry: Mapping[str, Any]) -> VmsdSchema:
         """The schema of a device entry (or any vmsd body), built once and cached.

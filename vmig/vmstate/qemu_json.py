@@ -251,25 +251,14 @@ def state_dict(
     primary = description
     if primary is None and trailer_raw is not None:
         primary = desc_dict(trailer_raw, offset=trailer_offset)
-    sets = []
-    for d in (primary, fallback):
-        if d is None:
-            continue
-        try:
-            sets.append(SchemaSet(_desc_root(d), registry=None))
-        except SchemaError as e:
-            if d is primary and description is None and trailer_offset is not None:
-                e.with_offset(trailer_offset)  # the stream's own trailer
-            raise
+    own = trailer_offset if description is None else None  # primary is the stream's own trailer
+    sets = [SchemaSet(_desc_root(d), registry=None, offset=own if d is primary else None)
+            for d in (primary, fallback) if d is not None]
     for sid, idstr, instance_id, offset, payload in pending:
         schema = None
         label = f"{idstr} instance {instance_id}"
         for s in sets:
-            try:
-                schema = s.for_section(idstr, instance_id)
-            except SchemaError as e:
-                e.with_section(label).with_offset(offset)
-                raise
+            schema = s.for_section(idstr, instance_id, offset=offset)
             if schema is not None:
                 break
         if schema is None:

@@ -380,14 +380,9 @@ def analyze(
             entry["ram"] = summary.to_json()
 
     roots = [_root(d) for d in (own, desc_from) if d is not None]
-    sets = []
-    for root in roots:
-        try:
-            sets.append(SchemaSet(root, registry=registry))
-        except SchemaError as e:
-            if own is not None and root is roots[0] and doc["trailer"] is not None:
-                e.with_offset(doc["trailer"]["offset"])  # the stream's own trailer
-            raise
+    trailer_offset = doc["trailer"]["offset"] if own is not None and doc["trailer"] is not None else None
+    sets = [SchemaSet(root, registry=registry, offset=trailer_offset if i == 0 else None)
+            for i, root in enumerate(roots)]
     first = roots[0] if roots else None
     page_size = first.get("page_size") if first is not None else None
     doc["description"] = {
@@ -403,11 +398,7 @@ def analyze(
         source: str | None = None
         label = f"{idstr} instance {instance_id}"
         for s, src in zip(sets, sources):
-            try:
-                schema = s.for_section(idstr, instance_id)
-            except SchemaError as e:
-                e.with_section(label).with_offset(offset)
-                raise
+            schema = s.for_section(idstr, instance_id, offset=offset)
             if schema is not None:
                 source = src
                 break

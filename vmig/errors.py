@@ -25,7 +25,10 @@ def printable(text: str, keep: str = "") -> str:
     Python writes it in a string literal (``\\t``, ``\\x1b``, ``\\u2028``): what a message
     or a listing shows of bytes the input chose (an idstr, a JSON string, a file name) stays on
     its line and never drives the terminal."""
-    if (text.replace(keep, "") if len(keep) == 1 else text).isprintable():
+    rest = text
+    for c in keep:
+        rest = rest.replace(c, "")
+    if rest.isprintable():
         return text
     return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
